@@ -1,0 +1,1 @@
+"""The runtime: configuration, the composition root, the scheduler, the CLI and channel adapters."""

@@ -1,0 +1,50 @@
+"""The composition root: settings → database → services → router with every feature registered.
+
+Every entry point (terminal chat, Telegram, CLI commands, tests) builds the same :class:`App`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bot.config import Settings
+from handlers import start
+from handlers.core import Deps, Router
+from handlers.i18n import Catalogs
+from services.common import Clock
+from services.db import Database
+
+log = logging.getLogger(__name__)
+
+# Feature modules, in the order their commands appear in /help and in the command menu.
+FEATURES = [start]
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    deps: Deps
+    router: Router
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | None = None,
+              catalogs: Catalogs | None = None) -> App:
+    """Wire the whole bot. Nothing here talks to the network or the database yet."""
+    db = db or Database(settings.database_url)
+    deps = Deps(
+        db=db,
+        catalogs=catalogs or Catalogs(),
+        clock=clock or Clock(),
+        default_language=settings.default_language,
+        timezone=settings.timezone,
+        button_secret=settings.secret_key,
+    )
+    router = Router(deps)
+    for feature in FEATURES:
+        feature.register(router)
+    return App(settings=settings, db=db, deps=deps, router=router)

@@ -1,0 +1,73 @@
+"""Settings, from environment variables and an optional .env file (see .env.example)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./docsach.db"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    telegram_token: str | None = None
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    telegram_webhook_secret: str | None = None
+    timezone: str = "Asia/Ho_Chi_Minh"
+    default_language: str = "vi"
+    default_library: str = "demo"
+    secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    secret_key_is_ephemeral: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
+        """Read the environment (a .env file fills in only what is not already set)."""
+        if env_file and Path(env_file).is_file():
+            load_dotenv(env_file, override=False)
+        secret = _env("DOCSACH_SECRET_KEY")
+        settings = cls(
+            database_url=_env("DOCSACH_DATABASE_URL", DEFAULT_DATABASE_URL),
+            telegram_token=_env("TELEGRAM_BOT_TOKEN"),
+            telegram_api_base_url=_env("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot"),
+            telegram_webhook_secret=_env("TELEGRAM_WEBHOOK_SECRET"),
+            timezone=_env("DOCSACH_TIMEZONE", "Asia/Ho_Chi_Minh"),
+            default_language=_env("DOCSACH_DEFAULT_LANGUAGE", "vi"),
+            default_library=_env("DOCSACH_DEFAULT_LIBRARY", "demo"),
+            log_level=_env("DOCSACH_LOG_LEVEL", "INFO"),
+        )
+        if secret:
+            settings.secret_key = secret.encode()
+            settings.secret_key_is_ephemeral = False
+        return settings
+
+    def redacted(self) -> dict[str, str]:
+        """For logs: never print secrets."""
+        return {
+            "database": _redact_url(self.database_url),
+            "telegram": "configured" if self.telegram_token else "off",
+            "timezone": self.timezone,
+            "language": self.default_language,
+        }
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"

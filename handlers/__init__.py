@@ -1,0 +1,1 @@
+"""Conversation logic, platform-neutral: an incoming event in, replies out. No SQL here."""

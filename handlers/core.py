@@ -1,0 +1,250 @@
+"""The router: where every incoming event is dispatched, and the context handlers receive.
+
+Feature modules (``handlers/start.py``, ``handlers/search.py``, …) each expose
+``register(router)``; the composition root in ``bot/app.py`` calls them in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from handlers.i18n import Catalogs, Translator
+from handlers.messages import Button, Incoming, Reply
+from services import conversations, patrons
+from services.common import Clock, DomainError
+from services.db import Database
+from services.patrons import Actor
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT = 4096          # Telegram's own message limit; longer input is refused politely
+BUTTON_VERSION = "1"
+MAX_PAYLOAD = 64         # Telegram's callback_data limit, in bytes
+
+
+@dataclass
+class Deps:
+    """Everything handlers need from the outside world, built once by the composition root."""
+
+    db: Database
+    catalogs: Catalogs
+    clock: Clock = field(default_factory=Clock)
+    default_language: str = "vi"
+    timezone: str = "Asia/Ho_Chi_Minh"
+    bot_username: str | None = None           # for t.me deep links
+    button_secret: bytes = b"docsach-dev-secret"
+    extras: dict[str, Any] = field(default_factory=dict)  # feature services (search index, notifier…)
+
+
+@dataclass
+class Context:
+    """What one handler call sees: who is asking, in which language, and the dependencies."""
+
+    deps: Deps
+    actor: Actor
+    event: Incoming
+    router: Router
+
+    @property
+    def db(self) -> Database:
+        return self.deps.db
+
+    @property
+    def clock(self) -> Clock:
+        return self.deps.clock
+
+    @property
+    def t(self) -> Translator:
+        return self.deps.catalogs.translator(self.actor.language, self.deps.timezone)
+
+    def button(self, label: str, action: str, *args: object) -> Button:
+        """A callback button bound to this chat (see :meth:`Router.encode`)."""
+        return Button(label=label, payload=self.router.encode(self.event.chat_id, action, *args))
+
+    async def set_flow(self, flow: str, **data: Any) -> None:
+        await conversations.set_state(self.db, self.event.channel, self.event.chat_id, flow, data)
+
+    async def clear_flow(self, flow: str | None = None) -> None:
+        await conversations.clear_state(self.db, self.event.channel, self.event.chat_id, flow)
+
+
+Handler = Callable[[Incoming, Context], Awaitable[list[Reply] | Reply | None]]
+ButtonHandler = Callable[[Incoming, Context, list[str]], Awaitable[list[Reply] | Reply | None]]
+
+
+@dataclass
+class Command:
+    name: str
+    handler: Handler
+    help_key: str | None = None     # shown in /help when the role may use it
+    roles: frozenset[str] | None = None  # None: everyone; else patron roles (and "guest")
+    menu: bool = True               # offered in the platform's command menu
+
+
+def clean_text(text: str) -> str:
+    """Drop control and format characters (zero-width, bidi overrides) but keep line breaks."""
+    text = unicodedata.normalize("NFC", text)
+    return "".join(
+        ch for ch in text
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
+    ).strip()
+
+
+class Router:
+    """Dispatches an :class:`Incoming` to the feature that owns it, and never lets one crash."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.commands: dict[str, Command] = {}
+        self.aliases: dict[str, str] = {}
+        self.buttons: dict[str, ButtonHandler] = {}
+        self.flows: dict[str, Handler] = {}
+        self.deep_links: dict[str, Handler] = {}
+        self.text_handler: Handler | None = None
+        self.photo_handler: Handler | None = None
+
+    # -- registration ---------------------------------------------------------------
+    def command(self, name: str, handler: Handler, *, help_key: str | None = None,
+                roles: set[str] | None = None, aliases: tuple[str, ...] = (), menu: bool = True) -> None:
+        self.commands[name] = Command(name, handler, help_key, frozenset(roles) if roles else None, menu)
+        for alias in aliases:
+            self.aliases[alias] = name
+
+    def button(self, action: str, handler: ButtonHandler) -> None:
+        if ":" in action or "~" in action:
+            raise ValueError("button actions may not contain ':' or '~'")
+        self.buttons[action] = handler
+
+    def flow(self, name: str, handler: Handler) -> None:
+        """Plain text goes to ``handler`` while the chat's conversation state is in this flow."""
+        self.flows[name] = handler
+
+    def deep_link(self, prefix: str, handler: Handler) -> None:
+        """``/start <prefix><rest>`` (from a QR code or t.me link) goes to ``handler``."""
+        self.deep_links[prefix] = handler
+
+    def fallback_text(self, handler: Handler) -> None:
+        self.text_handler = handler
+
+    # -- button payloads --------------------------------------------------------------
+    def _mac(self, chat_id: str, body: str) -> str:
+        digest = hmac.new(self.deps.button_secret, f"{chat_id}|{body}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:6]).decode()
+
+    def encode(self, chat_id: str, action: str, *args: object) -> str:
+        """``1:action:arg…~mac``: versioned, bound to the chat, at most 64 bytes."""
+        body = ":".join([BUTTON_VERSION, action, *map(str, args)])
+        payload = f"{body}~{self._mac(chat_id, body)}"
+        if len(payload.encode()) > MAX_PAYLOAD:
+            raise ValueError(f"button payload too long: {payload!r}")
+        return payload
+
+    def decode(self, chat_id: str, payload: str) -> tuple[str, list[str]] | None:
+        """The action and its arguments, or None for a forged, stale or foreign payload."""
+        body, _, mac = payload.rpartition("~")
+        if not body or not hmac.compare_digest(mac, self._mac(chat_id, body)):
+            return None
+        version, _, rest = body.partition(":")
+        if version != BUTTON_VERSION:
+            return None
+        action, *args = rest.split(":")
+        return (action, args) if action in self.buttons else None
+
+    # -- dispatch ---------------------------------------------------------------------
+    def allowed(self, command: Command, actor: Actor) -> bool:
+        if command.roles is None:
+            return True
+        role = actor.role.value if actor.role else "guest"
+        return role in command.roles
+
+    async def context_for(self, event: Incoming) -> Context:
+        actor = await patrons.resolve_actor(
+            self.deps.db, event.channel, event.user_id, event.chat_id,
+            display_name=event.display_name, language_hint=event.language_hint,
+            default_language=self.deps.default_language,
+        )
+        return Context(self.deps, actor, event, self)
+
+    async def dispatch(self, event: Incoming) -> list[Reply]:
+        """Handle one event. Refusals become friendly replies; nothing escapes as a crash."""
+        fallback_lang = patrons.pick_language(event.language_hint, default=self.deps.default_language)
+        t = self.deps.catalogs.translator(fallback_lang, self.deps.timezone)
+        try:
+            ctx = await self.context_for(event)
+            t = ctx.t
+            result = await self._route(event, ctx)
+        except DomainError as refusal:
+            result = Reply(t(refusal.key, **refusal.params))
+        except (OperationalError, DBAPIError, PoolTimeout, ConnectionError, OSError) as exc:
+            log.warning("database unavailable while handling %s: %s", event.channel, exc)
+            result = Reply(t("error.unavailable"))
+        except Exception:
+            log.exception("handler failed for %s chat %s", event.channel, event.chat_id)
+            result = Reply(t("error.internal"))
+        if result is None:
+            return []
+        return result if isinstance(result, list) else [result]
+
+    async def _route(self, event: Incoming, ctx: Context) -> list[Reply] | Reply | None:
+        t = ctx.t
+        if event.button is not None:
+            decoded = self.decode(event.chat_id, event.button)
+            if decoded is None:
+                return Reply(t("error.button_expired"), toast=t("error.button_expired"))
+            action, args = decoded
+            return await self.buttons[action](event, ctx, args)
+
+        text = clean_text(event.text)
+        if len(event.text) > MAX_TEXT:
+            return Reply(t("error.too_long", limit=MAX_TEXT))
+        if event.photo_ref and not text and self.photo_handler is not None:
+            return await self.photo_handler(event, ctx)
+        if not text:
+            return Reply(t("error.empty"))
+        event = _with_text(event, text)
+        ctx.event = event
+
+        name = event.command
+        if name is not None:
+            name = self.aliases.get(name, name)
+            command = self.commands.get(name)
+            if command is None:
+                return Reply(t("error.unknown_command", command="/" + name))
+            if not self.allowed(command, ctx.actor):
+                return Reply(t("error.not_allowed" if ctx.actor.is_linked else "link.required"))
+            return await command.handler(event, ctx)
+        if text.startswith("/"):
+            return Reply(t("error.unknown_command", command=text.split()[0][:40]))
+
+        state = await conversations.get_state(self.deps.db, event.channel, event.chat_id)
+        if state is not None and state.flow in self.flows:
+            return await self.flows[state.flow](event, ctx)
+        if self.text_handler is not None:
+            return await self.text_handler(event, ctx)
+        return Reply(t("error.empty"))
+
+    def start_payload_handler(self, payload: str) -> Handler | None:
+        for prefix, handler in self.deep_links.items():
+            if payload.startswith(prefix):
+                return handler
+        return None
+
+    def help_lines(self, ctx: Context) -> list[str]:
+        return [ctx.t(c.help_key) for c in self.commands.values()
+                if c.help_key and self.allowed(c, ctx.actor)]
+
+
+def _with_text(event: Incoming, text: str) -> Incoming:
+    from dataclasses import replace
+
+    return replace(event, text=text)

@@ -1,0 +1,101 @@
+"""The platform-neutral message model every channel adapter speaks.
+
+An :class:`Incoming` event goes into the router; a list of :class:`Reply` comes back. Pushed
+messages (reminders) go out through an :class:`OutputChannel`, which each adapter implements.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+_COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@[A-Za-z0-9_]+)?(?:\s+(.*))?$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One thing a user did: sent text or a command, pressed a button, or sent a photo."""
+
+    channel: str
+    chat_id: str
+    user_id: str
+    text: str = ""
+    button: str | None = None          # the raw payload of a pressed button
+    message_ref: str | None = None     # the message the button was on (for edits)
+    language_hint: str | None = None   # e.g. Telegram's language_code
+    display_name: str | None = None
+    chat_type: str = "private"
+    photo_ref: str | None = None       # a platform file id, for photos sent in a flow
+
+    @property
+    def command(self) -> str | None:
+        match = _COMMAND.match(self.text.strip()) if self.button is None else None
+        return match.group(1).lower() if match else None
+
+    @property
+    def args(self) -> str:
+        match = _COMMAND.match(self.text.strip())
+        return (match.group(2) or "").strip() if match else ""
+
+
+@dataclass(frozen=True)
+class Button:
+    """A button under a reply: a callback ``payload``, a ``url`` (deep links) or an inline switch."""
+
+    label: str
+    payload: str | None = None
+    url: str | None = None
+    switch_inline: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    data: bytes
+    mime_type: str = "application/pdf"
+
+
+@dataclass
+class Reply:
+    """What the bot says back. ``edit`` asks to replace the message the pressed button was on."""
+
+    text: str
+    buttons: list[list[Button]] = field(default_factory=list)
+    edit: bool = False
+    attachment: Attachment | None = None
+    toast: str | None = None  # a short popup answer to a button press, where the platform has one
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a channel reports after sending: the platform's message id."""
+
+    message_ref: str | None
+
+
+class ChatUnreachable(Exception):
+    """The platform will not deliver to this chat any more (e.g. the user blocked the bot)."""
+
+
+class OutputChannel(Protocol):
+    """Where pushed messages go. Adapters implement it; tests use :class:`CollectingChannel`."""
+
+    name: str
+
+    async def send(self, chat_id: str, reply: Reply) -> Delivery: ...
+
+
+class CollectingChannel:
+    """An output channel that keeps what it was asked to send: for tests and dry runs."""
+
+    def __init__(self, name: str = "test") -> None:
+        self.name = name
+        self.sent: list[tuple[str, Reply]] = []
+        self.unreachable: set[str] = set()
+
+    async def send(self, chat_id: str, reply: Reply) -> Delivery:
+        if chat_id in self.unreachable:
+            raise ChatUnreachable(chat_id)
+        self.sent.append((chat_id, reply))
+        return Delivery(message_ref=str(len(self.sent)))

@@ -1,0 +1,1 @@
+"""Domain and storage of docsach. Knows nothing about any chat platform."""

@@ -1,0 +1,325 @@
+"""The domain's tables. One deployment serves many school libraries (VietBiblio-style).
+
+Bibliographic records (titles) are shared province-wide; copies, patrons, loans and holds
+belong to one library, and every staff action is scoped to it.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from services.db import Base
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    """Enums stored as plain strings (VARCHAR + CHECK-free) so new values need no type migration."""
+    return Enum(cls, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True, create_constraint=False)
+
+
+class Role(enum.StrEnum):
+    STUDENT = "student"
+    TEACHER = "teacher"
+    LIBRARIAN = "librarian"
+    ADMIN = "admin"
+
+    @property
+    def is_staff(self) -> bool:
+        return self in (Role.LIBRARIAN, Role.ADMIN)
+
+
+class CopyStatus(enum.StrEnum):
+    AVAILABLE = "available"
+    ON_LOAN = "on_loan"
+    ON_HOLD_SHELF = "on_hold_shelf"
+    IN_REPAIR = "in_repair"
+    LOST = "lost"
+    WITHDRAWN = "withdrawn"
+
+
+class HoldStatus(enum.StrEnum):
+    WAITING = "waiting"
+    READY = "ready"
+    FULFILLED = "fulfilled"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class ReflectionStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SUBMITTED = "submitted"
+    CHANGES_REQUESTED = "changes_requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class NotificationStatus(enum.StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    SENT = "sent"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+    SKIPPED = "skipped"
+
+
+def utcnow() -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Library(TimestampMixin, Base):
+    __tablename__ = "libraries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="Asia/Ho_Chi_Minh")
+    # Chat id of the school's channel/group where approved reflections may be published.
+    publish_chat_id: Mapped[str | None] = mapped_column(String(64))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Location(TimestampMixin, Base):
+    """A shelf, a room or a classroom reading corner; each has its own QR code."""
+
+    __tablename__ = "locations"
+    __table_args__ = (UniqueConstraint("library_id", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    code: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="shelf")  # shelf | classroom | room
+
+
+class Patron(TimestampMixin, Base):
+    __tablename__ = "patrons"
+    __table_args__ = (UniqueConstraint("library_id", "card_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    card_number: Mapped[str] = mapped_column(String(32))
+    full_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.STUDENT)
+    class_name: Mapped[str | None] = mapped_column(String(32), index=True)
+    grade: Mapped[int | None] = mapped_column(Integer)
+    language: Mapped[str | None] = mapped_column(String(8))
+    # Contact preferences, e.g. {"quiet": true, "opt_out": ["due_soon"]}.
+    preferences: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    library: Mapped[Library] = relationship(lazy="raise")
+
+    @property
+    def first_name(self) -> str:
+        """Vietnamese names put the given name last ("Nguyễn Văn An" → "An")."""
+        parts = self.full_name.split()
+        return parts[-1] if parts else self.full_name
+
+
+class ChatIdentity(TimestampMixin, Base):
+    """A chat account on one platform; linked to at most one patron."""
+
+    __tablename__ = "chat_identities"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(64))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    patron_id: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"), index=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    language: Mapped[str | None] = mapped_column(String(8))
+    linked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the platform says we may no longer write (e.g. Telegram 403: blocked by the user).
+    unreachable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Title(TimestampMixin, Base):
+    """A bibliographic record, shared by every library in the deployment."""
+
+    __tablename__ = "titles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # A stable key from the source (e.g. "isbn:978…", "lccn:00033516"); re-imports match on it.
+    source_key: Mapped[str] = mapped_column(String(80), unique=True)
+    title: Mapped[str] = mapped_column(Text)
+    authors: Mapped[str] = mapped_column(Text, default="")
+    isbn13: Mapped[str | None] = mapped_column(String(13), index=True)
+    publisher: Mapped[str | None] = mapped_column(Text)
+    year: Mapped[int | None] = mapped_column(Integer)
+    language: Mapped[str | None] = mapped_column(String(8))
+    subjects: Mapped[str] = mapped_column(Text, default="")
+    call_number: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), index=True
+    )
+
+
+class Copy(TimestampMixin, Base):
+    __tablename__ = "copies"
+    __table_args__ = (UniqueConstraint("library_id", "barcode"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title_id: Mapped[int] = mapped_column(ForeignKey("titles.id", ondelete="CASCADE"), index=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    location_id: Mapped[int | None] = mapped_column(ForeignKey("locations.id", ondelete="SET NULL"), index=True)
+    barcode: Mapped[str] = mapped_column(String(32))
+    status: Mapped[CopyStatus] = mapped_column(_enum(CopyStatus), default=CopyStatus.AVAILABLE)
+    # Bumped on every status change: lets writers use compare-and-set updates.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    title: Mapped[Title] = relationship(lazy="raise")
+    location: Mapped[Location | None] = relationship(lazy="raise")
+
+
+class Loan(TimestampMixin, Base):
+    __tablename__ = "loans"
+    __table_args__ = (
+        # A copy is on loan to at most one patron: enforced by the database itself.
+        Index("uq_loans_open_copy", "copy_id", unique=True,
+              sqlite_where=text("returned_at IS NULL"), postgresql_where=text("returned_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    copy_id: Mapped[int] = mapped_column(ForeignKey("copies.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    checked_out_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    due_date: Mapped[date] = mapped_column(Date, index=True)
+    returned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    renewals: Mapped[int] = mapped_column(Integer, default=0)
+    checked_out_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+    returned_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+
+    copy: Mapped[Copy] = relationship(lazy="raise")
+
+
+class Hold(TimestampMixin, Base):
+    """A reservation on a title (any copy); the queue is ordered by ``queued_at`` then ``id``."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        Index("uq_holds_active_patron_title", "patron_id", "title_id", unique=True,
+              sqlite_where=text("status IN ('waiting','ready')"),
+              postgresql_where=text("status IN ('waiting','ready')")),
+        Index("uq_holds_ready_copy", "copy_id", unique=True,
+              sqlite_where=text("status = 'ready'"), postgresql_where=text("status = 'ready'")),
+        Index("ix_holds_queue", "library_id", "title_id", "status", "queued_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"))
+    title_id: Mapped[int] = mapped_column(ForeignKey("titles.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    status: Mapped[HoldStatus] = mapped_column(_enum(HoldStatus), default=HoldStatus.WAITING)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    copy_id: Mapped[int | None] = mapped_column(ForeignKey("copies.id", ondelete="SET NULL"))
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pickup_deadline: Mapped[date | None] = mapped_column(Date)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    title: Mapped[Title] = relationship(lazy="raise")
+
+
+class Reflection(TimestampMixin, Base):
+    __tablename__ = "reflections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    title_id: Mapped[int] = mapped_column(ForeignKey("titles.id", ondelete="CASCADE"), index=True)
+    status: Mapped[ReflectionStatus] = mapped_column(_enum(ReflectionStatus), default=ReflectionStatus.DRAFT)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text, default="")
+    rating: Mapped[int | None] = mapped_column(Integer)
+    photo_ref: Mapped[str | None] = mapped_column(String(200))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    moderated_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+    moderated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    moderation_note: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Notification(TimestampMixin, Base):
+    """An outbound notice. ``key`` makes it unique (e.g. "due:loan=12:2026-12-01"): claimed before
+    sending and marked sent after, so several senders never deliver it twice."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status_due", "status", "send_after"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(160), unique=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[NotificationStatus] = mapped_column(
+        _enum(NotificationStatus), default=NotificationStatus.PENDING
+    )
+    send_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Who changed what, when, and through which channel. Append-only."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+    library_id: Mapped[int | None] = mapped_column(ForeignKey("libraries.id", ondelete="SET NULL"), index=True)
+    actor_patron_id: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+    channel: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(48))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ConversationState(Base):
+    """Where a multi-step conversation stands (e.g. a librarian mid check-out, a draft reflection).
+    Kept in the database so it survives restarts and is shared by several worker processes."""
+
+    __tablename__ = "conversation_states"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

@@ -1,0 +1,167 @@
+"""Shared fixtures: a real, migrated database per test (SQLite always, PostgreSQL when
+DOCSACH_TEST_POSTGRES_URL is set), a wired app, and a chat helper that drives the router.
+
+Databases are migrated once per session with Alembic; each test then gets clean tables
+(a fresh copy of the migrated SQLite file; TRUNCATE on PostgreSQL), so tests may use several
+connections at once — concurrency tests need that, and a rolled-back outer transaction
+would hide real locking behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from bot.app import App, build_app
+from bot.config import Settings
+from handlers.i18n import Catalogs
+from handlers.messages import Incoming, Reply
+from services.common import Clock
+from services.db import Base, Database, create_engine, upgrade_async
+
+POSTGRES_URL = os.environ.get("DOCSACH_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+SHARED_DATA = Path(os.environ.get("DOCSACH_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def _in_thread(coro_fn, *args):
+    """Run a coroutine on its own loop in a worker thread: session fixtures are requested
+    lazily from inside async fixtures, where the test loop is already running."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro_fn(*args)).result()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    _in_thread(upgrade_async, f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+async def _create_database(server_url: str, name: str, drop: bool = False) -> None:
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            if drop:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            else:
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A throw-away database on the test server, migrated once, dropped at the end."""
+    assert POSTGRES_URL
+    server = make_url(POSTGRES_URL)
+    server_url = server.render_as_string(hide_password=False)
+    name = f"docsach_test_{uuid.uuid4().hex[:10]}"
+    _in_thread(_create_database, server_url, name)
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        _in_thread(upgrade_async, url)
+        yield url
+    finally:
+        _in_thread(_create_database, server_url, name, True)
+
+
+@pytest.fixture(params=BACKENDS)
+async def db(request, tmp_path) -> AsyncIterator[Database]:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "test.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        database = Database(f"sqlite+aiosqlite:///{path}")
+        yield database
+        await database.dispose()
+    else:
+        url = request.getfixturevalue("postgres_database")
+        database = Database(url)
+        try:
+            yield database
+        finally:
+            tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            async with database.engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def catalogs() -> Catalogs:
+    return Catalogs()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A fixed clock: Monday 1 December 2026, 09:00 in Lào Cai (02:00 UTC)."""
+    return Clock(fixed=datetime(2026, 12, 1, 2, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings(db: Database) -> Settings:
+    return Settings(database_url=db.url, secret_key=b"test-secret", secret_key_is_ephemeral=False)
+
+
+@pytest.fixture
+async def app(settings: Settings, db: Database, clock: Clock, catalogs: Catalogs) -> App:
+    return build_app(settings, db=db, clock=clock, catalogs=catalogs)
+
+
+@pytest.fixture
+async def demo_app(app: App) -> App:
+    """The app with the demo library loaded."""
+    from services.demo import load_demo
+
+    await load_demo(app.db)
+    return app
+
+
+class ChatDriver:
+    """Talks to the router like one chat user would, and remembers the last buttons."""
+
+    def __init__(self, app: App, user: str = "u1", channel: str = "test", language: str | None = None):
+        self.app = app
+        self.user = user
+        self.channel = channel
+        self.language = language
+        self.last: list[Reply] = []
+
+    async def say(self, text: str) -> list[Reply]:
+        self.last = await self.app.router.dispatch(Incoming(
+            channel=self.channel, chat_id=self.user, user_id=self.user, text=text, language_hint=self.language))
+        return self.last
+
+    async def press(self, label_or_payload: str) -> list[Reply]:
+        payload = self.find_button(label_or_payload) or label_or_payload
+        self.last = await self.app.router.dispatch(Incoming(
+            channel=self.channel, chat_id=self.user, user_id=self.user, button=payload,
+            message_ref="1", language_hint=self.language))
+        return self.last
+
+    def find_button(self, label: str) -> str | None:
+        for reply in reversed(self.last):
+            for row in reply.buttons:
+                for button in row:
+                    if button.payload and label.lower() in button.label.lower():
+                        return button.payload
+        return None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.text for r in self.last)
+
+
+@pytest.fixture
+def chat(app: App) -> ChatDriver:
+    return ChatDriver(app)
