@@ -80,6 +80,23 @@ class Context:
 
 Handler = Callable[[Incoming, Context], Awaitable[list[Reply] | Reply | None]]
 ButtonHandler = Callable[[Incoming, Context, list[str]], Awaitable[list[Reply] | Reply | None]]
+# (ctx, title_id) -> extra button rows for a book card
+CardButtons = Callable[[Context, int], Awaitable[list[list[Button]]]]
+# (ctx of the recipient, payload) -> the message
+NoticeRenderer = Callable[[Context, dict[str, Any]], Awaitable[Reply]]
+# (ctx, query text, offset) -> (inline results, next offset); the adapter turns results into its own type
+InlineHandler = Callable[[Context, str, str], Awaitable[tuple[list[Any], str]]]
+
+
+# Deep-link payloads (t.me/<bot>?start=<payload>, ≤ 64 chars of [A-Za-z0-9_-]): opaque ids, no
+# personal data. QR labels and the /start handler both use these.
+def deep_link_payload(kind: str, value: int | str) -> str:
+    """kind: "t" title, "c" copy, "l" location (shelf/classroom), "k" link code."""
+    return f"{kind}{value}"
+
+
+def deep_link_url(bot_username: str, payload: str) -> str:
+    return f"https://t.me/{bot_username}?start={payload}"
 
 
 @dataclass
@@ -112,6 +129,10 @@ class Router:
         self.deep_links: dict[str, Handler] = {}
         self.text_handler: Handler | None = None
         self.photo_handler: Handler | None = None
+        self.text_prefilters: list[Handler] = []
+        self.card_buttons: list[CardButtons] = []
+        self.notices: dict[str, NoticeRenderer] = {}
+        self.inline_handler: InlineHandler | None = None
 
     # -- registration ---------------------------------------------------------------
     def command(self, name: str, handler: Handler, *, help_key: str | None = None,
@@ -134,7 +155,24 @@ class Router:
         self.deep_links[prefix] = handler
 
     def fallback_text(self, handler: Handler) -> None:
+        """Plain text that no flow or prefilter took (the catalog search)."""
         self.text_handler = handler
+
+    def prefilter_text(self, handler: Handler) -> None:
+        """Sees plain text before the fallback; returns None to pass it on (e.g. a link code)."""
+        self.text_prefilters.append(handler)
+
+    def book_card_buttons(self, provider: CardButtons) -> None:
+        """Features add buttons to a book card (Reserve, Reflections…) without the card knowing them."""
+        self.card_buttons.append(provider)
+
+    def notice(self, kind: str, renderer: NoticeRenderer) -> None:
+        """How a pushed notification of ``kind`` reads (reminders, moderation outcomes…)."""
+        self.notices[kind] = renderer
+
+    def inline(self, handler: InlineHandler) -> None:
+        """Inline queries (``@bot QUERY`` in any chat), where the platform has them."""
+        self.inline_handler = handler
 
     # -- button payloads --------------------------------------------------------------
     def _mac(self, chat_id: str, body: str) -> str:
@@ -229,6 +267,10 @@ class Router:
         state = await conversations.get_state(self.deps.db, event.channel, event.chat_id)
         if state is not None and state.flow in self.flows:
             return await self.flows[state.flow](event, ctx)
+        for prefilter in self.text_prefilters:
+            result = await prefilter(event, ctx)
+            if result is not None:
+                return result
         if self.text_handler is not None:
             return await self.text_handler(event, ctx)
         return Reply(t("error.empty"))

@@ -78,6 +78,14 @@ class ChatUnreachable(Exception):
     """The platform will not deliver to this chat any more (e.g. the user blocked the bot)."""
 
 
+class DeliveryFailed(Exception):
+    """Not delivered, and safe to try again later (e.g. 5xx after retries, 429 out of retries)."""
+
+
+class DeliveryUncertain(Exception):
+    """The send may or may not have arrived (e.g. timed out after the request went out)."""
+
+
 class OutputChannel(Protocol):
     """Where pushed messages go. Adapters implement it; tests use :class:`CollectingChannel`."""
 

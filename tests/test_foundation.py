@@ -119,3 +119,33 @@ def test_isbn13():
     assert isbn13("0-7868-0560-9 (pbk.)") == "9780786805600"
     assert isbn13("9780786805600") == "9780786805600"
     assert isbn13("0786805608") is None
+
+
+async def test_enqueue_records_a_notice_once(demo_app, clock):
+    from services.models import Notification
+    from services.notifications import enqueue
+
+    async with demo_app.db.transaction() as s:
+        patron = (await s.execute(select(Patron).where(Patron.card_number == "HS001"))).scalar_one()
+        first = await enqueue(s, patron_id=patron.id, kind="test", key="test:1", send_after=clock.now())
+        again = await enqueue(s, patron_id=patron.id, kind="test", key="test:1", send_after=clock.now())
+    assert first and not again
+    async with demo_app.db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Notification)) == 1
+
+
+async def test_prefilters_run_before_the_fallback(app, chat: ChatDriver):
+    from handlers.messages import Reply
+
+    async def take_codes(event, ctx):
+        return Reply("code!") if event.text.startswith("CODE") else None
+
+    async def fallback(event, ctx):
+        return Reply("searched")
+
+    app.router.prefilter_text(take_codes)
+    app.router.fallback_text(fallback)
+    await chat.say("CODE-1234")
+    assert chat.text == "code!"
+    await chat.say("truyen kieu")
+    assert chat.text == "searched"
