@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from handlers.i18n import Catalogs, Translator
-from handlers.messages import Button, Incoming, Reply
+from handlers.messages import Button, Incoming, OutputChannel, Reply
 from services import conversations, patrons
 from services.common import Clock, DomainError
 from services.db import Database
@@ -44,6 +44,9 @@ class Deps:
     bot_username: str | None = None           # for t.me deep links
     button_secret: bytes = b"docsach-dev-secret"
     extras: dict[str, Any] = field(default_factory=dict)  # feature services (search index, notifier…)
+    # Channels that can push messages, by channel name ("telegram", "terminal"); adapters register
+    # themselves when they start, so reminders and publications reach people where they are.
+    outbound: dict[str, OutputChannel] = field(default_factory=dict)
 
 
 @dataclass
