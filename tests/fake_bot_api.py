@@ -99,6 +99,8 @@ HTML_TAGS = frozenset(
     }
 )  # fmt: skip
 
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)(\s[^<>]*)?>")
+
 BLOCKED = "Forbidden: bot was blocked by the user"
 QUERY_INVALID = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 NOT_MODIFIED = (
@@ -161,7 +163,7 @@ def html_to_text(text: str) -> str:
             continue
         out.append(html.unescape(text[pos : lt.start()]))
         byte_offset = len(text[: lt.start()].encode())
-        m = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)(\s[^<>]*)?>").match(text, lt.start())
+        m = _TAG.match(text, lt.start())
         if m is None:
             raise ApiError(
                 400,
@@ -723,7 +725,7 @@ class FakeBotApi:
         *,
         chat_id: Any = None,
     ) -> None:
-        """Answer the next ``times`` calls of ``method`` (``"*"`` = any) with an error.
+        """Answer the next ``times`` calls of ``method`` (``"*"`` = any but getUpdates) with an error.
 
         ``retry_after`` is only sent with status 429. ``chat_id`` limits it to one chat.
         """
@@ -743,7 +745,11 @@ class FakeBotApi:
         self.blocked_chats.discard(chat_id)
 
     def delay(self, method: str, seconds: float) -> None:
-        """Answer every call of ``method`` (``"*"`` = any) ``seconds`` late; 0 removes the delay."""
+        """Answer every call of ``method`` ``seconds`` late; 0 removes the delay.
+
+        ``"*"`` = any method but getUpdates. The call is processed and recorded at once and only
+        the reply is late, so a bot whose request times out has still sent the message.
+        """
         if seconds:
             self._delays[method.lower()] = seconds
         else:
@@ -862,9 +868,6 @@ class FakeBotApi:
             func = self._custom.get(key) or self._methods.get(key)
             if func is None:
                 raise ApiError(404, "Not Found")
-            seconds = self._delays.get(key, self._delays.get("*", 0))
-            if seconds:
-                await asyncio.sleep(seconds)
             self._check_faults(key, call.params)
             result = func(call.params, call.files)
             if asyncio.iscoroutine(result):
@@ -880,6 +883,11 @@ class FakeBotApi:
         self.stats.by_status[call.status] += 1
         self.calls.append(call)
         self._notify()
+        seconds = self._delays.get(method.lower(), 0)
+        if not seconds and method.lower() != "getupdates":
+            seconds = self._delays.get("*", 0)
+        if seconds:  # processed already: a client that times out still "sent" it, as with Telegram
+            await asyncio.sleep(seconds)
         return web.json_response(call.response, status=call.status)
 
     async def _handle_file(self, request: web.Request) -> web.Response:
@@ -894,7 +902,8 @@ class FakeBotApi:
     def _check_faults(self, method: str, params: JSONDict) -> None:
         chat_id = params.get("chat_id")
         for fault in self._faults:
-            if fault.method in (method, "*") and (fault.chat_id is None or fault.chat_id == chat_id):
+            any_method = fault.method == "*" and method != "getupdates"
+            if (fault.method == method or any_method) and fault.chat_id in (None, chat_id):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)

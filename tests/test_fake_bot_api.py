@@ -26,6 +26,7 @@ from telegram.error import (
     InvalidToken,
     NetworkError,
     RetryAfter,
+    TimedOut,
 )
 from telegram.ext import (
     AIORateLimiter,
@@ -38,12 +39,16 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from tests.fake_bot_api import FakeBotApi, command_entities, fake_bot_api, run_polling
 
 __all__ = ["fake_bot_api"]  # the plugin fixture, imported here to be used below
 
 CHAT = 42
+
+# PTB itself warns whenever it builds a RetryAfter from an int (the Bot API sends ints).
+pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
 
 @pytest.fixture
@@ -309,6 +314,19 @@ async def test_rate_limit_mode(api: FakeBotApi):
     assert sorted(m["text"] for m in api.sent_messages(7)) == ["nhắc 0", "nhắc 1", "nhắc 2"]
     assert api.stats.rate_limited >= 1
     assert len(api.calls_to("sendMessage", ok=True)) == 3
+
+
+async def test_slow_reply_times_out_after_the_message_was_sent(api: FakeBotApi):
+    api.delay("sendMessage", 0.5)
+    async with api.bot(request=HTTPXRequest(read_timeout=0.1)) as bot:
+        with pytest.raises(TimedOut):
+            await bot.send_message(CHAT, "chậm")
+        assert api.last_sent(CHAT)["text"] == "chậm"  # Telegram got it; only the reply was lost
+        api.delay("sendMessage", 0)
+        started = time.monotonic()
+        await bot.send_message(CHAT, "nhanh")
+        assert time.monotonic() - started < 0.4
+    assert [m["text"] for m in api.sent_messages(CHAT)] == ["chậm", "nhanh"]
 
 
 async def test_command_entities_use_utf16_offsets():
