@@ -12,10 +12,10 @@ real HTTP::
             [call] = await api.wait_for("sendMessage")
             assert call.params["chat_id"] == 42
 
-Use it as a pytest fixture by registering this module as a plugin, either in
-the top-level ``conftest.py`` (``pytest_plugins = ["tests.fake_bot_api"]``) or
-in a test module; the async fixture ``fake_bot_api`` then yields a started
-:class:`FakeBotApi`.
+As a pytest fixture: register this module as a plugin in the top-level
+``conftest.py`` (``pytest_plugins = ["tests.fake_bot_api"]``) or import the
+fixture into a test module (``from tests.fake_bot_api import fake_bot_api``);
+the async fixture ``fake_bot_api`` then yields a started :class:`FakeBotApi`.
 
 What is modelled (see the method table in ``FakeBotApi._methods``): updates via
 long polling, messages with per-chat ids, edits (incl. "message is not
@@ -455,12 +455,16 @@ class FakeBotApi:
         username: str | None = None,
         last_name: str | None = None,
     ) -> JSONDict:
-        """Build (and remember) a Telegram ``User`` dict."""
-        user: JSONDict = {"id": user_id, "is_bot": False, "first_name": first_name or f"User{user_id}"}
-        if last_name:
-            user["last_name"] = last_name
-        if username:
-            user["username"] = username
+        """Build (and remember) a Telegram ``User`` dict; names left as None keep earlier values."""
+        known = self._users.get(user_id, {})
+        user: JSONDict = {
+            "id": user_id,
+            "is_bot": False,
+            "first_name": first_name or known.get("first_name") or f"User{user_id}",
+        }
+        for key, value in (("last_name", last_name), ("username", username)):
+            if value or known.get(key):
+                user[key] = value or known[key]
         if language_code:
             user["language_code"] = language_code
         self._users[user_id] = user
