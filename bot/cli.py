@@ -39,14 +39,24 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
 
 async def cmd_run(app: App, args: argparse.Namespace) -> int:
     await _prepare(app, load_demo=not args.no_demo)
-    if app.settings.telegram_token:
-        try:
-            from bot import telegram
-        except ImportError:
-            print("The Telegram adapter is not installed in this build.", file=sys.stderr)
-            return 2
-        return await telegram.serve(app, args)
-    return await _chat(app, args)
+    scheduler = None
+    if app.settings.reminders_enabled:
+        from bot.scheduler import start_scheduler
+
+        # Channels register in app.deps.outbound when they start; each sweep uses what is there.
+        scheduler = start_scheduler(app.router, interval_minutes=app.settings.reminder_interval_minutes)
+    try:
+        if app.settings.telegram_token:
+            try:
+                from bot import telegram
+            except ImportError:
+                print("The Telegram adapter is not installed in this build.", file=sys.stderr)
+                return 2
+            return await telegram.serve(app, args)
+        return await _chat(app, args)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
 
 
 async def cmd_chat(app: App, args: argparse.Namespace) -> int:
@@ -83,6 +93,65 @@ async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
     print(f"demo library {state}: {summary.titles} titles, {summary.copies} copies, "
           f"{summary.patrons} people (cards HS001–HS004 students, GV001 teacher, TT001 librarian)")
     return 0
+
+
+async def cmd_remind(app: App, args: argparse.Namespace) -> int:
+    from bot.scheduler import Sweeper
+    from services import reminders
+
+    await upgrade_async(app.settings.database_url)
+    if args.status:
+        counts = await reminders.status_counts(app.db)
+        print("notifications: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        return 0
+    if args.unreachable:
+        rows = await reminders.unreachable_chats(app.db, None)
+        for r in rows:
+            print(f"{r.card_number}\t{r.full_name}\t{r.class_name or '-'}\t{r.channel}\t{r.since:%Y-%m-%d %H:%M}")
+        print(f"{len(rows)} unreachable chat(s)", file=sys.stderr)
+        return 0
+    if args.requeue_uncertain:
+        print(f"re-queued {await reminders.requeue_uncertain(app.db, app.deps.clock)} uncertain notice(s)")
+        return 0
+    if not (args.once or args.dry_run):
+        print("nothing to do: pass --once, --dry-run, --status, --unreachable or --requeue-uncertain",
+              file=sys.stderr)
+        return 2
+    from bot.terminal import CHANNEL, TerminalChannel
+
+    app.deps.outbound.setdefault(CHANNEL, TerminalChannel(sys.stdout))
+    closers = await _cli_outbound(app)
+    try:
+        report = await Sweeper(app.router).sweep(dry_run=args.dry_run, max_messages=args.max)
+    finally:
+        for close in closers:
+            await close()
+    if args.dry_run:
+        for p in report.preview:
+            print(f"--- {p.name} · {p.channel}:{p.chat_id} · {p.kind}\n{p.text}")
+        print(f"{len(report.preview)} message(s) would be sent"
+              + (f"; libraries in quiet hours: {report.quiet_libraries}" if report.quiet_libraries else ""))
+    else:
+        print(report.summary())
+    return 0
+
+
+async def _cli_outbound(app: App) -> list:
+    """Telegram's output channel for one-off sweeps, when the adapter is installed and configured."""
+    if not app.settings.telegram_token:
+        return []
+    try:
+        from bot import telegram
+    except ImportError:
+        log.warning("no Telegram adapter: only terminal chats are reached; the rest stays pending")
+        return []
+    opener = getattr(telegram, "open_output_channel", None)
+    if opener is None:
+        log.warning("the Telegram adapter cannot push messages from the CLI; the rest stays pending")
+        return []
+    channel, close = await opener(app)
+    app.deps.outbound[channel.name] = channel
+    return [close]
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -129,6 +198,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                        description="Load the demo library (real Library of Congress records with invented "
                                    "copies, shelves and people). Does nothing if it is already there.")
     handlers["demo-data"] = cmd_demo_data
+
+    p = sub.add_parser("remind", help="run one reminder sweep by hand, or inspect the outbox",
+                       description="Reminders are swept every few minutes by `docsach run`. This runs one "
+                                   "sweep by hand (--once), shows what would be sent (--dry-run: nothing is "
+                                   "recorded, claimed or sent), or inspects the outbox.")
+    p.add_argument("--once", action="store_true", help="plan and send what is due now, then exit")
+    p.add_argument("--dry-run", action="store_true", help="list what would be sent, without sending or claiming")
+    p.add_argument("--max", type=int, default=None, metavar="N", help="send at most N messages")
+    p.add_argument("--status", action="store_true", help="count notifications by status")
+    p.add_argument("--unreachable", action="store_true",
+                   help="list patrons whose chat blocked the bot (they get no reminders)")
+    p.add_argument("--requeue-uncertain", action="store_true",
+                   help="send again the notices whose delivery was uncertain (a deliberate human decision)")
+    handlers["remind"] = cmd_remind
     return parser, handlers
 
 

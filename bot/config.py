@@ -32,6 +32,8 @@ class Settings:
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     secret_key_is_ephemeral: bool = True
     log_level: str = "INFO"
+    reminders_enabled: bool = True
+    reminder_interval_minutes: float = 5.0
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -48,6 +50,8 @@ class Settings:
             default_language=_env("DOCSACH_DEFAULT_LANGUAGE", "vi"),
             default_library=_env("DOCSACH_DEFAULT_LIBRARY", "demo"),
             log_level=_env("DOCSACH_LOG_LEVEL", "INFO"),
+            reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
+            reminder_interval_minutes=float(_env("DOCSACH_REMINDER_INTERVAL_MINUTES", "5") or 5),
         )
         if secret:
             settings.secret_key = secret.encode()

@@ -57,6 +57,8 @@ async def run_terminal(router, *, user: str = "local", language: str | None = No
                        stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, prompt: bool | None = None) -> None:
     """Read lines until end of input; each line is one message (or a button press)."""
     channel = TerminalChannel(out)
+    # Reminders and other pushed messages for terminal chats appear here too.
+    router.deps.outbound.setdefault(CHANNEL, channel)
     interactive = stdin.isatty() if prompt is None else prompt
     if interactive:
         out.write("docsach — gõ /help, Ctrl-D để thoát (type /help, Ctrl-D to quit)\n")

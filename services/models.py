@@ -292,6 +292,13 @@ class Notification(TimestampMixin, Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Written (and committed) just before the send call: a claim that crashed with
+    # attempted_at >= claimed_at may have been delivered, so it is never sent again blindly.
+    attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where it went: several notices of one digest share the same message.
+    channel: Mapped[str | None] = mapped_column(String(16))
+    chat_id: Mapped[str | None] = mapped_column(String(64))
+    message_ref: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditEntry(Base):

@@ -1,0 +1,321 @@
+"""The reminder sweeper and the scheduler that runs it every few minutes.
+
+A sweep plans notices from the database, claims a batch, renders each message through the
+renderer registered for its kind (``router.notice``) and pushes it through the patron's channel
+(``Deps.outbound``) at a paced rate: about 28 messages a second overall and at most one per chat
+per second, so Telegram never needs to answer 429. The scheduler's memory holds nothing: a
+restarted process simply sweeps again (see ``services/reminders.py`` for the once-only rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from handlers.core import Context, Router
+from handlers.messages import ChatUnreachable, DeliveryFailed, DeliveryUncertain, Incoming, Reply
+from services import patrons, reminders
+from services.common import Clock
+from services.reminders import Claimed, Recipient
+
+log = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    """Paces sends: ``per_second`` overall (evenly spaced, no bursts) and one per chat per
+    ``per_chat_interval`` seconds. ``pause`` honours a 429's ``retry_after`` for everyone.
+    Time and sleep are injectable, so tests never wait."""
+
+    def __init__(self, per_second: float = 28.0, per_chat_interval: float = 1.05, *,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.interval = 1.0 / per_second
+        self.per_chat_interval = per_chat_interval
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.next_slot = 0.0
+        self.paused_until = 0.0
+        self.chat_next: dict[str, float] = {}
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self.monotonic() + seconds)
+
+    async def acquire(self, chat: str) -> None:
+        while True:
+            now = self.monotonic()
+            wait = max(self.paused_until, self.chat_next.get(chat, 0.0)) - now
+            if wait > 0:
+                await self.sleep(wait)
+                continue
+            slot = max(now, self.next_slot)
+            self.next_slot = slot + self.interval
+            self.chat_next[chat] = slot + self.per_chat_interval
+            if len(self.chat_next) > 50_000:
+                self.chat_next = {k: v for k, v in self.chat_next.items() if v > now}
+            if slot > now:
+                await self.sleep(slot - now)
+            return
+
+
+@dataclass
+class Message:
+    """One outgoing message: a notice, or a digest of several for the same person."""
+
+    recipient: Recipient
+    notices: list[Claimed]
+    reply: Reply
+
+    @property
+    def ids(self) -> list[int]:
+        return [n.id for n in self.notices]
+
+
+@dataclass
+class Preview:
+    name: str
+    channel: str
+    chat_id: str
+    kind: str
+    text: str
+
+
+@dataclass
+class SweepReport:
+    planned: int = 0
+    released: int = 0         # expired claims given back (never attempted)
+    lost: int = 0             # expired claims that were mid-send → uncertain
+    claimed: int = 0
+    messages: int = 0         # messages delivered
+    sent: int = 0             # notices delivered (a digest carries several)
+    skipped: int = 0
+    retry: int = 0
+    uncertain: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    quiet_libraries: list[int] = field(default_factory=list)
+    preview: list[Preview] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"planned {self.planned}, sent {self.messages} messages ({self.sent} notices), "
+                f"skipped {self.skipped}, retry later {self.retry}, uncertain {self.uncertain}, "
+                f"failed {self.failed}, unreachable {self.unreachable}")
+
+
+class Sweeper:
+    """Plans, claims and delivers. Safe to run in several processes at once."""
+
+    def __init__(self, router: Router, *, limiter: RateLimiter | None = None, worker: str | None = None,
+                 concurrency: int = 8, batch: int = 200, lease: timedelta = reminders.LEASE) -> None:
+        self.router = router
+        self.deps = router.deps
+        self.limiter = limiter or RateLimiter()
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.concurrency = concurrency
+        self.batch = batch
+        self.lease = lease
+
+    @property
+    def db(self):
+        return self.deps.db
+
+    @property
+    def clock(self) -> Clock:
+        return self.deps.clock
+
+    def channel_names(self) -> list[str]:
+        return sorted(self.deps.outbound, key=lambda name: (name != "telegram", name))
+
+    # -- one sweep ----------------------------------------------------------------------------
+    async def sweep(self, *, dry_run: bool = False, max_messages: int | None = None) -> SweepReport:
+        report = SweepReport()
+        if dry_run:
+            return await self._preview(report)
+        report.planned = (await reminders.plan(self.db, self.clock)).inserted
+        report.released, report.lost = await reminders.recover(self.db, self.clock, self.lease)
+        open_ids = await reminders.defer_quiet(self.db, self.clock)
+        rules = await reminders.library_rules(self.db)
+        report.quiet_libraries = sorted(set(rules) - set(open_ids))
+        token = reminders.new_claim_token(self.worker)
+        budget = max_messages
+        while open_ids and (budget is None or budget > 0):
+            batch = await reminders.claim(self.db, self.clock, token, limit=self.batch, library_ids=open_ids)
+            if not batch:
+                break
+            report.claimed += len(batch)
+            messages = await self._prepare(batch, token, rules, report)
+            if budget is not None and len(messages) > budget:
+                rest = messages[budget:]
+                messages = messages[:budget]
+                await reminders.release(self.db, token, [i for m in rest for i in m.ids])
+            if budget is not None:
+                budget -= len(messages)
+            await self._deliver_all(messages, token, report)
+            now = self.clock.now()
+            open_ids = [lid for lid in open_ids if not rules[lid].is_quiet(now)]
+        return report
+
+    async def _prepare(self, batch: list[Claimed], token: str, rules, report: SweepReport,
+                       preview: bool = False) -> list[Message]:
+        """Drop what is stale, opted out or unreachable; group the rest into messages; render."""
+        people = await reminders.recipients(self.db, {n.patron_id for n in batch}, self.channel_names())
+        library_of = {pid: r.library_id for pid, r in people.items()}
+        stale = await reminders.stale(self.db, self.clock, batch, rules, library_of)
+        skip: dict[str, list[int]] = {}
+        later: list[int] = []
+        keep: list[Claimed] = []
+        for n in batch:
+            person = people.get(n.patron_id)
+            if n.id in stale:
+                skip.setdefault(stale[n.id], []).append(n.id)
+            elif person is None:
+                skip.setdefault("no such patron", []).append(n.id)
+            elif not reminders.enabled(person.preferences, n.kind):
+                skip.setdefault("opted out", []).append(n.id)
+            elif person.chat_id is None:
+                if person.unreachable:
+                    skip.setdefault("unreachable", []).append(n.id)
+                else:
+                    later.append(n.id)   # linked on a channel this process does not run: not ours
+            else:
+                keep.append(n)
+        if not preview:
+            for reason, ids in skip.items():
+                report.skipped += await reminders.mark_skipped(self.db, token, ids, reason)
+            if later:
+                await reminders.release(self.db, token, later)
+        messages = []
+        for group in reminders.group_messages(keep):
+            person = people[group[0].patron_id]
+            if len(group) > 1:
+                kind = reminders.DIGEST_KIND
+                payload = {"items": [dict(n.payload, kind=n.kind) for n in group]}
+            else:
+                kind, payload = group[0].kind, group[0].payload
+            renderer = self.router.notices.get(kind)
+            try:
+                if renderer is None:
+                    raise LookupError(f"no renderer for notice kind {kind!r}")
+                reply = await renderer(self._context(person), payload)
+            except Exception as exc:  # a broken renderer fails its own notices, never the sweep
+                log.exception("could not render %s for patron %s", kind, person.patron_id)
+                if not preview:
+                    report.failed += await reminders.mark_failed(self.db, token, [n.id for n in group],
+                                                                 f"render: {exc!r}")
+                continue
+            messages.append(Message(person, group, reply))
+        return messages
+
+    def _context(self, person: Recipient) -> Context:
+        deps = dataclasses.replace(self.deps, timezone=person.timezone)
+        event = Incoming(channel=person.channel or "", chat_id=person.chat_id or "",
+                         user_id=person.external_id or person.chat_id or "")
+        return Context(deps, person.actor(self.deps.default_language), event, self.router)
+
+    async def _deliver_all(self, messages: list[Message], token: str, report: SweepReport) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(message: Message) -> None:
+            async with gate:
+                await self._deliver(message, token, report)
+
+        await asyncio.gather(*(one(m) for m in messages))
+
+    async def _deliver(self, message: Message, token: str, report: SweepReport) -> None:
+        person = message.recipient
+        channel = self.deps.outbound.get(person.channel or "")
+        if channel is None:
+            await reminders.release(self.db, token, message.ids)
+            return
+        await self.limiter.acquire(f"{person.channel}:{person.chat_id}")
+        ids = await reminders.attempt(self.db, self.clock, token, message.ids)
+        if not ids:
+            return   # another sweeper took these over after our lease ran out
+        ids_list = sorted(ids)
+        try:
+            delivery = await channel.send(person.chat_id, message.reply)
+        except ChatUnreachable as exc:
+            await patrons.mark_unreachable(self.db, person.channel, person.chat_id, self.clock)
+            report.unreachable += 1
+            report.skipped += await reminders.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
+        except DeliveryFailed as exc:
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after:
+                self.limiter.pause(float(retry_after))
+            report.retry += await reminders.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
+                                                       retry_after=retry_after)
+        except DeliveryUncertain as exc:
+            report.uncertain += await reminders.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
+        except Exception as exc:  # unknown: it may have gone out, so treat it as uncertain
+            log.exception("sending to %s:%s failed", person.channel, person.chat_id)
+            report.uncertain += await reminders.mark_uncertain(self.db, token, ids_list, f"error: {exc!r}")
+        else:
+            report.sent += await reminders.mark_sent(self.db, self.clock, token, ids_list, channel=person.channel,
+                                                     chat_id=person.chat_id, message_ref=delivery.message_ref)
+            report.messages += 1
+
+    async def _preview(self, report: SweepReport) -> SweepReport:
+        """What a sweep would send now, without inserting, claiming or sending anything."""
+        now = self.clock.now()
+        planned = await reminders.plan(self.db, self.clock, dry_run=True)
+        rules = await reminders.library_rules(self.db)
+        open_ids = [lid for lid, r in rules.items() if not r.is_quiet(now)]
+        report.quiet_libraries = sorted(set(rules) - set(open_ids))
+        pending = await reminders.pending_due(self.db, self.clock, open_ids)
+        known = await reminders.existing_keys(self.db, [r["key"] for r in planned.rows])
+        new = [Claimed(0, r["key"], r["patron_id"], r["kind"], r["payload"], 0) for r in planned.rows
+               if r["key"] not in known and r["send_after"] <= now]
+        people = await reminders.recipients(self.db, {n.patron_id for n in new}, self.channel_names())
+        new = [n for n in new if n.patron_id in people and people[n.patron_id].library_id in open_ids]
+        report.planned = len(new)
+        for message in await self._prepare(pending + new, "", rules, report, preview=True):
+            person = message.recipient
+            kind = message.notices[0].kind if len(message.notices) == 1 else reminders.DIGEST_KIND
+            report.preview.append(Preview(person.full_name, person.channel or "", person.chat_id or "", kind,
+                                          message.reply.text))
+        return report
+
+
+# -- the scheduler ----------------------------------------------------------------------------------
+
+def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in: float = 20,
+                    sweeper: Sweeper | None = None):
+    """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep, and the
+    holds-expiry sweep when circulation is installed. One sweep at a time per process."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    sweeper = sweeper or Sweeper(router)
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    first = datetime.now(UTC) + timedelta(seconds=first_run_in)
+
+    async def sweep() -> None:
+        try:
+            report = await sweeper.sweep()
+            if report.claimed or report.planned:
+                log.info("reminder sweep: %s", report.summary())
+        except Exception:
+            log.exception("reminder sweep failed; the next one will pick up where it stopped")
+
+    scheduler.add_job(sweep, "interval", minutes=interval_minutes, next_run_time=first, id="reminders",
+                      max_instances=1, coalesce=True, misfire_grace_time=60)
+    try:
+        from services import circulation
+    except ImportError:
+        circulation = None
+    if circulation is not None and hasattr(circulation, "expire_holds"):
+        async def expire() -> None:
+            try:
+                await circulation.expire_holds(router.deps.db, router.deps.clock)
+            except Exception:
+                log.exception("hold expiry sweep failed")
+
+        scheduler.add_job(expire, "interval", minutes=interval_minutes, next_run_time=first, id="expire_holds",
+                          max_instances=1, coalesce=True, misfire_grace_time=60)
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,685 @@
+"""Reminders: what to say and when (planning), and the outbox bookkeeping that makes each notice
+go out once (claim → attempt → sent), even with several sweepers and crashes.
+
+The database is the source of truth. Each sweep:
+
+1. ``plan`` reads loans and holds and inserts the notices that are due by now, each with a
+   unique key (``due_soon:loan=12:2026-12-03``), so planning twice inserts nothing. A renewed
+   loan has a new due date and therefore new keys; the old ones are skipped as stale when they
+   come up (``prepare`` re-checks every notice against the current loan/hold before sending).
+2. ``recover`` returns expired claims: never attempted → pending again; attempted (the process
+   died during the send) → ``uncertain``.
+3. ``defer_quiet`` pushes pending notices of libraries in quiet hours to the next morning.
+4. ``claim`` takes a batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a conditional update on
+   SQLite); ``attempt`` marks the notices just before the send call (committed first);
+   ``mark_sent`` / ``mark_retry`` / ``mark_uncertain`` / ``mark_skipped`` record the outcome.
+
+The uncertain rule: a notice whose send timed out after the request went out, or whose sweeper
+died between ``attempt`` and the outcome, becomes ``uncertain`` and is never re-sent
+automatically — a duplicate reminder erodes trust more than a missing one, and every reminder
+has a natural follow-up (due soon → due today → overdue day 1, 7, 14; pickup tomorrow after
+hold ready). Uncertain notices are counted in ``status_counts`` (``docsach remind --status``) and
+a librarian may re-queue them on purpose with ``requeue_uncertain``.
+
+Payload contract for notices other features enqueue (renderers read these keys):
+``hold_ready`` / ``hold_expired``: ``hold_id`` (required), ``title`` and ``pickup_deadline``
+(ISO date) are filled in from the hold when missing. ``reflection_*``: free-form, rendered by the
+feature that owns the kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, exists, func, select, update
+
+from services import audit
+from services.common import Clock, DomainError, aware
+from services.db import Database, insert_for
+from services.models import (
+    ChatIdentity,
+    Copy,
+    Hold,
+    HoldStatus,
+    Library,
+    Loan,
+    Notification,
+    NotificationStatus,
+    Patron,
+    Role,
+    Title,
+)
+from services.patrons import Actor, require_linked, require_staff
+
+log = logging.getLogger(__name__)
+
+LOAN_KINDS = ("due_soon", "due_today", "overdue")
+HOLD_KINDS = ("pickup_tomorrow",)
+EVENT_KINDS = ("hold_ready", "hold_expired")
+CLASS_KIND = "class_overdue"
+DIGEST_KIND = "digest"
+# Notices of these kinds for one patron in one sweep become a single message.
+DIGESTIBLE = frozenset(LOAN_KINDS + HOLD_KINDS)
+# Kinds a patron may switch off (on by default) and kinds a teacher may switch on (off by default).
+OPT_OUT_KINDS = LOAN_KINDS + HOLD_KINDS + EVENT_KINDS
+OPT_IN_KINDS = (CLASS_KIND,)
+
+LEASE = timedelta(minutes=10)     # a claim older than this belongs to a dead sweeper
+MAX_ATTEMPTS = 5                  # DeliveryFailed this often → failed for good
+CHUNK = 500
+
+
+# -- rules --------------------------------------------------------------------------------------
+
+def _hhmm(value: Any, default: time) -> time:
+    try:
+        hours, minutes = str(value).split(":")
+        return time(int(hours), int(minutes))
+    except (ValueError, TypeError):
+        return default
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A library's reminder settings (``Library.settings["reminders"]``) with the defaults."""
+
+    timezone: str = "Asia/Ho_Chi_Minh"
+    before_days: int = 2
+    overdue_days: tuple[int, ...] = (1, 7, 14)
+    quiet_start: time = time(20, 0)
+    quiet_end: time = time(7, 0)
+    class_digest_weekday: int = 0   # Monday
+    closed_weekdays: tuple[int, ...] = (6,)   # Sunday; used until the school calendar says more
+    closed_dates: frozenset[date] = frozenset()
+
+    @classmethod
+    def of(cls, library: Library) -> Rules:
+        settings = library.settings or {}
+        cfg = settings.get("reminders") or {}
+        closed = settings.get("closed_dates") or []
+        try:
+            closed_dates = frozenset(date.fromisoformat(str(d)) for d in closed)
+        except ValueError:
+            closed_dates = frozenset()
+        quiet = cfg.get("quiet_hours") or ["20:00", "07:00"]
+        return cls(
+            timezone=library.timezone or "Asia/Ho_Chi_Minh",
+            before_days=max(0, int(cfg.get("before_days", 2))),
+            overdue_days=tuple(sorted({int(d) for d in cfg.get("overdue_days", (1, 7, 14)) if int(d) > 0})),
+            quiet_start=_hhmm(quiet[0], time(20, 0)),
+            quiet_end=_hhmm(quiet[1], time(7, 0)),
+            class_digest_weekday=int(cfg.get("class_digest_weekday", 0)) % 7,
+            closed_weekdays=tuple(settings.get("closed_weekdays", (6,))),
+            closed_dates=closed_dates,
+        )
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def is_quiet(self, now: datetime) -> bool:
+        local = now.astimezone(self.zone).time()
+        start, end = self.quiet_start, self.quiet_end
+        if start == end:
+            return False
+        if start > end:                       # overnight, e.g. 20:00–07:00
+            return local >= start or local < end
+        return start <= local < end
+
+    def morning(self, now: datetime) -> datetime:
+        """When quiet hours next end (UTC): today's if still ahead, else tomorrow's."""
+        local = now.astimezone(self.zone)
+        candidate = datetime.combine(local.date(), self.quiet_end, tzinfo=self.zone)
+        if candidate <= local:
+            candidate = datetime.combine(local.date() + timedelta(days=1), self.quiet_end, tzinfo=self.zone)
+        return candidate.astimezone(UTC)
+
+    def start_of_day(self, day: date) -> datetime:
+        """The first moment reminders may go out on ``day`` (end of the night's quiet hours)."""
+        return datetime.combine(day, self.quiet_end, tzinfo=self.zone).astimezone(UTC)
+
+    def is_open(self, day: date) -> bool:
+        return day.weekday() not in self.closed_weekdays and day not in self.closed_dates
+
+    def last_open_day_before(self, day: date) -> date:
+        """Where "pickup deadline tomorrow" is said: the last open day before the deadline."""
+        candidate = day - timedelta(days=1)
+        for _ in range(30):
+            if self.is_open(candidate):
+                return candidate
+            candidate -= timedelta(days=1)
+        return day - timedelta(days=1)
+
+
+# -- preferences ---------------------------------------------------------------------------------
+
+def enabled(preferences: dict[str, Any] | None, kind: str) -> bool:
+    """Whether a patron wants notices of ``kind`` (opt-out kinds on, opt-in kinds off by default)."""
+    prefs = preferences or {}
+    if kind in OPT_IN_KINDS:
+        return kind in (prefs.get("opt_in") or [])
+    return kind not in (prefs.get("opt_out") or [])
+
+
+def allowed_kinds(role: Role | None) -> tuple[str, ...]:
+    return OPT_OUT_KINDS + (OPT_IN_KINDS if role == Role.TEACHER else ())
+
+
+async def preferences(db: Database, actor: Actor) -> dict[str, bool]:
+    """Each kind this person may switch, and whether it is on."""
+    require_linked(actor)
+    async with db.session() as s:
+        prefs = (await s.execute(select(Patron.preferences).where(Patron.id == actor.patron_id))).scalar_one()
+    return {kind: enabled(prefs, kind) for kind in allowed_kinds(actor.role)}
+
+
+async def set_enabled(db: Database, actor: Actor, kind: str, on: bool) -> bool:
+    """Switch one kind on or off for the actor themselves. Returns the new state."""
+    require_linked(actor)
+    if kind not in allowed_kinds(actor.role):
+        raise DomainError("reminders.unknown_kind", kind=kind[:32])
+    async with db.transaction() as s:
+        query = select(Patron).where(Patron.id == actor.patron_id)
+        if db.is_postgres:
+            query = query.with_for_update()
+        patron = (await s.execute(query)).scalar_one()
+        prefs = dict(patron.preferences or {})
+        field_name = "opt_in" if kind in OPT_IN_KINDS else "opt_out"
+        values = set(prefs.get(field_name) or [])
+        wanted = on if field_name == "opt_in" else not on
+        if wanted:
+            values.add(kind)
+        else:
+            values.discard(kind)
+        prefs[field_name] = sorted(values)
+        patron.preferences = prefs
+        audit.record(s, "reminders.set", "patron", patron.id, actor_patron_id=actor.patron_id,
+                     library_id=patron.library_id, channel=actor.channel, kind=kind, on=on)
+    return on
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+@dataclass
+class PlanResult:
+    considered: int = 0
+    inserted: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)   # what was (or would be) planned
+
+
+def _loan_notice(rules: Rules, today: date, loan_id: int, due: date) -> tuple[str, str, dict] | None:
+    days = (due - today).days
+    if 0 < days <= rules.before_days:
+        return "due_soon", f"due_soon:loan={loan_id}:{due}", {}
+    if days == 0:
+        return "due_today", f"due_today:loan={loan_id}:{due}", {}
+    if days < 0:
+        stages = [n for n in rules.overdue_days if -days >= n]
+        if stages:
+            # After downtime only the latest stage reached is said, not every missed one.
+            stage = stages[-1]
+            return "overdue", f"overdue:loan={loan_id}:{due}:{stage}", {"stage": stage}
+    return None
+
+
+async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
+               dry_run: bool = False) -> PlanResult:
+    """Insert the notices due by now for every library (or one). Idempotent."""
+    now = clock.now().astimezone(UTC)
+    result = PlanResult()
+    reachable = exists().where(ChatIdentity.patron_id == Patron.id, ChatIdentity.unreachable_at.is_(None))
+    async with db.session() as s:
+        query = select(Library)
+        if library_id is not None:
+            query = query.where(Library.id == library_id)
+        libraries = list((await s.execute(query)).scalars())
+        for library in libraries:
+            rules = Rules.of(library)
+            today = now.astimezone(rules.zone).date()
+            send_after = rules.start_of_day(today)
+            loans = await s.execute(
+                select(Loan.id, Loan.patron_id, Loan.due_date, Title.id, Title.title, Patron.preferences)
+                .join(Patron, Patron.id == Loan.patron_id)
+                .join(Copy, Copy.id == Loan.copy_id)
+                .join(Title, Title.id == Copy.title_id)
+                .where(Loan.library_id == library.id, Loan.returned_at.is_(None),
+                       Loan.due_date <= today + timedelta(days=rules.before_days),
+                       Patron.active.is_(True), reachable)
+            )
+            for loan_id, patron_id, due, title_id, title, prefs in loans:
+                result.considered += 1
+                found = _loan_notice(rules, today, loan_id, due)
+                if found is None or not enabled(prefs, found[0]):
+                    continue
+                kind, key, extra = found
+                result.rows.append(dict(
+                    key=key, patron_id=patron_id, kind=kind, send_after=send_after,
+                    payload={"loan_id": loan_id, "title_id": title_id, "title": title,
+                             "due_date": due.isoformat(), **extra},
+                ))
+            holds = await s.execute(
+                select(Hold.id, Hold.patron_id, Hold.pickup_deadline, Title.id, Title.title, Patron.preferences)
+                .join(Patron, Patron.id == Hold.patron_id)
+                .join(Title, Title.id == Hold.title_id)
+                .where(Hold.library_id == library.id, Hold.status == HoldStatus.READY,
+                       Hold.pickup_deadline.is_not(None), Hold.pickup_deadline > today,
+                       Patron.active.is_(True), reachable)
+            )
+            for hold_id, patron_id, deadline, title_id, title, prefs in holds:
+                result.considered += 1
+                if not (rules.last_open_day_before(deadline) <= today < deadline):
+                    continue
+                if not enabled(prefs, "pickup_tomorrow"):
+                    continue
+                result.rows.append(dict(
+                    key=f"pickup_tomorrow:hold={hold_id}:{deadline}", patron_id=patron_id,
+                    kind="pickup_tomorrow", send_after=send_after,
+                    payload={"hold_id": hold_id, "title_id": title_id, "title": title,
+                             "pickup_deadline": deadline.isoformat()},
+                ))
+            if today.weekday() >= rules.class_digest_weekday:
+                result.rows += await _plan_class_digests(s, library, today, send_after)
+    if not dry_run and result.rows:
+        async with db.transaction() as s:
+            insert = insert_for(s)
+            for start in range(0, len(result.rows), CHUNK):
+                chunk = [dict(r, status=NotificationStatus.PENDING, attempts=0)
+                         for r in result.rows[start:start + CHUNK]]
+                outcome = await s.execute(insert(Notification).values(chunk)
+                                          .on_conflict_do_nothing(index_elements=["key"]))
+                result.inserted += max(outcome.rowcount or 0, 0)
+    return result
+
+
+async def _plan_class_digests(s, library: Library, today: date, send_after: datetime) -> list[dict]:
+    """Weekly, for homeroom teachers who asked: their class's overdue loans."""
+    teachers = [
+        t for t in (await s.execute(
+            select(Patron).where(Patron.library_id == library.id, Patron.role == Role.TEACHER,
+                                 Patron.active.is_(True), Patron.class_name.is_not(None))
+        )).scalars() if enabled(t.preferences, CLASS_KIND)
+    ]
+    rows = []
+    year, week, _ = today.isocalendar()
+    for teacher in teachers:
+        overdue = (await s.execute(
+            select(Patron.full_name, Patron.card_number, Title.title, Loan.due_date)
+            .join(Loan, Loan.patron_id == Patron.id).join(Copy, Copy.id == Loan.copy_id)
+            .join(Title, Title.id == Copy.title_id)
+            .where(Patron.library_id == library.id, Patron.class_name == teacher.class_name,
+                   Patron.role == Role.STUDENT, Loan.returned_at.is_(None), Loan.due_date < today)
+            .order_by(Patron.full_name, Loan.due_date).limit(60)
+        )).all()
+        if not overdue:
+            continue
+        rows.append(dict(
+            key=f"{CLASS_KIND}:patron={teacher.id}:{year}-W{week:02d}", patron_id=teacher.id,
+            kind=CLASS_KIND, send_after=send_after,
+            payload={"class_name": teacher.class_name, "items": [
+                {"name": name, "card": card, "title": title, "due_date": due.isoformat()}
+                for name, card, title, due in overdue]},
+        ))
+    return rows
+
+
+# -- the outbox: quiet hours, claims and outcomes ---------------------------------------------
+
+@dataclass
+class Claimed:
+    id: int
+    key: str
+    patron_id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+async def library_rules(db: Database) -> dict[int, Rules]:
+    async with db.session() as s:
+        return {lib.id: Rules.of(lib) for lib in (await s.execute(select(Library))).scalars()}
+
+
+async def defer_quiet(db: Database, clock: Clock) -> list[int]:
+    """Push pending notices of libraries in quiet hours to their morning; return the open ones."""
+    now = clock.now().astimezone(UTC)
+    open_ids = []
+    for library_id, rules in (await library_rules(db)).items():
+        if not rules.is_quiet(now):
+            open_ids.append(library_id)
+            continue
+        morning = rules.morning(now)
+        async with db.transaction() as s:
+            await s.execute(
+                update(Notification)
+                .where(Notification.status == NotificationStatus.PENDING, Notification.send_after < morning,
+                       Notification.patron_id.in_(select(Patron.id).where(Patron.library_id == library_id)))
+                .values(send_after=morning)
+            )
+    return open_ids
+
+
+async def recover(db: Database, clock: Clock, lease: timedelta = LEASE) -> tuple[int, int]:
+    """Expired claims: never attempted → pending; attempted but unfinished → uncertain."""
+    now = clock.now().astimezone(UTC)
+    stale = and_(Notification.status == NotificationStatus.CLAIMED, Notification.claimed_at < now - lease)
+    attempted = and_(Notification.attempted_at.is_not(None), Notification.attempted_at >= Notification.claimed_at)
+    async with db.transaction() as s:
+        released = await s.execute(
+            update(Notification).where(stale, ~attempted)
+            .values(status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None)
+        )
+        lost = await s.execute(
+            update(Notification).where(stale, attempted)
+            .values(status=NotificationStatus.UNCERTAIN, last_error="sweeper stopped during the send")
+        )
+    return released.rowcount or 0, lost.rowcount or 0
+
+
+def new_claim_token(worker: str = "sweeper") -> str:
+    return f"{worker[:40]}:{uuid.uuid4().hex[:12]}"
+
+
+async def claim(db: Database, clock: Clock, token: str, *, limit: int = 200,
+                library_ids: Sequence[int] | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due notices (plus the rest of the same patrons' due notices, so a
+    digest is whole). Two sweepers never get the same row."""
+    now = clock.now().astimezone(UTC)
+    due = and_(Notification.status == NotificationStatus.PENDING, Notification.send_after <= now)
+    if library_ids is not None:
+        due = and_(due, Notification.patron_id.in_(
+            select(Patron.id).where(Patron.library_id.in_(list(library_ids)))))
+    columns = (Notification.id, Notification.key, Notification.patron_id, Notification.kind,
+               Notification.payload, Notification.attempts)
+    values = dict(status=NotificationStatus.CLAIMED, claimed_by=token, claimed_at=now)
+
+    def pick(condition, n: int | None):
+        sub = select(Notification.id).where(condition).order_by(Notification.patron_id, Notification.id)
+        if n is not None:
+            sub = sub.limit(n)
+        if db.is_postgres:
+            sub = sub.with_for_update(skip_locked=True)
+        # The outer status check makes it a conditional update on SQLite (one writer at a time).
+        return (update(Notification)
+                .where(Notification.id.in_(sub.scalar_subquery()), Notification.status == NotificationStatus.PENDING)
+                .values(**values).returning(*columns))
+
+    async with db.transaction() as s:
+        rows = list((await s.execute(pick(due, limit))).all())
+        if rows:
+            patrons_seen = {r.patron_id for r in rows}
+            rows += list((await s.execute(pick(and_(due, Notification.patron_id.in_(patrons_seen)), None))).all())
+    return [Claimed(r.id, r.key, r.patron_id, r.kind, dict(r.payload or {}), r.attempts) for r in rows]
+
+
+async def attempt(db: Database, clock: Clock, token: str, ids: Sequence[int]) -> set[int]:
+    """Write-ahead mark, committed before the send call. Returns the ids still ours."""
+    now = clock.now().astimezone(UTC)
+    async with db.transaction() as s:
+        result = await s.execute(
+            update(Notification)
+            .where(Notification.id.in_(list(ids)), Notification.status == NotificationStatus.CLAIMED,
+                   Notification.claimed_by == token)
+            .values(attempted_at=now, attempts=Notification.attempts + 1)
+            .returning(Notification.id)
+        )
+        return set(result.scalars())
+
+
+async def _finish(db: Database, ids: Iterable[int], token: str | None, **values: Any) -> int:
+    ids = list(ids)
+    if not ids:
+        return 0
+    async with db.transaction() as s:
+        condition = Notification.id.in_(ids)
+        if token is not None:
+            condition = and_(condition, Notification.claimed_by == token)
+        result = await s.execute(update(Notification).where(condition).values(**values))
+        return result.rowcount or 0
+
+
+async def mark_sent(db: Database, clock: Clock, token: str, ids: Sequence[int], *, channel: str,
+                    chat_id: str, message_ref: str | None) -> int:
+    return await _finish(db, ids, token, status=NotificationStatus.SENT, sent_at=clock.now().astimezone(UTC),
+                         channel=channel, chat_id=chat_id, message_ref=message_ref, last_error=None)
+
+
+async def mark_uncertain(db: Database, token: str, ids: Sequence[int], error: str) -> int:
+    return await _finish(db, ids, token, status=NotificationStatus.UNCERTAIN, last_error=error[:500])
+
+
+async def mark_skipped(db: Database, token: str | None, ids: Sequence[int], reason: str) -> int:
+    return await _finish(db, ids, token, status=NotificationStatus.SKIPPED, last_error=reason[:500])
+
+
+async def mark_failed(db: Database, token: str | None, ids: Sequence[int], reason: str) -> int:
+    return await _finish(db, ids, token, status=NotificationStatus.FAILED, last_error=reason[:500])
+
+
+async def release(db: Database, token: str, ids: Sequence[int]) -> int:
+    """Give claims back untouched (the sweep stopped before reaching them)."""
+    return await _finish(db, ids, token, status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None)
+
+
+def backoff(attempts: int) -> timedelta:
+    """1, 4, 16, 64 minutes … capped at 6 hours."""
+    return timedelta(minutes=min(4 ** max(attempts - 1, 0), 360))
+
+
+async def mark_retry(db: Database, clock: Clock, token: str, ids: Sequence[int], error: str, *,
+                     retry_after: float | None = None) -> int:
+    """Definitely not delivered: pending again after a backoff, or failed after MAX_ATTEMPTS."""
+    now = clock.now().astimezone(UTC)
+    ids = list(ids)
+    async with db.transaction() as s:
+        rows = (await s.execute(select(Notification.id, Notification.attempts)
+                                .where(Notification.id.in_(ids), Notification.claimed_by == token))).all()
+        for notice_id, attempts in rows:
+            if attempts >= MAX_ATTEMPTS:
+                values = dict(status=NotificationStatus.FAILED)
+            else:
+                wait = timedelta(seconds=retry_after) if retry_after else backoff(attempts)
+                values = dict(status=NotificationStatus.PENDING, send_after=now + wait,
+                              claimed_by=None, claimed_at=None)
+            await s.execute(update(Notification).where(Notification.id == notice_id)
+                            .values(last_error=error[:500], **values))
+    return len(rows)
+
+
+# -- who receives it, and is it still true? -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipient:
+    patron_id: int
+    library_id: int
+    library_code: str
+    timezone: str
+    language: str | None
+    role: Role
+    full_name: str
+    class_name: str | None
+    preferences: dict[str, Any]
+    identity_id: int | None = None
+    channel: str | None = None
+    chat_id: str | None = None
+    external_id: str | None = None
+    unreachable: bool = False          # has chats, but every one refused delivery
+
+    def actor(self, default_language: str = "vi") -> Actor:
+        return Actor(identity_id=self.identity_id, channel=self.channel or "", chat_id=self.chat_id or "",
+                     language=self.language or default_language, patron_id=self.patron_id,
+                     library_id=self.library_id, library_code=self.library_code, role=self.role,
+                     full_name=self.full_name, class_name=self.class_name)
+
+
+async def recipients(db: Database, patron_ids: Iterable[int], channels: Sequence[str]) -> dict[int, Recipient]:
+    """Each patron and the chat to write to: the first of ``channels`` (in order) they are reachable on."""
+    patron_ids = list(set(patron_ids))
+    found: dict[int, Recipient] = {}
+    if not patron_ids:
+        return found
+    async with db.session() as s:
+        people = (await s.execute(
+            select(Patron, Library.code, Library.timezone).join(Library, Library.id == Patron.library_id)
+            .where(Patron.id.in_(patron_ids))
+        )).all()
+        chats = (await s.execute(
+            select(ChatIdentity).where(ChatIdentity.patron_id.in_(patron_ids))
+            .order_by(ChatIdentity.linked_at.desc().nulls_last(), ChatIdentity.id.desc())
+        )).scalars().all()
+    by_patron: dict[int, list[ChatIdentity]] = defaultdict(list)
+    for chat in chats:
+        by_patron[chat.patron_id].append(chat)
+    rank = {name: i for i, name in enumerate(channels)}
+    for patron, code, tz in people:
+        own = [c for c in by_patron[patron.id] if c.channel in rank]
+        usable = sorted((c for c in own if c.unreachable_at is None), key=lambda c: rank[c.channel])
+        chat = usable[0] if usable else None
+        found[patron.id] = Recipient(
+            patron_id=patron.id, library_id=patron.library_id, library_code=code, timezone=tz,
+            language=patron.language or (chat.language if chat else None), role=patron.role,
+            full_name=patron.full_name, class_name=patron.class_name, preferences=patron.preferences or {},
+            identity_id=chat.id if chat else None, channel=chat.channel if chat else None,
+            chat_id=chat.chat_id if chat else None, external_id=chat.external_id if chat else None,
+            unreachable=bool(own) and not usable,
+        )
+    return found
+
+
+async def stale(db: Database, clock: Clock, notices: Sequence[Claimed], rules: dict[int, Rules],
+                library_of: dict[int, int]) -> dict[int, str]:
+    """Notices that are no longer true (loan returned or renewed, hold picked up…), with why.
+
+    Also fills in missing ``title``/``pickup_deadline`` of hold notices other features enqueued.
+    """
+    now = clock.now()
+    loan_ids = {n.payload.get("loan_id") for n in notices if n.kind in LOAN_KINDS}
+    hold_ids = {n.payload.get("hold_id") for n in notices if n.kind in HOLD_KINDS + EVENT_KINDS}
+    loan_ids.discard(None)
+    hold_ids.discard(None)
+    async with db.session() as s:
+        loans = {r.id: r for r in (await s.execute(
+            select(Loan.id, Loan.due_date, Loan.returned_at).where(Loan.id.in_(loan_ids)))).all()} if loan_ids else {}
+        holds = {r.id: r for r in (await s.execute(
+            select(Hold.id, Hold.status, Hold.pickup_deadline, Title.title)
+            .join(Title, Title.id == Hold.title_id).where(Hold.id.in_(hold_ids)))).all()} if hold_ids else {}
+    why: dict[int, str] = {}
+    for n in notices:
+        library_rules_ = rules.get(library_of.get(n.patron_id, -1))
+        today = now.astimezone(library_rules_.zone).date() if library_rules_ else clock.today()
+        if n.kind in LOAN_KINDS:
+            loan = loans.get(n.payload.get("loan_id"))
+            if loan is None or loan.returned_at is not None:
+                why[n.id] = "stale: returned"
+            elif loan.due_date.isoformat() != n.payload.get("due_date"):
+                why[n.id] = "stale: due date changed"
+            elif n.kind == "due_soon" and loan.due_date <= today:
+                why[n.id] = "stale: no longer before the due date"
+            elif n.kind == "due_today" and loan.due_date != today:
+                why[n.id] = "stale: not the due date any more"
+        elif n.kind in HOLD_KINDS or n.kind in EVENT_KINDS:
+            hold = holds.get(n.payload.get("hold_id"))
+            if hold is not None:
+                n.payload.setdefault("title", hold.title)
+                if hold.pickup_deadline is not None:
+                    n.payload.setdefault("pickup_deadline", hold.pickup_deadline.isoformat())
+            if n.kind in ("pickup_tomorrow", "hold_ready"):
+                if hold is None or hold.status != HoldStatus.READY:
+                    why[n.id] = "stale: hold no longer ready"
+                elif n.kind == "pickup_tomorrow" and (hold.pickup_deadline is None or hold.pickup_deadline <= today
+                                                      or hold.pickup_deadline.isoformat() != n.payload.get("pickup_deadline")):
+                    why[n.id] = "stale: pickup deadline changed"
+    return why
+
+
+# -- what librarians see --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnreachableChat:
+    patron_id: int
+    full_name: str
+    card_number: str
+    class_name: str | None
+    channel: str
+    since: datetime
+
+
+async def unreachable_chats(db: Database, actor: Actor | None, *, library_id: int | None = None,
+                            limit: int = 200) -> list[UnreachableChat]:
+    """Patrons whose chat refused delivery (blocked the bot). Staff of that library only;
+    ``actor=None`` is the operator's CLI on the server."""
+    if actor is not None:
+        require_staff(actor)
+        library_id = actor.library_id
+    query = (select(Patron.id, Patron.full_name, Patron.card_number, Patron.class_name,
+                    ChatIdentity.channel, ChatIdentity.unreachable_at)
+             .join(ChatIdentity, ChatIdentity.patron_id == Patron.id)
+             .where(ChatIdentity.unreachable_at.is_not(None))
+             .order_by(Patron.class_name, Patron.full_name).limit(limit))
+    if library_id is not None:
+        query = query.where(Patron.library_id == library_id)
+    async with db.session() as s:
+        rows = (await s.execute(query)).all()
+    return [UnreachableChat(pid, name, card, cls, channel, aware(since))
+            for pid, name, card, cls, channel, since in rows]
+
+
+async def status_counts(db: Database) -> dict[str, int]:
+    async with db.session() as s:
+        rows = (await s.execute(select(Notification.status, func.count()).group_by(Notification.status))).all()
+    return {str(getattr(status, "value", status)): count for status, count in rows}
+
+
+async def requeue_uncertain(db: Database, clock: Clock, ids: Sequence[int] | None = None) -> int:
+    """A librarian decided these should be sent again (the only way an uncertain notice is re-sent)."""
+    condition = Notification.status == NotificationStatus.UNCERTAIN
+    if ids is not None:
+        condition = and_(condition, Notification.id.in_(list(ids)))
+    async with db.transaction() as s:
+        result = await s.execute(update(Notification).where(condition).values(
+            status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None,
+            send_after=clock.now().astimezone(UTC)))
+        return result.rowcount or 0
+
+
+async def pending_due(db: Database, clock: Clock, library_ids: Sequence[int]) -> list[Claimed]:
+    """For dry runs: what a claim would take now, without claiming it."""
+    now = clock.now().astimezone(UTC)
+    async with db.session() as s:
+        rows = (await s.execute(
+            select(Notification.id, Notification.key, Notification.patron_id, Notification.kind,
+                   Notification.payload, Notification.attempts)
+            .join(Patron, Patron.id == Notification.patron_id)
+            .where(Notification.status == NotificationStatus.PENDING, Notification.send_after <= now,
+                   Patron.library_id.in_(list(library_ids)))
+            .order_by(Notification.patron_id, Notification.id)
+        )).all()
+    return [Claimed(*r) for r in rows]
+
+
+def group_messages(notices: Sequence[Claimed]) -> list[list[Claimed]]:
+    """One message per patron for their digestible notices; every other notice on its own."""
+    digest: dict[int, list[Claimed]] = defaultdict(list)
+    groups: list[list[Claimed]] = []
+    for n in notices:
+        if n.kind in DIGESTIBLE:
+            digest[n.patron_id].append(n)
+        else:
+            groups.append([n])
+    return list(digest.values()) + groups
+
+
+
+async def existing_keys(db: Database, keys: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    async with db.session() as s:
+        for start in range(0, len(keys), CHUNK):
+            chunk = list(keys[start:start + CHUNK])
+            found |= set((await s.execute(select(Notification.key).where(Notification.key.in_(chunk)))).scalars())
+    return found
