@@ -27,6 +27,9 @@ from services.reminders import Claimed, Recipient
 
 log = logging.getLogger(__name__)
 
+# Notices for a chat on a channel this process does not run wait this long before another look.
+LATER = timedelta(minutes=5)
+
 
 class RateLimiter:
     """Paces sends: ``per_second`` overall (evenly spaced, no bursts) and one per chat per
@@ -187,9 +190,10 @@ class Sweeper:
                 keep.append(n)
         if not preview:
             for reason, ids in skip.items():
-                report.skipped += await reminders.mark_skipped(self.db, token, ids, reason)
+                done = await reminders.mark_skipped(self.db, token, ids, reason)
+                report.skipped += done
             if later:
-                await reminders.release(self.db, token, later)
+                await reminders.release(self.db, token, later, not_before=self.clock.now() + LATER)
         messages = []
         for group in reminders.group_messages(keep):
             person = people[group[0].patron_id]
@@ -206,8 +210,9 @@ class Sweeper:
             except Exception as exc:  # a broken renderer fails its own notices, never the sweep
                 log.exception("could not render %s for patron %s", kind, person.patron_id)
                 if not preview:
-                    report.failed += await reminders.mark_failed(self.db, token, [n.id for n in group],
+                    done = await reminders.mark_failed(self.db, token, [n.id for n in group],
                                                                  f"render: {exc!r}")
+                    report.failed += done
                 continue
             messages.append(Message(person, group, reply))
         return messages
@@ -228,10 +233,11 @@ class Sweeper:
         await asyncio.gather(*(one(m) for m in messages))
 
     async def _deliver(self, message: Message, token: str, report: SweepReport) -> None:
+        # Counters are added after each await (``x += await f()`` would lose concurrent updates).
         person = message.recipient
         channel = self.deps.outbound.get(person.channel or "")
         if channel is None:
-            await reminders.release(self.db, token, message.ids)
+            await reminders.release(self.db, token, message.ids, not_before=self.clock.now() + LATER)
             return
         await self.limiter.acquire(f"{person.channel}:{person.chat_id}")
         ids = await reminders.attempt(self.db, self.clock, token, message.ids)
@@ -243,21 +249,26 @@ class Sweeper:
         except ChatUnreachable as exc:
             await patrons.mark_unreachable(self.db, person.channel, person.chat_id, self.clock)
             report.unreachable += 1
-            report.skipped += await reminders.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
+            done = await reminders.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
+            report.skipped += done
         except DeliveryFailed as exc:
             retry_after = getattr(exc, "retry_after", None)
             if retry_after:
                 self.limiter.pause(float(retry_after))
-            report.retry += await reminders.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
+            done = await reminders.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
                                                        retry_after=retry_after)
+            report.retry += done
         except DeliveryUncertain as exc:
-            report.uncertain += await reminders.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
+            done = await reminders.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
+            report.uncertain += done
         except Exception as exc:  # unknown: it may have gone out, so treat it as uncertain
             log.exception("sending to %s:%s failed", person.channel, person.chat_id)
-            report.uncertain += await reminders.mark_uncertain(self.db, token, ids_list, f"error: {exc!r}")
+            done = await reminders.mark_uncertain(self.db, token, ids_list, f"error: {exc!r}")
+            report.uncertain += done
         else:
-            report.sent += await reminders.mark_sent(self.db, self.clock, token, ids_list, channel=person.channel,
+            done = await reminders.mark_sent(self.db, self.clock, token, ids_list, channel=person.channel,
                                                      chat_id=person.chat_id, message_ref=delivery.message_ref)
+            report.sent += done
             report.messages += 1
 
     async def _preview(self, report: SweepReport) -> SweepReport:

@@ -462,9 +462,12 @@ async def mark_failed(db: Database, token: str | None, ids: Sequence[int], reaso
     return await _finish(db, ids, token, status=NotificationStatus.FAILED, last_error=reason[:500])
 
 
-async def release(db: Database, token: str, ids: Sequence[int]) -> int:
-    """Give claims back untouched (the sweep stopped before reaching them)."""
-    return await _finish(db, ids, token, status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None)
+async def release(db: Database, token: str, ids: Sequence[int], *, not_before: datetime | None = None) -> int:
+    """Give claims back untouched (the sweep stopped before reaching them, or they are for a
+    channel this process does not run: ``not_before`` keeps it from claiming them again at once)."""
+    extra = {"send_after": not_before.astimezone(UTC)} if not_before is not None else {}
+    return await _finish(db, ids, token, status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None,
+                         **extra)
 
 
 def backoff(attempts: int) -> timedelta:
