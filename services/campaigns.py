@@ -281,8 +281,10 @@ async def find(db: Database, ref: str) -> CampaignView:
             c = await s.get(Campaign, int(ref))
             rows = [c] if c else []
         else:
-            rows = (await s.execute(select(Campaign).where(func.lower(Campaign.name) == ref.strip().lower()))
-                    ).scalars().all()
+            # compared in Python: SQLite's lower() leaves Vietnamese letters alone
+            wanted = unicodedata.normalize("NFC", ref.strip()).casefold()
+            rows = [c for c in (await s.execute(select(Campaign))).scalars()
+                    if unicodedata.normalize("NFC", c.name).casefold() == wanted]
         if not rows:
             raise NotFound("campaigns.not_found")
         if len(rows) > 1:
