@@ -322,7 +322,7 @@ def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in
     if circulation is not None and hasattr(circulation, "expire_holds"):
         async def expire() -> None:
             try:
-                await circulation.expire_holds(router.deps.db, router.deps.clock)
+                await circulation.expire_holds(router.deps.db, clock=router.deps.clock)
             except Exception:
                 log.exception("hold expiry sweep failed")
 

@@ -1,8 +1,9 @@
 """How reminders read, the buttons on them, and the commands that switch them on and off.
 
 Renderers (``router.notice``) turn an outbox payload into a message in the recipient's language
-with dates in the school's time zone. Buttons act through the same services as the commands:
-Renew and Cancel hold call circulation, "Stop this kind of reminder" switches the kind off.
+with dates in the school's time zone. Buttons act through the same handlers and services as the
+commands: Renew and Cancel hold are circulation's own buttons (``renew``, ``hcancel``), "Stop this
+kind of reminder" switches the kind off like ``/reminders`` does.
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ def _short(label: str, limit: int = 40) -> str:
 
 
 def _renew(ctx: Context, payload: dict[str, Any], label: str) -> Button | None:
-    return ctx.button(label, "rnw", int(payload["loan_id"])) if payload.get("loan_id") else None
+    """Circulation's own Renew button (same handler as /loans; the renewal count makes a double
+    tap renew once). Shown only where the rules allow a renewal."""
+    if not payload.get("loan_id") or not payload.get("renewable", False):
+        return None
+    return ctx.button(label, "renew", int(payload["loan_id"]), int(payload.get("renewals", 0)))
 
 
 def _cancel(ctx: Context, payload: dict[str, Any], label: str) -> Button | None:
-    return ctx.button(label, "hcx", int(payload["hold_id"])) if payload.get("hold_id") else None
+    """Circulation's own Cancel hold button (same handler as /holds)."""
+    return ctx.button(label, "hcancel", int(payload["hold_id"])) if payload.get("hold_id") else None
 
 
 def _stop(ctx: Context, kind: str) -> list[Button]:
@@ -155,32 +161,6 @@ async def render_class_overdue(ctx: Context, payload: dict[str, Any]) -> Reply:
 
 # -- buttons and commands ------------------------------------------------------------------------
 
-def _circulation():
-    try:
-        from services import circulation
-    except ImportError:  # circulation is another feature; without it these buttons refuse politely
-        raise DomainError("reminders.not_available") from None
-    return circulation
-
-
-async def press_renew(event: Incoming, ctx: Context, args: list[str]) -> Reply:
-    if not args or not args[0].isdigit():
-        return Reply(ctx.t("error.button_expired"))
-    loan = await _circulation().renew_loan(ctx.db, ctx.actor, int(args[0]), clock=ctx.clock)
-    due = getattr(loan, "due_date", None)
-    if due is None:
-        return Reply(ctx.t("reminders.renewed_nodate"), toast=ctx.t("reminders.renewed_nodate"))
-    text = ctx.t("reminders.renewed", date=ctx.t.date(due))
-    return Reply(text, toast=text)
-
-
-async def press_cancel_hold(event: Incoming, ctx: Context, args: list[str]) -> Reply:
-    if not args or not args[0].isdigit():
-        return Reply(ctx.t("error.button_expired"))
-    await _circulation().cancel_hold(ctx.db, ctx.actor, int(args[0]), clock=ctx.clock)
-    return Reply(ctx.t("reminders.hold_cancelled"), toast=ctx.t("reminders.hold_cancelled"))
-
-
 async def press_stop(event: Incoming, ctx: Context, args: list[str]) -> Reply:
     kind = args[0] if args else ""
     await reminders.set_enabled(ctx.db, ctx.actor, kind, False)
@@ -244,7 +224,5 @@ def register(router: Router) -> None:
                    roles={"student", "teacher", "librarian", "admin"}, aliases=("nhacnho",))
     router.command("unreachable", show_unreachable, help_key="reminders.cmd_unreachable",
                    roles={"librarian", "admin"})
-    router.button("rnw", press_renew)
-    router.button("hcx", press_cancel_hold)
     router.button("rstop", press_stop)
     router.button("rset", press_setting)

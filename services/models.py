@@ -252,6 +252,13 @@ class Hold(TimestampMixin, Base):
 
 class Reflection(TimestampMixin, Base):
     __tablename__ = "reflections"
+    __table_args__ = (
+        # One live reflection per student and book (a rejected one may be written again).
+        Index("uq_reflections_live_patron_title", "patron_id", "title_id", unique=True,
+              sqlite_where=text("status IN ('draft','submitted','changes_requested','approved')"),
+              postgresql_where=text("status IN ('draft','submitted','changes_requested','approved')")),
+        Index("ix_reflections_queue", "library_id", "status", "submitted_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
@@ -269,6 +276,11 @@ class Reflection(TimestampMixin, Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # Added by 0005 (reflections and campaigns).
+    word_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)  # word-list hits, for the moderator
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Notification(TimestampMixin, Base):
@@ -330,3 +342,108 @@ class ConversationState(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+# -- reflections and reading campaigns (issue 7) ------------------------------------------------
+
+class ReflectionPrompt(TimestampMixin, Base):
+    """A writing prompt a library offers. Built-in defaults carry a message key (translated for
+    each reader); prompts a librarian writes carry their own text. A library with no rows uses
+    the built-in defaults."""
+
+    __tablename__ = "reflection_prompts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    message_key: Mapped[str | None] = mapped_column(String(64))
+    text: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Campaign(TimestampMixin, Base):
+    """A reading campaign (e.g. the school round of the Reading Culture Ambassador contest)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    theme: Mapped[str | None] = mapped_column(Text)
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    title_ids: Mapped[list[int]] = mapped_column(JSON, default=list)   # empty: any book
+    subjects: Mapped[list[str]] = mapped_column(JSON, default=list)    # empty: any subject
+    goal_books: Mapped[int] = mapped_column(Integer, default=0)
+    goal_reflections: Mapped[int] = mapped_column(Integer, default=0)
+    min_words: Mapped[int | None] = mapped_column(Integer)
+    max_words: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+
+
+class CampaignMember(Base):
+    __tablename__ = "campaign_members"
+    __table_args__ = (UniqueConstraint("campaign_id", "patron_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CampaignShortlist(Base):
+    """Reflections a librarian picked for the next (district/provincial) ambassador round."""
+
+    __tablename__ = "campaign_shortlist"
+    __table_args__ = (UniqueConstraint("campaign_id", "reflection_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    reflection_id: Mapped[int] = mapped_column(ForeignKey("reflections.id", ondelete="CASCADE"))
+    added_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+# -- accounts and circulation (issue 5) -------------------------------------------------------
+
+class ClosedDay(Base):
+    """A range of days the school library is shut (holiday, Tết, summer): due dates and pickup
+    deadlines skip them. Weekends are a per-library rule, not rows here."""
+
+    __tablename__ = "closed_days"
+    __table_args__ = (Index("ix_closed_days_library_end", "library_id", "end_date"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"))
+    start_date: Mapped[date] = mapped_column(Date)
+    end_date: Mapped[date] = mapped_column(Date)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LinkCode(TimestampMixin, Base):
+    """A single-use code that links a chat to a patron. Only its SHA-256 is stored."""
+
+    __tablename__ = "link_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by_identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("chat_identities.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+
+
+class RateCounter(Base):
+    """Attempts per key in fixed time windows (e.g. link-code guesses per chat): kept in the
+    database so every worker process counts against the same limit."""
+
+    __tablename__ = "rate_counters"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer, default=0)

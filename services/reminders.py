@@ -57,6 +57,7 @@ from services.models import (
     Title,
 )
 from services.patrons import Actor, require_linked, require_staff
+from services.rules import SchoolCalendar, load_calendar, rules_for
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +97,10 @@ class Rules:
     quiet_start: time = time(20, 0)
     quiet_end: time = time(7, 0)
     class_digest_weekday: int = 0   # Monday
-    closed_weekdays: tuple[int, ...] = (6,)   # Sunday; used until the school calendar says more
-    closed_dates: frozenset[date] = frozenset()
 
     @classmethod
     def of(cls, library: Library) -> Rules:
-        settings = library.settings or {}
-        cfg = settings.get("reminders") or {}
-        closed = settings.get("closed_dates") or []
-        try:
-            closed_dates = frozenset(date.fromisoformat(str(d)) for d in closed)
-        except ValueError:
-            closed_dates = frozenset()
+        cfg = (library.settings or {}).get("reminders") or {}
         quiet = cfg.get("quiet_hours") or ["20:00", "07:00"]
         return cls(
             timezone=library.timezone or "Asia/Ho_Chi_Minh",
@@ -116,8 +109,6 @@ class Rules:
             quiet_start=_hhmm(quiet[0], time(20, 0)),
             quiet_end=_hhmm(quiet[1], time(7, 0)),
             class_digest_weekday=int(cfg.get("class_digest_weekday", 0)) % 7,
-            closed_weekdays=tuple(settings.get("closed_weekdays", (6,))),
-            closed_dates=closed_dates,
         )
 
     @property
@@ -145,17 +136,17 @@ class Rules:
         """The first moment reminders may go out on ``day`` (end of the night's quiet hours)."""
         return datetime.combine(day, self.quiet_end, tzinfo=self.zone).astimezone(UTC)
 
-    def is_open(self, day: date) -> bool:
-        return day.weekday() not in self.closed_weekdays and day not in self.closed_dates
 
-    def last_open_day_before(self, day: date) -> date:
-        """Where "pickup deadline tomorrow" is said: the last open day before the deadline."""
-        candidate = day - timedelta(days=1)
-        for _ in range(30):
-            if self.is_open(candidate):
-                return candidate
-            candidate -= timedelta(days=1)
-        return day - timedelta(days=1)
+
+def last_open_day_before(calendar: SchoolCalendar, day: date) -> date:
+    """Where "pickup deadline tomorrow" is said: the last open day before the deadline (Friday
+    for a Monday deadline; before Tết for a deadline just after it)."""
+    candidate = day - timedelta(days=1)
+    for _ in range(60):
+        if not calendar.is_closed(candidate):
+            return candidate
+        candidate -= timedelta(days=1)
+    return day - timedelta(days=1)
 
 
 # -- preferences ---------------------------------------------------------------------------------
@@ -214,7 +205,7 @@ class PlanResult:
     rows: list[dict[str, Any]] = field(default_factory=list)   # what was (or would be) planned
 
 
-def _loan_notice(rules: Rules, today: date, loan_id: int, due: date) -> tuple[str, str, dict] | None:
+def _loan_notice(rules: Rules, today: date, loan_id: int, due: date) -> tuple[str, str, dict[str, Any]] | None:
     days = (due - today).days
     if 0 < days <= rules.before_days:
         return "due_soon", f"due_soon:loan={loan_id}:{due}", {}
@@ -244,8 +235,10 @@ async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
             rules = Rules.of(library)
             today = now.astimezone(rules.zone).date()
             send_after = rules.start_of_day(today)
+            calendar = await load_calendar(s, library, since=today)
             loans = await s.execute(
-                select(Loan.id, Loan.patron_id, Loan.due_date, Title.id, Title.title, Patron.preferences)
+                select(Loan.id, Loan.patron_id, Loan.due_date, Loan.renewals, Title.id, Title.title,
+                       Patron.preferences, Patron.role)
                 .join(Patron, Patron.id == Loan.patron_id)
                 .join(Copy, Copy.id == Loan.copy_id)
                 .join(Title, Title.id == Copy.title_id)
@@ -253,16 +246,19 @@ async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
                        Loan.due_date <= today + timedelta(days=rules.before_days),
                        Patron.active.is_(True), reachable)
             )
-            for loan_id, patron_id, due, title_id, title, prefs in loans:
+            for loan_id, patron_id, due, renewals, title_id, title, prefs, role in loans:
                 result.considered += 1
                 found = _loan_notice(rules, today, loan_id, due)
                 if found is None or not enabled(prefs, found[0]):
                     continue
                 kind, key, extra = found
+                loan_rules = rules_for(library, role)
+                # Offer Renew only where circulation would allow it (holds waiting are checked on press).
+                renewable = renewals < loan_rules.max_renewals and (today - due).days <= loan_rules.block_overdue_days
                 result.rows.append(dict(
                     key=key, patron_id=patron_id, kind=kind, send_after=send_after,
-                    payload={"loan_id": loan_id, "title_id": title_id, "title": title,
-                             "due_date": due.isoformat(), **extra},
+                    payload={"loan_id": loan_id, "title_id": title_id, "title": title, "renewals": renewals,
+                             "renewable": renewable, "due_date": due.isoformat(), **extra},
                 ))
             holds = await s.execute(
                 select(Hold.id, Hold.patron_id, Hold.pickup_deadline, Title.id, Title.title, Patron.preferences)
@@ -274,7 +270,7 @@ async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
             )
             for hold_id, patron_id, deadline, title_id, title, prefs in holds:
                 result.considered += 1
-                if not (rules.last_open_day_before(deadline) <= today < deadline):
+                if not (last_open_day_before(calendar, deadline) <= today < deadline):
                     continue
                 if not enabled(prefs, "pickup_tomorrow"):
                     continue

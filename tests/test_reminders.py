@@ -25,6 +25,7 @@ from services.common import Clock
 from services.db import Database
 from services.models import (
     ChatIdentity,
+    ClosedDay,
     Copy,
     CopyStatus,
     Hold,
@@ -477,11 +478,9 @@ async def _ready_hold(db: Database, card: str, deadline: date) -> Hold:
     return hold
 
 
-async def test_pickup_tomorrow_respects_closed_days(rapp: App, clock: Clock):
-    # Deadline Monday 7 Dec; Sunday is closed (default) and so is Saturday here: say it on Friday.
-    async with rapp.db.transaction() as s:
-        await s.execute(update(Library).values(settings={"closed_weekdays": [5, 6]}))
-    hold = await _ready_hold(rapp.db, "HS002", date(2026, 12, 7))
+async def test_pickup_tomorrow_respects_weekends_and_closed_days(rapp: App, clock: Clock):
+    # Deadline Monday 7 Dec; Saturday and Sunday are the school's weekend: say it on Friday.
+    await _ready_hold(rapp.db, "HS002", date(2026, 12, 7))
     clock.set(at(2026, 12, 3, 9))                            # Thursday: too early
     assert (await sweeper_for(rapp).sweep()).messages == 0
     clock.set(at(2026, 12, 4, 9))                            # Friday
@@ -490,26 +489,64 @@ async def test_pickup_tomorrow_respects_closed_days(rapp: App, clock: Clock):
     assert "Dec 7, 2026" in reply.text and "Cancel hold" in reply.buttons[0][0].label
     clock.set(at(2026, 12, 6, 9))
     assert (await sweeper_for(rapp).sweep()).messages == 0   # once
-    assert hold.id
+    # A closed range from the school calendar (Thu–Fri 10–11 Dec): say it on Wednesday 9 Dec
+    async with rapp.db.transaction() as s:
+        library = (await s.execute(select(Library))).scalar_one()
+        s.add(ClosedDay(library_id=library.id, start_date=date(2026, 12, 10), end_date=date(2026, 12, 11),
+                        name="Hội khoẻ Phù Đổng"))
+    await _ready_hold(rapp.db, "HS001", date(2026, 12, 14))
+    clock.set(at(2026, 12, 9, 9))
+    assert (await sweeper_for(rapp).sweep()).messages == 1
+    assert "14 thg 12, 2026" in sent(rapp)[-1][1].text
 
 
-async def test_hold_ready_event_from_circulation_is_filled_in_and_rendered(rapp: App, clock: Clock):
+async def test_renew_and_cancel_buttons_on_reminders_use_circulation(rapp: App, clock: Clock):
+    clock.set(at(2026, 12, 1, 9))
+    loan = await lend(rapp.db, "HS002", date(2026, 12, 3))
+    hold = await _ready_hold(rapp.db, "HS002", date(2026, 12, 2))
+    await sweeper_for(rapp).sweep()
+    [(_, digest)] = sent(rapp)                               # one digest: due soon + pickup tomorrow
+    chat = ChatDriver(rapp, user="HS002", channel=CHANNEL)
+    chat.last = [digest]
+    await chat.press("Renew")
+    assert "Renewed" in chat.text and "Dec 17, 2026" in chat.text
+    async with rapp.db.session() as s:
+        assert (await s.get(Loan, loan.id)).due_date == date(2026, 12, 17)
+    chat.last = [digest]
+    await chat.press("Renew")                                # a double tap renews once
+    assert "Renewed" not in chat.text
+    chat.last = [digest]
+    await chat.press("Cancel hold")
+    async with rapp.db.session() as s:
+        assert (await s.get(Hold, hold.id)).status == HoldStatus.CANCELLED
+    # the reminders the renewal made stale are not sent
+    clock.set(at(2026, 12, 2, 9))
+    await sweeper_for(rapp).sweep()
+    assert len(sent(rapp)) == 1
+
+
+async def test_event_notices_of_other_features_go_through_their_renderers(rapp: App, clock: Clock):
     clock.set(at(2026, 12, 1, 9))
     hold = await _ready_hold(rapp.db, "HS001", date(2026, 12, 4))
-    async with rapp.db.transaction() as s:                  # what circulation enqueues
+    async with rapp.db.transaction() as s:                  # what circulation and reflections enqueue
         await notifications.enqueue(s, patron_id=hold.patron_id, kind="hold_ready",
-                                    key=f"hold_ready:hold={hold.id}", send_after=clock.now(),
+                                    key=f"hold_ready:{hold.id}", send_after=clock.now(),
                                     payload={"hold_id": hold.id})
         await notifications.enqueue(s, patron_id=hold.patron_id, kind="reflection_approved",
-                                    key="reflection_approved:1", send_after=clock.now(), payload={"x": 1})
+                                    key="reflection_approved:1", send_after=clock.now(),
+                                    payload={"title": "Dế Mèn phiêu lưu ký"})
+        await notifications.enqueue(s, patron_id=hold.patron_id, kind="campaign_news",
+                                    key="campaign_news:1", send_after=clock.now(), payload={"x": 1})
     report = await sweeper_for(rapp).sweep()
-    [(chat, reply)] = sent(rapp)
-    assert "đã sẵn sàng" in reply.text and "4 thg 12, 2026" in reply.text
-    # a kind nobody registered a renderer for fails on its own, visibly
+    texts = [reply.text for _, reply in sent(rapp)]
+    assert len(texts) == 2
+    assert any("đã sẵn sàng" in t and "4 thg 12, 2026" in t for t in texts)   # title/deadline filled in
+    assert any("Dế Mèn phiêu lưu ký" in t for t in texts)
+    # a kind nobody registered a renderer for fails on its own, visibly, without blocking the rest
     assert report.failed == 1
-    rapp.router.notice("reflection_approved", lambda ctx, payload: _async(Reply(f"ok {payload['x']}")))
+    rapp.router.notice("campaign_news", lambda ctx, payload: _async(Reply(f"ok {payload['x']}")))
     async with rapp.db.transaction() as s:
-        await s.execute(update(Notification).where(Notification.key == "reflection_approved:1")
+        await s.execute(update(Notification).where(Notification.key == "campaign_news:1")
                         .values(status=NotificationStatus.PENDING))
     await sweeper_for(rapp).sweep()
     assert sent(rapp)[-1][1].text == "ok 1"

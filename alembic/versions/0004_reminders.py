@@ -1,7 +1,7 @@
 """reminders: delivery bookkeeping on the notification outbox
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0005 (branched from 0001; chained after the features merged before it)
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
