@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
@@ -39,6 +40,7 @@ from services.models import (
 from tests.conftest import ChatDriver
 
 CHANNEL = "test"
+ROOT = Path(__file__).resolve().parents[1]
 VN = 7  # Asia/Ho_Chi_Minh is UTC+7, no daylight saving
 
 
@@ -644,3 +646,52 @@ async def test_cli_remind_dry_run_and_status(rapp: App, clock: Clock, capsys):
     assert "sent 1 messages" in capsys.readouterr().out
     assert await cmd_remind(rapp, parser.parse_args(["remind", "--status"])) == 0
     assert "sent 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["claim", "send"])
+async def test_killed_sweeper_process_loses_nothing_and_repeats_nothing(rapp: App, clock: Clock, tmp_path, mode):
+    """kill -9 a real sweeper process after it claimed (mode=claim) or mid-send (mode=send)."""
+    import os
+    import signal
+    import sys
+
+    clock.set(at(2026, 12, 1, 9))
+    cards = ["HS003", "HS004", "GV001", "TT001"]
+    for card in cards:
+        await link(rapp.db, card)
+    for card in ["HS001", "HS002", *cards]:
+        await lend(rapp.db, card, date(2026, 12, 1))
+    out = tmp_path / "delivered.txt"
+    root = ROOT
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sweep_worker", rapp.db.url, str(out), clock.now().isoformat(), mode, "2",
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        for _ in range(600):                                    # the worker signals where it hangs
+            if out.exists() and "HANG" in out.read_text():
+                break
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert "HANG" in out.read_text(), out.read_text() if out.exists() else "no output"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    before = [line for line in out.read_text().split() if line not in ("HANG", "DONE")]
+    assert len(before) == (2 if mode == "claim" else 3)
+    # the restarted sweeper (here: this process) waits for the lease, then finishes the job
+    assert (await sweeper_for(rapp).sweep()).messages == 0
+    clock.set(clock.now() + reminders.LEASE + timedelta(seconds=1))
+    report = await sweeper_for(rapp).sweep()
+    after = [chat for chat, _ in sent(rapp)]
+    delivered = before + after
+    assert len(delivered) == len(set(delivered)), delivered   # nothing twice
+    statuses = sorted(n.status.value for n in await notices(rapp.db))
+    if mode == "claim":
+        assert sorted(delivered) == sorted(["HS001", "HS002", *cards])   # nothing lost
+        assert report.lost == 0 and statuses == ["sent"] * 6
+    else:
+        # the message in flight when the process died went out, but nobody can know: uncertain
+        assert sorted(delivered) == sorted(["HS001", "HS002", *cards])
+        assert report.lost == 1 and statuses == ["sent"] * 5 + ["uncertain"]
