@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,18 +35,34 @@ LATER = timedelta(minutes=5)
 class RateLimiter:
     """Paces sends: ``per_second`` overall (evenly spaced, no bursts) and one per chat per
     ``per_chat_interval`` seconds. ``pause`` honours a 429's ``retry_after`` for everyone.
+
+    ``acquire`` paces; ``gate``, called right before the request goes out, also keeps at most
+    ``window`` sends in any second, so sends delayed between the two (a database write waiting
+    for a lock) cannot bunch up into a burst Telegram would answer with 429.
     Time and sleep are injectable, so tests never wait."""
 
-    def __init__(self, per_second: float = 28.0, per_chat_interval: float = 1.05, *,
+    def __init__(self, per_second: float = 28.0, per_chat_interval: float = 1.05, *, window: int | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.interval = 1.0 / per_second
         self.per_chat_interval = per_chat_interval
+        self.window = window if window is not None else max(1, int(per_second))
         self.monotonic = monotonic
         self.sleep = sleep
         self.next_slot = 0.0
         self.paused_until = 0.0
         self.chat_next: dict[str, float] = {}
+        self.recent: deque[float] = deque()
+
+    async def gate(self) -> None:
+        while True:
+            now = self.monotonic()
+            while self.recent and self.recent[0] <= now - 1.0:
+                self.recent.popleft()
+            if len(self.recent) < self.window:
+                self.recent.append(now)
+                return
+            await self.sleep(self.recent[0] + 1.0 - now)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.monotonic() + seconds)
@@ -115,7 +132,7 @@ class Sweeper:
     """Plans, claims and delivers. Safe to run in several processes at once."""
 
     def __init__(self, router: Router, *, limiter: RateLimiter | None = None, worker: str | None = None,
-                 concurrency: int = 8, batch: int = 200, lease: timedelta = reminders.LEASE) -> None:
+                 concurrency: int = 8, batch: int = 500, lease: timedelta = reminders.LEASE) -> None:
         self.router = router
         self.deps = router.deps
         self.limiter = limiter or RateLimiter()
@@ -245,6 +262,7 @@ class Sweeper:
             return   # another sweeper took these over after our lease ran out
         ids_list = sorted(ids)
         try:
+            await self.limiter.gate()
             delivery = await channel.send(person.chat_id, message.reply)
         except ChatUnreachable as exc:
             await patrons.mark_unreachable(self.db, person.channel, person.chat_id, self.clock)
@@ -252,7 +270,10 @@ class Sweeper:
             done = await reminders.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
             report.skipped += done
         except DeliveryFailed as exc:
-            retry_after = getattr(exc, "retry_after", None)
+            # A 429 that outlived the channel's own retries: everyone waits (the cause may carry it).
+            retry_after = getattr(exc, "retry_after", None) or getattr(exc.__cause__, "retry_after", None)
+            if hasattr(retry_after, "total_seconds"):
+                retry_after = retry_after.total_seconds()
             if retry_after:
                 self.limiter.pause(float(retry_after))
             done = await reminders.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
@@ -279,9 +300,8 @@ class Sweeper:
         open_ids = [lid for lid, r in rules.items() if not r.is_quiet(now)]
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
         pending = await reminders.pending_due(self.db, self.clock, open_ids)
-        known = await reminders.existing_keys(self.db, [r["key"] for r in planned.rows])
         new = [Claimed(0, r["key"], r["patron_id"], r["kind"], r["payload"], 0) for r in planned.rows
-               if r["key"] not in known and r["send_after"] <= now]
+               if r["send_after"] <= now]
         people = await reminders.recipients(self.db, {n.patron_id for n in new}, self.channel_names())
         new = [n for n in new if n.patron_id in people and people[n.patron_id].library_id in open_ids]
         report.planned = len(new)

@@ -202,7 +202,7 @@ async def set_enabled(db: Database, actor: Actor, kind: str, on: bool) -> bool:
 class PlanResult:
     considered: int = 0
     inserted: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)   # what was (or would be) planned
+    rows: list[dict[str, Any]] = field(default_factory=list)   # the new notices (a dry run: would be)
 
 
 def _loan_notice(rules: Rules, today: date, loan_id: int, due: date) -> tuple[str, str, dict[str, Any]] | None:
@@ -236,6 +236,7 @@ async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
             today = now.astimezone(rules.zone).date()
             send_after = rules.start_of_day(today)
             calendar = await load_calendar(s, library, since=today)
+            role_rules: dict[Role, Any] = {}
             loans = await s.execute(
                 select(Loan.id, Loan.patron_id, Loan.due_date, Loan.renewals, Title.id, Title.title,
                        Patron.preferences, Patron.role)
@@ -252,7 +253,7 @@ async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
                 if found is None or not enabled(prefs, found[0]):
                     continue
                 kind, key, extra = found
-                loan_rules = rules_for(library, role)
+                loan_rules = role_rules.get(role) or role_rules.setdefault(role, rules_for(library, role))
                 # Offer Renew only where circulation would allow it (holds waiting are checked on press).
                 renewable = renewals < loan_rules.max_renewals and (today - due).days <= loan_rules.block_overdue_days
                 result.rows.append(dict(
@@ -282,16 +283,28 @@ async def plan(db: Database, clock: Clock, *, library_id: int | None = None,
                 ))
             if today.weekday() >= rules.class_digest_weekday:
                 result.rows += await _plan_class_digests(s, library, today, send_after)
-    if not dry_run and result.rows:
-        async with db.transaction() as s:
-            insert = insert_for(s)
-            for start in range(0, len(result.rows), CHUNK):
-                chunk = [dict(r, status=NotificationStatus.PENDING, attempts=0)
-                         for r in result.rows[start:start + CHUNK]]
-                outcome = await s.execute(insert(Notification).values(chunk)
-                                          .on_conflict_do_nothing(index_elements=["key"]))
-                result.inserted += max(outcome.rowcount or 0, 0)
+    if result.rows:
+        # One batched INSERT … ON CONFLICT (key) DO NOTHING RETURNING key: the unique key index
+        # decides what is new (also between concurrent planners). A dry run rolls it back.
+        rows = [dict(r, status=NotificationStatus.PENDING, attempts=0) for r in result.rows]
+        new_keys: set[str] = set()
+        try:
+            async with db.transaction() as s:
+                stmt = (insert_for(s)(Notification).on_conflict_do_nothing(index_elements=["key"])
+                        .returning(Notification.key))
+                for start in range(0, len(rows), 5000):
+                    new_keys.update((await s.execute(stmt, rows[start:start + 5000])).scalars())
+                if dry_run:
+                    raise _DryRun
+        except _DryRun:
+            pass
+        result.inserted = len(new_keys)
+        result.rows = [r for r in result.rows if r["key"] in new_keys]
     return result
+
+
+class _DryRun(Exception):
+    """Raised to roll back a dry run's inserts."""
 
 
 async def _plan_class_digests(s, library: Library, today: date, send_after: datetime) -> list[dict]:
@@ -674,11 +687,3 @@ def group_messages(notices: Sequence[Claimed]) -> list[list[Claimed]]:
     return list(digest.values()) + groups
 
 
-
-async def existing_keys(db: Database, keys: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    async with db.session() as s:
-        for start in range(0, len(keys), CHUNK):
-            chunk = list(keys[start:start + CHUNK])
-            found |= set((await s.execute(select(Notification.key).where(Notification.key.in_(chunk)))).scalars())
-    return found

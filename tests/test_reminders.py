@@ -621,6 +621,17 @@ async def test_rate_limiter_paces_overall_and_per_chat():
     start = fake.now
     await send("c0")
     assert fake.now >= start + 5
+    # sends paced apart but delayed before going out (a database lock) cannot bunch into a burst
+    paced = []
+    for i in range(60):
+        await limiter.acquire(f"d{i}")
+        paced.append(fake.now)
+    fake.now = paced[-1] + 0.5
+    gone = []
+    for _ in paced:
+        await limiter.gate()
+        gone.append(fake.now)
+    assert all(sum(1 for t in gone if s <= t < s + 1.0) <= 28 for s in gone)
 
 
 async def test_scheduler_registers_the_sweep(rapp: App):

@@ -1,0 +1,297 @@
+"""Reminder benchmark: plan 100,000 active loans, then send a bounded window of messages through
+the fake Telegram Bot API server (rate-limit mode: 429 above 30 msg/s or 1 msg/s per chat) using
+the real python-telegram-bot stack with AIORateLimiter.
+
+    .venv/bin/python bench/reminders.py                      # SQLite file in a temp dir
+    .venv/bin/python bench/reminders.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/test
+
+Prints: planning time (target ≤ 10 s), achieved send rate as a fraction of 30/s (target ≥ 0.9),
+429s received (target 0), duplicates (target 0), peak memory. Not a test: numbers vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import resource
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, insert, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from bot.app import build_app  # noqa: E402
+from bot.config import Settings  # noqa: E402
+from bot.scheduler import RateLimiter, Sweeper  # noqa: E402
+from handlers.messages import (  # noqa: E402
+    ChatUnreachable,
+    Delivery,
+    DeliveryFailed,
+    DeliveryUncertain,
+    Reply,
+)
+from services import reminders  # noqa: E402
+from services.common import Clock  # noqa: E402
+from services.db import Database, create_engine, upgrade_async  # noqa: E402
+from services.models import (  # noqa: E402
+    ChatIdentity,
+    Copy,
+    CopyStatus,
+    Library,
+    Loan,
+    Notification,
+    NotificationStatus,
+    Patron,
+    Role,
+    Title,
+)
+from tests.fake_bot_api import FakeBotApi  # noqa: E402
+
+NOW = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)     # 09:00 in Lào Cai: outside quiet hours
+TODAY = date(2026, 12, 1)
+CHAT_BASE = 10_000_000
+
+
+def due_offset(rng: random.Random) -> int:
+    """Days from today to the due date of an active loan: most are on time, a tail is late."""
+    r = rng.random()
+    if r < 0.82:
+        return rng.randint(0, 14)        # current loans, due within the two-week loan period
+    if r < 0.97:
+        return -rng.randint(1, 30)       # overdue up to a month
+    return -rng.randint(31, 120)         # forgotten over the holidays
+
+
+async def seed(db: Database, loans: int, rng: random.Random) -> tuple[int, list[int]]:
+    """One school library: titles, a copy per loan, patrons with 1–5 loans, a Telegram chat each."""
+    chunk = 5000
+    async with db.transaction() as s:
+        library = Library(code="bench", name="Bench school", timezone="Asia/Ho_Chi_Minh", settings={})
+        s.add(library)
+        await s.flush()
+        lib = library.id
+        await s.execute(insert(Title), [dict(source_key=f"bench:{i}", title=f"Sách số {i} — Tuyển tập truyện",
+                                             authors="", subjects="") for i in range(3000)])
+    sizes = []
+    while sum(sizes) < loans:
+        sizes.append(min(rng.choice((1, 1, 2, 2, 3, 3, 4, 5)), loans - sum(sizes)))
+    patrons = len(sizes)
+    async with db.transaction() as s:
+        for start in range(0, patrons, chunk):
+            await s.execute(insert(Patron), [dict(library_id=lib, card_number=f"B{i:06d}", full_name=f"Học Sinh {i}",
+                                                  role=Role.STUDENT, class_name=f"{10 + i % 3}A{i % 8}",
+                                                  language="vi" if i % 5 else "en", preferences={}, active=True)
+                                             for i in range(start, min(start + chunk, patrons))])
+        ids = list((await s.execute(select(Patron.id).where(Patron.library_id == lib).order_by(Patron.id))).scalars())
+        for start in range(0, patrons, chunk):
+            await s.execute(insert(ChatIdentity), [dict(channel="telegram", external_id=str(CHAT_BASE + pid),
+                                                        chat_id=str(CHAT_BASE + pid), patron_id=pid,
+                                                        linked_at=NOW - timedelta(days=30))
+                                                   for pid in ids[start:start + chunk]])
+        titles = list((await s.execute(select(Title.id))).scalars())
+        for start in range(0, loans, chunk):
+            await s.execute(insert(Copy), [dict(title_id=titles[i % len(titles)], library_id=lib,
+                                                barcode=f"BC{i:07d}", status=CopyStatus.ON_LOAN, version=0)
+                                           for i in range(start, min(start + chunk, loans))])
+        copies = list((await s.execute(select(Copy.id).where(Copy.library_id == lib).order_by(Copy.id))).scalars())
+        rows, n = [], 0
+        for pid, size in zip(ids, sizes, strict=True):
+            for _ in range(size):
+                due = TODAY + timedelta(days=due_offset(rng))
+                rows.append(dict(library_id=lib, copy_id=copies[n], patron_id=pid, due_date=due,
+                                 checked_out_at=datetime.combine(due - timedelta(days=14), datetime.min.time(), UTC),
+                                 renewals=0))
+                n += 1
+        for start in range(0, len(rows), chunk):
+            await s.execute(insert(Loan), rows[start:start + chunk])
+    return patrons, ids
+
+
+class ThinTelegramChannel:
+    """Until bot/telegram.py's TelegramChannel is on main: the same error mapping on a PTB ExtBot."""
+
+    name = "telegram"
+
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    async def send(self, chat_id: str, reply: Reply) -> Delivery:
+        from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+        from telegram.error import Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
+
+        markup = InlineKeyboardMarkup([[InlineKeyboardButton(b.label, callback_data=b.payload) for b in row]
+                                       for row in reply.buttons]) if reply.buttons else None
+        try:
+            message = await self.bot.send_message(int(chat_id), reply.text, reply_markup=markup)
+        except Forbidden as exc:
+            raise ChatUnreachable(chat_id) from exc
+        except RetryAfter as exc:
+            raise DeliveryFailed(f"rate limited: {exc}") from exc
+        except TimedOut as exc:
+            raise DeliveryUncertain(str(exc)) from exc
+        except (NetworkError, TelegramError) as exc:
+            raise DeliveryFailed(str(exc)) from exc
+        return Delivery(str(message.message_id))
+
+
+async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock):
+    """The real adapter's channel when it is installed, else the thin one; both on PTB + AIORateLimiter."""
+    from telegram.ext import AIORateLimiter, ExtBot
+    from telegram.request import HTTPXRequest
+
+    request = HTTPXRequest(connection_pool_size=16)
+    try:
+        from bot.telegram import ResilientRateLimiter, TelegramChannel
+    except ImportError:
+        bot = ExtBot(api.token, base_url=api.base_url, request=request,
+                     rate_limiter=AIORateLimiter(max_retries=3))
+        await bot.initialize()
+        return bot, ThinTelegramChannel(bot), "thin PTB ExtBot channel (bench)"
+    bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=ResilientRateLimiter())
+    await bot.initialize()
+    return bot, TelegramChannel(bot, db, clock=clock), "bot.telegram.TelegramChannel"
+
+
+class ServerThread:
+    """The fake Bot API server on its own thread and event loop, like a real remote server: the
+    bench's own work (database, rendering) cannot delay when the server sees requests arrive."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-bot-api", daemon=True)
+        self.api: FakeBotApi | None = None
+
+    async def run(self, coro_fn, *args):
+        async def call():
+            return await coro_fn(*args)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self.loop))
+
+    async def start(self, blocked: list[int]) -> FakeBotApi:
+        self.thread.start()
+
+        async def boot() -> FakeBotApi:
+            api = FakeBotApi()
+            await api.start()
+            api.rate_limit(per_second=30, per_chat_per_second=1)
+            for chat in blocked:
+                api.block_chat(chat)
+            return api
+
+        self.api = await self.run(boot)
+        return self.api
+
+    async def stop(self) -> None:
+        await self.run(self.api.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self.thread.join)
+
+
+async def fresh_postgres(url: str) -> tuple[str, str, str]:
+    server = make_url(url)
+    name = f"docsach_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False), server.render_as_string(
+        hide_password=False), name
+
+
+async def drop_postgres(server_url: str, name: str) -> None:
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+async def main(args: argparse.Namespace) -> None:
+    rng = random.Random(6)
+    tmp = tempfile.TemporaryDirectory()
+    cleanup = None
+    if args.postgres:
+        url, server_url, name = await fresh_postgres(args.postgres)
+        cleanup = (server_url, name)
+        backend = "PostgreSQL"
+    else:
+        url = f"sqlite+aiosqlite:///{tmp.name}/bench.db"
+        backend = "SQLite"
+    try:
+        await upgrade_async(url)
+        clock = Clock(fixed=NOW)
+        app = build_app(Settings(database_url=url, secret_key=b"bench", secret_key_is_ephemeral=False), clock=clock)
+        started = time.perf_counter()
+        patrons, _ = await seed(app.db, args.loans, rng)
+        print(f"backend: {backend}; seeded {args.loans:,} active loans for {patrons:,} patrons "
+              f"in {time.perf_counter() - started:.1f} s")
+
+        started = time.perf_counter()
+        planned = await reminders.plan(app.db, clock)
+        planning = time.perf_counter() - started
+        started = time.perf_counter()
+        again = await reminders.plan(app.db, clock)
+        replanning = time.perf_counter() - started
+        async with app.db.session() as s:
+            kinds = dict((await s.execute(select(Notification.kind, func.count()).group_by(Notification.kind))).all())
+        print(f"planning: {planning:.2f} s for {planned.considered:,} candidate loans → {planned.inserted:,} notices "
+              f"{kinds}; planning again: {replanning:.2f} s, {again.inserted} new")
+
+        blocked = [CHAT_BASE + pid for pid in rng.sample(range(1, patrons + 1), max(1, patrons // 200))]
+        server = ServerThread()
+        api = await server.start(blocked)
+        try:
+            bot, channel, kind = await telegram_channel(api, app.db, clock)
+            app.deps.outbound["telegram"] = channel
+            sweeper = Sweeper(app.router, worker="bench", limiter=RateLimiter(per_second=args.rate),
+                              concurrency=8)
+            started = time.perf_counter()
+            report = await sweeper.sweep(max_messages=args.messages)
+            window = time.perf_counter() - started
+            await bot.shutdown()
+        finally:
+            await server.stop()
+        sends = [c for c in api.calls if c.method.lower() == "sendmessage"]
+        ok = [c for c in sends if c.ok]
+        span = (ok[-1].at - ok[0].at) if len(ok) > 1 else float("nan")
+        rate = (len(ok) - 1) / span if len(ok) > 1 else 0.0
+        per_chat = Counter(c.chat_id for c in ok)
+        duplicates = sum(n - 1 for n in per_chat.values() if n > 1)
+        too_many = api.stats.too_many_requests
+        async with app.db.session() as s:
+            status = dict((await s.execute(select(Notification.status, func.count())
+                                           .group_by(Notification.status))).all())
+            double = (await s.execute(select(func.count()).select_from(
+                select(Notification.key).where(Notification.status == NotificationStatus.SENT)
+                .group_by(Notification.key).having(func.count() > 1).subquery()))).scalar_one()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"channel: {kind}; sender limit {args.rate}/s; fake server limits 30/s overall, 1/s per chat")
+        print(f"sent {len(ok):,} messages ({report.sent:,} notices; {len(sends) - len(ok)} refused: "
+              f"{report.unreachable} blocked chats) in {window:.1f} s")
+        print(f"achieved send rate: {rate:.2f} msg/s = {rate / 30:.3f} of 30/s (first→last accepted sendMessage)")
+        print(f"429s received: {too_many}")
+        print(f"duplicates: {duplicates} (same chat messaged twice) / {double} (notice keys sent twice)")
+        print(f"outbox after the window: { {getattr(k, 'value', k): v for k, v in status.items()} }")
+        print(f"peak memory (max RSS, bench + fake server): {peak:.0f} MB")
+        await app.close()
+    finally:
+        if cleanup:
+            await drop_postgres(*cleanup)
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loans", type=int, default=100_000, help="active loans to create (default 100000)")
+    parser.add_argument("--messages", type=int, default=1500, help="messages to send in the window (default 1500)")
+    parser.add_argument("--rate", type=float, default=28.0, help="sender-side overall limit, msg/s (default 28)")
+    parser.add_argument("--postgres", metavar="URL", help="PostgreSQL server URL; a throw-away database is created")
+    asyncio.run(main(parser.parse_args()))
