@@ -138,21 +138,28 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
 
 
 async def _cli_outbound(app: App) -> list:
-    """Telegram's output channel for one-off sweeps, when the adapter is installed and configured."""
+    """Telegram's output channel for a one-off sweep, when the adapter is installed and configured.
+    Without it, notices for Telegram chats stay pending for the running bot (nothing is lost)."""
     if not app.settings.telegram_token:
         return []
     try:
+        from telegram.ext import AIORateLimiter, ExtBot
+
         from bot import telegram
     except ImportError:
         log.warning("no Telegram adapter: only terminal chats are reached; the rest stays pending")
         return []
-    opener = getattr(telegram, "open_output_channel", None)
-    if opener is None:
-        log.warning("the Telegram adapter cannot push messages from the CLI; the rest stays pending")
+    channel_cls = getattr(telegram, "TelegramChannel", None)
+    if channel_cls is None:
+        log.warning("the Telegram adapter has no output channel; the rest stays pending")
         return []
-    channel, close = await opener(app)
+    limiter_cls = getattr(telegram, "ResilientRateLimiter", AIORateLimiter)
+    bot = ExtBot(app.settings.telegram_token, base_url=app.settings.telegram_api_base_url,
+                 rate_limiter=limiter_cls())
+    await bot.initialize()
+    channel = channel_cls(bot, app.db, clock=app.deps.clock)
     app.deps.outbound[channel.name] = channel
-    return [close]
+    return [bot.shutdown]
 
 
 async def cmd_export(app: App, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ restarted process simply sweeps again (see ``services/reminders.py`` for the onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -164,21 +165,37 @@ class Sweeper:
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
         token = reminders.new_claim_token(self.worker)
         budget = max_messages
-        while open_ids and (budget is None or budget > 0):
-            batch = await reminders.claim(self.db, self.clock, token, limit=self.batch, library_ids=open_ids)
-            if not batch:
-                break
-            report.claimed += len(batch)
-            messages = await self._prepare(batch, token, rules, report)
-            if budget is not None and len(messages) > budget:
-                rest = messages[budget:]
-                messages = messages[:budget]
-                await reminders.release(self.db, token, [i for m in rest for i in m.ids])
-            if budget is not None:
-                budget -= len(messages)
-            await self._deliver_all(messages, token, report)
-            now = self.clock.now()
-            open_ids = [lid for lid in open_ids if not rules[lid].is_quiet(now)]
+        gate = asyncio.Semaphore(self.concurrency)
+        # Pipelined: the next batch is claimed and rendered while the previous one is still
+        # sending, so the sender never idles at batch edges. At most two batches are in flight.
+        sending: asyncio.Task | None = None
+        try:
+            while open_ids and (budget is None or budget > 0):
+                batch = await reminders.claim(self.db, self.clock, token, limit=self.batch, library_ids=open_ids)
+                if not batch:
+                    break
+                report.claimed += len(batch)
+                messages = await self._prepare(batch, token, rules, report)
+                if budget is not None and len(messages) > budget:
+                    rest = messages[budget:]
+                    messages = messages[:budget]
+                    await reminders.release(self.db, token, [i for m in rest for i in m.ids])
+                if budget is not None:
+                    budget -= len(messages)
+                previous = sending
+                sending = asyncio.create_task(self._deliver_all(messages, token, report, gate))
+                if previous is not None:
+                    await previous
+                now = self.clock.now()
+                open_ids = [lid for lid in open_ids if not rules[lid].is_quiet(now)]
+        except BaseException:
+            if sending is not None and not sending.done():
+                sending.cancel()   # what it had not attempted is released by the lease; nothing is lost
+                with contextlib.suppress(BaseException):
+                    await sending
+            raise
+        if sending is not None:
+            await sending
         return report
 
     async def _prepare(self, batch: list[Claimed], token: str, rules, report: SweepReport,
@@ -240,8 +257,8 @@ class Sweeper:
                          user_id=person.external_id or person.chat_id or "")
         return Context(deps, person.actor(self.deps.default_language), event, self.router)
 
-    async def _deliver_all(self, messages: list[Message], token: str, report: SweepReport) -> None:
-        gate = asyncio.Semaphore(self.concurrency)
+    async def _deliver_all(self, messages: list[Message], token: str, report: SweepReport,
+                           gate: asyncio.Semaphore) -> None:
 
         async def one(message: Message) -> None:
             async with gate:
@@ -300,8 +317,8 @@ class Sweeper:
         open_ids = [lid for lid, r in rules.items() if not r.is_quiet(now)]
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
         pending = await reminders.pending_due(self.db, self.clock, open_ids)
-        new = [Claimed(0, r["key"], r["patron_id"], r["kind"], r["payload"], 0) for r in planned.rows
-               if r["send_after"] <= now]
+        new = [Claimed(-i, r["key"], r["patron_id"], r["kind"], r["payload"], 0)   # ids only to tell them apart
+               for i, r in enumerate(planned.rows, 1) if r["send_after"] <= now]
         people = await reminders.recipients(self.db, {n.patron_id for n in new}, self.channel_names())
         new = [n for n in new if n.patron_id in people and people[n.patron_id].library_id in open_ids]
         report.planned = len(new)
