@@ -153,8 +153,10 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock):
     try:
         from bot.telegram import ResilientRateLimiter, TelegramChannel
     except ImportError:
+        # max_retries=0: a 429 surfaces to the sweeper, which pauses every send for retry_after and
+        # re-queues the notice (PTB's own retry would add an unpaced request on top of the paced ones).
         bot = ExtBot(api.token, base_url=api.base_url, request=request,
-                     rate_limiter=AIORateLimiter(max_retries=3))
+                     rate_limiter=AIORateLimiter(max_retries=0))
         await bot.initialize()
         return bot, ThinTelegramChannel(bot), "thin PTB ExtBot channel (bench)"
     bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=ResilientRateLimiter())
@@ -266,6 +268,10 @@ async def main(args: argparse.Namespace) -> None:
         per_chat = Counter(c.chat_id for c in ok)
         duplicates = sum(n - 1 for n in per_chat.values() if n > 1)
         too_many = api.stats.too_many_requests
+        arrivals = [c.at for c in sends]
+        busiest = max((sum(1 for t in arrivals[i:i + 40] if t < a + 1.0) for i, a in enumerate(arrivals)),
+                      default=0)
+        refused_at = [round(c.at - arrivals[0], 1) for c in sends if c.status == 429]
         async with app.db.session() as s:
             status = dict((await s.execute(select(Notification.status, func.count())
                                            .group_by(Notification.status))).all())
@@ -277,7 +283,8 @@ async def main(args: argparse.Namespace) -> None:
         print(f"sent {len(ok):,} messages ({report.sent:,} notices; {len(sends) - len(ok)} refused: "
               f"{report.unreachable} blocked chats) in {window:.1f} s")
         print(f"achieved send rate: {rate:.2f} msg/s = {rate / 30:.3f} of 30/s (first→last accepted sendMessage)")
-        print(f"429s received: {too_many}")
+        print(f"429s received: {too_many}" + (f" (at {refused_at} s)" if refused_at else "")
+          + f"; busiest second as the server saw it: {busiest} sendMessage calls")
         print(f"duplicates: {duplicates} (same chat messaged twice) / {double} (notice keys sent twice)")
         print(f"outbox after the window: { {getattr(k, 'value', k): v for k, v in status.items()} }")
         print(f"peak memory (max RSS, bench + fake server): {peak:.0f} MB")

@@ -133,7 +133,7 @@ class Sweeper:
     """Plans, claims and delivers. Safe to run in several processes at once."""
 
     def __init__(self, router: Router, *, limiter: RateLimiter | None = None, worker: str | None = None,
-                 concurrency: int = 8, batch: int = 500, lease: timedelta = reminders.LEASE) -> None:
+                 concurrency: int = 8, batch: int = 250, lease: timedelta = reminders.LEASE) -> None:
         self.router = router
         self.deps = router.deps
         self.limiter = limiter or RateLimiter()
@@ -230,6 +230,7 @@ class Sweeper:
                 await reminders.release(self.db, token, later, not_before=self.clock.now() + LATER)
         messages = []
         for group in reminders.group_messages(keep):
+            await asyncio.sleep(0)   # let in-flight sends go out on time while a batch renders
             person = people[group[0].patron_id]
             if len(group) > 1:
                 kind = reminders.DIGEST_KIND
