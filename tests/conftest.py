@@ -29,6 +29,8 @@ from handlers.messages import Incoming, Reply
 from services.common import Clock
 from services.db import Base, Database, create_engine, upgrade_async
 
+pytest_plugins = ["tests.fake_bot_api"]  # the fake Telegram Bot API server fixture
+
 POSTGRES_URL = os.environ.get("DOCSACH_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 SHARED_DATA = Path(os.environ.get("DOCSACH_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
