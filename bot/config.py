@@ -26,6 +26,7 @@ class Settings:
     telegram_token: str | None = None
     telegram_api_base_url: str = "https://api.telegram.org/bot"
     telegram_webhook_secret: str | None = None
+    telegram_bot_username: str | None = None  # for QR labels printed without a token (else getMe)
     timezone: str = "Asia/Ho_Chi_Minh"
     default_language: str = "vi"
     default_library: str = "demo"
@@ -44,6 +45,7 @@ class Settings:
             telegram_token=_env("TELEGRAM_BOT_TOKEN"),
             telegram_api_base_url=_env("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot"),
             telegram_webhook_secret=_env("TELEGRAM_WEBHOOK_SECRET"),
+            telegram_bot_username=_env("TELEGRAM_BOT_USERNAME"),
             timezone=_env("DOCSACH_TIMEZONE", "Asia/Ho_Chi_Minh"),
             default_language=_env("DOCSACH_DEFAULT_LANGUAGE", "vi"),
             default_library=_env("DOCSACH_DEFAULT_LIBRARY", "demo"),

@@ -212,7 +212,7 @@ class Router:
         actor = await patrons.resolve_actor(
             self.deps.db, event.channel, event.user_id, event.chat_id,
             display_name=event.display_name, language_hint=event.language_hint,
-            default_language=self.deps.default_language,
+            default_language=self.deps.default_language, private=event.chat_type == "private",
         )
         return Context(self.deps, actor, event, self)
 
