@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from bot.app import App, build_app
 from bot.config import Settings
@@ -85,6 +86,52 @@ async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_qr(app: App, args: argparse.Namespace) -> int:
+    """Print QR labels whose codes open the book, copy or shelf in the Telegram bot."""
+    from handlers.core import deep_link_payload, deep_link_url
+    from services.labels import KINDS, Label, catalog_label_items, render_label_sheet
+
+    settings = app.settings
+    t = app.deps.catalogs.translator(settings.default_language, settings.timezone)
+    username = args.bot_username or settings.telegram_bot_username
+    if not username and settings.telegram_token:
+        from bot import telegram
+
+        username = await telegram.bot_username(settings.telegram_token, settings.telegram_api_base_url)
+    if not username:
+        print("The QR codes link to your bot: give --bot-username, set TELEGRAM_BOT_USERNAME, "
+              "or set TELEGRAM_BOT_TOKEN so it can be asked.", file=sys.stderr)
+        return 2
+    username = username.lstrip("@")
+    what = next(kind for kind in KINDS if getattr(args, kind))
+    try:
+        title_ids = [int(x) for x in args.title_ids.split(",") if x.strip()] if args.title_ids else None
+    except ValueError:
+        print("--title-ids wants numbers separated by commas, e.g. 12,15,40", file=sys.stderr)
+        return 2
+    try:
+        library_name, items = await catalog_label_items(
+            app.db, what, args.library, location_code=args.location, title_ids=title_ids, limit=args.limit)
+    except DomainError as refusal:
+        print(t(refusal.key, **refusal.params), file=sys.stderr)
+        return 2
+    if not items:
+        print("Nothing to label with these filters.", file=sys.stderr)
+        return 1
+    headings = {"titles": t("labels.sheet_titles"), "copies": t("labels.sheet_copies"),
+                "shelves": t("labels.sheet_shelves")}
+    labels = [Label(deep_link_url(username, deep_link_payload(item.kind, item.ref)),
+                    item.lines + ([t("labels.scan_shelf")] if item.kind == "l" else []))
+              for item in items]
+    pdf = await asyncio.to_thread(render_label_sheet, labels, columns=args.columns, rows=args.rows,
+                                  title=f"{library_name} — {headings[what]}")
+    out = Path(args.out)
+    await asyncio.to_thread(out.write_bytes, pdf)
+    pages = -(-len(labels) // (args.columns * args.rows))
+    print(f"{len(labels)} labels on {pages} A4 page(s): {out}")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 def _add_chat_options(p: argparse.ArgumentParser) -> None:
@@ -93,6 +140,13 @@ def _add_chat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", default=None, help="library code for --as (default: DOCSACH_DEFAULT_LIBRARY)")
     p.add_argument("--user", default="local", help="terminal user id, to play several people (default: local)")
     p.add_argument("--no-demo", action="store_true", help="do not load the demo library into an empty database")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
@@ -129,6 +183,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                        description="Load the demo library (real Library of Congress records with invented "
                                    "copies, shelves and people). Does nothing if it is already there.")
     handlers["demo-data"] = cmd_demo_data
+
+    p = sub.add_parser("qr", help="print QR labels for books, copies or shelves (A4 PDF)",
+                       description="A printable A4 sheet of QR labels. Scanning one opens the bot on that "
+                                   "book (with a Reserve button), copy, or shelf/classroom list "
+                                   "(https://t.me/<bot>?start=…).")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--titles", action="store_true", help="one label per title the library holds")
+    which.add_argument("--copies", action="store_true", help="one label per copy (with its barcode)")
+    which.add_argument("--shelves", action="store_true", help="one label per shelf and classroom corner")
+    p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
+    p.add_argument("--location", metavar="CODE", help="only what is on this shelf/in this classroom (e.g. KE-B)")
+    p.add_argument("--title-ids", metavar="IDS", help="only these titles, comma-separated ids")
+    p.add_argument("--limit", type=_positive, default=None, help="at most this many labels")
+    p.add_argument("--columns", type=_positive, default=3, help="labels across a page (default 3)")
+    p.add_argument("--rows", type=_positive, default=8, help="labels down a page (default 8)")
+    p.add_argument("--bot-username", help="the bot's @username (default: TELEGRAM_BOT_USERNAME, or ask "
+                                          "Telegram with TELEGRAM_BOT_TOKEN)")
+    p.add_argument("--out", default="labels.pdf", help="output PDF file (default: labels.pdf)")
+    handlers["qr"] = cmd_qr
     return parser, handlers
 
 
