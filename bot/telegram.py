@@ -67,7 +67,6 @@ from telegram.ext import (
 from bot.app import App
 from handlers.core import Router, clean_text
 from handlers.i18n import LANGUAGES, Translator
-from handlers.inline import InlineResult
 from handlers.messages import (
     Button,
     ChatUnreachable,
@@ -491,7 +490,7 @@ class TelegramAdapter:
     async def on_inline_query(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``@bot QUERY``: results from the router's inline handler, personal (language, library)."""
         query = update.inline_query
-        results: list[InlineResult] = []
+        results: list = []   # handlers.inline.InlineResult
         next_offset = ""
         if self.router.inline_handler is not None:
             user = query.from_user
