@@ -132,6 +132,31 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_export(app: App, args: argparse.Namespace) -> int:
+    """Export a campaign's approved reflections for the ambassador round."""
+    from pathlib import Path
+
+    from handlers.i18n import Catalogs
+    from services import campaigns
+
+    await upgrade_async(app.settings.database_url)
+    t = Catalogs().translator(args.language or app.settings.default_language, app.settings.timezone)
+    try:
+        campaign = await campaigns.find(app.db, args.campaign)
+        data = await campaigns.export_reflections(app.db, campaign.id, args.format, t,
+                                                  shortlisted_only=args.shortlisted)
+    except DomainError as refusal:
+        print(t(refusal.key, **refusal.params), file=sys.stderr)
+        return 2
+    output = Path(args.output or f"reflections-campaign-{campaign.id}.{args.format}")
+    if str(output) == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        await asyncio.to_thread(output.write_bytes, data)
+        print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 def _add_chat_options(p: argparse.ArgumentParser) -> None:
@@ -202,6 +227,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                                           "Telegram with TELEGRAM_BOT_TOKEN)")
     p.add_argument("--out", default="labels.pdf", help="output PDF file (default: labels.pdf)")
     handlers["qr"] = cmd_qr
+
+    p = sub.add_parser("export", help="export data (reflections of a campaign)",
+                       description="Export data for use outside the bot.")
+    ex_sub = p.add_subparsers(dest="export_what", metavar="WHAT", required=True)
+    ex = ex_sub.add_parser("reflections", help="a campaign's approved reflections (student, class, book, "
+                                               "word count, rating, text)",
+                           description="Export a campaign's approved reflections for the Reading Culture "
+                                       "Ambassador round: shortlisted ones first, then the rest.")
+    ex.add_argument("--campaign", required=True, help="campaign id or exact name")
+    ex.add_argument("--format", choices=("csv", "xlsx", "pdf"), default="csv", help="file format (default: csv)")
+    ex.add_argument("--output", "-o", default=None,
+                    help="file to write (default: reflections-campaign-ID.FORMAT; '-' for stdout)")
+    ex.add_argument("--shortlisted", action="store_true", help="only the shortlisted reflections")
+    ex.add_argument("--language", choices=("vi", "en"), default=None,
+                    help="language of headers (default: DOCSACH_DEFAULT_LANGUAGE)")
+    handlers["export"] = cmd_export
     return parser, handlers
 
 

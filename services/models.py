@@ -252,6 +252,13 @@ class Hold(TimestampMixin, Base):
 
 class Reflection(TimestampMixin, Base):
     __tablename__ = "reflections"
+    __table_args__ = (
+        # One live reflection per student and book (a rejected one may be written again).
+        Index("uq_reflections_live_patron_title", "patron_id", "title_id", unique=True,
+              sqlite_where=text("status IN ('draft','submitted','changes_requested','approved')"),
+              postgresql_where=text("status IN ('draft','submitted','changes_requested','approved')")),
+        Index("ix_reflections_queue", "library_id", "status", "submitted_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
@@ -269,6 +276,11 @@ class Reflection(TimestampMixin, Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # Added by 0005 (reflections and campaigns).
+    word_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)  # word-list hits, for the moderator
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Notification(TimestampMixin, Base):
@@ -323,3 +335,64 @@ class ConversationState(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+# -- reflections and reading campaigns (issue 7) ------------------------------------------------
+
+class ReflectionPrompt(TimestampMixin, Base):
+    """A writing prompt a library offers. Built-in defaults carry a message key (translated for
+    each reader); prompts a librarian writes carry their own text. A library with no rows uses
+    the built-in defaults."""
+
+    __tablename__ = "reflection_prompts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    message_key: Mapped[str | None] = mapped_column(String(64))
+    text: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Campaign(TimestampMixin, Base):
+    """A reading campaign (e.g. the school round of the Reading Culture Ambassador contest)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    theme: Mapped[str | None] = mapped_column(Text)
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    title_ids: Mapped[list[int]] = mapped_column(JSON, default=list)   # empty: any book
+    subjects: Mapped[list[str]] = mapped_column(JSON, default=list)    # empty: any subject
+    goal_books: Mapped[int] = mapped_column(Integer, default=0)
+    goal_reflections: Mapped[int] = mapped_column(Integer, default=0)
+    min_words: Mapped[int | None] = mapped_column(Integer)
+    max_words: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+
+
+class CampaignMember(Base):
+    __tablename__ = "campaign_members"
+    __table_args__ = (UniqueConstraint("campaign_id", "patron_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CampaignShortlist(Base):
+    """Reflections a librarian picked for the next (district/provincial) ambassador round."""
+
+    __tablename__ = "campaign_shortlist"
+    __table_args__ = (UniqueConstraint("campaign_id", "reflection_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    reflection_id: Mapped[int] = mapped_column(ForeignKey("reflections.id", ondelete="CASCADE"))
+    added_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -167,3 +167,18 @@ class ChatDriver:
 @pytest.fixture
 def chat(app: App) -> ChatDriver:
     return ChatDriver(app)
+
+
+# -- issue 7: reflections and campaigns --------------------------------------------------------
+
+@pytest.fixture
+def link_chat(demo_app: App):
+    """``await link_chat("u1", "HS001")`` → a ChatDriver whose chat is linked to that demo card."""
+    from services import patrons
+
+    async def link(user: str, card: str, language: str | None = None) -> ChatDriver:
+        actor = await patrons.resolve_actor(demo_app.db, "test", user, user)
+        await patrons.link_trusted(demo_app.db, actor, "demo", card, clock=demo_app.deps.clock)
+        return ChatDriver(demo_app, user=user, language=language)
+
+    return link
