@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import reflections, start
+from handlers import account, circulation, reflections, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
 from services.common import Clock
@@ -18,7 +18,7 @@ from services.db import Database
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, reflections]
+FEATURES = [start, account, circulation, reflections]
 
 
 @dataclass

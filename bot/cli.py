@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot.app import App, build_app
 from bot.config import Settings
-from services import demo, patrons
+from services import accounts, circulation, demo, patrons, rules
 from services.common import DomainError
 from services.db import upgrade_async
 
@@ -22,7 +22,7 @@ def _setup_logging(settings: Settings, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "apscheduler", "aiosqlite"):
+    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -157,6 +157,114 @@ async def cmd_export(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
+    await upgrade_async(app.settings.database_url)
+    try:
+        report = await accounts.import_patrons(app.db, args.file, args.library)
+    except DomainError as err:
+        print(f"import refused: {err.key} {err.params}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"cannot read {args.file}: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    for row in report.rejected:
+        print(f"  line {row.line}: {row.reason}" + (f" ({row.card})" if row.card else ""))
+    return 1 if report.rejected and not (report.created or report.updated or report.unchanged) else 0
+
+
+async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
+    from handlers.account import slips_pdf
+    from handlers.core import deep_link_url
+
+    await upgrade_async(app.settings.database_url)
+    try:
+        actor = await accounts.operator_actor(app.db, args.library)
+        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock)
+    except DomainError as err:
+        print(f"refused: {err.key} {err.params}", file=sys.stderr)
+        return 2
+    bot = args.bot or app.deps.bot_username
+    if args.out and args.out.lower().endswith(".pdf"):
+        pdf = await slips_pdf(issued, bot_username=bot)
+        if pdf is None:
+            print("PDF slips need services/labels.py; write --out codes.csv instead.", file=sys.stderr)
+            return 2
+        await asyncio.to_thread(Path(args.out).write_bytes, pdf)
+    elif args.out:
+        import csv
+
+        def write_csv() -> None:
+            with open(args.out, "w", encoding="utf-8-sig", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["card", "full_name", "class", "code", "link", "expires"])
+                for i in issued:
+                    writer.writerow([i.card_number, i.full_name, i.class_name or "", i.code,
+                                     deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()])
+
+        await asyncio.to_thread(write_csv)
+    else:
+        for i in issued:
+            print(f"{i.card_number}\t{i.full_name}\t{i.code}")
+    print(f"{len(issued)} codes for class {args.class_name}, valid until {issued[0].expires_at:%Y-%m-%d}"
+          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+async def cmd_rules(app: App, args: argparse.Namespace) -> int:
+    await upgrade_async(app.settings.database_url)
+    try:
+        actor = await accounts.operator_actor(app.db, args.library)
+        if args.rules_command == "set":
+            await rules.set_rule(app.db, actor, args.name, args.value, role=args.role)
+        elif args.rules_command == "reset":
+            await rules.reset_rule(app.db, actor, args.name, role=args.role)
+    except DomainError as err:
+        print(f"refused: {err.key} {err.params}", file=sys.stderr)
+        return 2
+    days = "mon tue wed thu fri sat sun".split()
+    for role in ("student", "teacher", "librarian", "admin"):
+        r = await rules.get_rules(app.db, actor.library_id, role)
+        values = ", ".join(f"{name}={getattr(r, name)}" for name in rules.RULE_NAMES if name != "weekend")
+        print(f"{role:9} {values}")
+    print("weekend   " + (",".join(days[d] for d in r.weekend) or "none"))
+    return 0
+
+
+async def cmd_calendar(app: App, args: argparse.Namespace) -> int:
+    from datetime import date
+
+    await upgrade_async(app.settings.database_url)
+    try:
+        actor = await accounts.operator_actor(app.db, args.library)
+        if args.calendar_command == "add":
+            start = date.fromisoformat(args.start)
+            end = date.fromisoformat(args.end) if args.end else None
+            added = await rules.add_closed_days(app.db, actor, start, end, args.name)
+            print(f"closed #{added.id}: {added.start} – {added.end} {added.name}")
+            return 0
+        if args.calendar_command == "remove":
+            await rules.remove_closed_days(app.db, actor, args.id)
+            print(f"removed #{args.id}")
+            return 0
+        for r in await rules.list_closed_days(app.db, actor):
+            print(f"#{r.id}\t{r.start}\t{r.end}\t{r.name}")
+        return 0
+    except ValueError as err:
+        print(f"bad date: {err} (use YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    except DomainError as err:
+        print(f"refused: {err.key} {err.params}", file=sys.stderr)
+        return 2
+
+
+async def cmd_expire_holds(app: App, args: argparse.Namespace) -> int:
+    await upgrade_async(app.settings.database_url)
+    report = await circulation.expire_holds(app.db, clock=app.deps.clock)
+    print(f"{len(report.expired)} holds expired, {len(report.passed_on)} passed to the next reader")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 def _add_chat_options(p: argparse.ArgumentParser) -> None:
@@ -243,6 +351,56 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     ex.add_argument("--language", choices=("vi", "en"), default=None,
                     help="language of headers (default: DOCSACH_DEFAULT_LANGUAGE)")
     handlers["export"] = cmd_export
+
+    p = sub.add_parser("import-patrons", help="import students and staff from a CSV file",
+                       description="Create or update a library's patrons from a CSV export (columns: card/student "
+                                   "id, full name, class, grade, role; Vietnamese or English headers such as "
+                                   "'Mã HS, Họ và tên, Lớp, Khối, Vai trò'). Safe to run again; rejected rows "
+                                   "are listed with the reason.")
+    p.add_argument("file", help="the CSV file (UTF-8; ',' or ';' separated)")
+    p.add_argument("--library", required=True, help="library code, e.g. demo")
+    handlers["import-patrons"] = cmd_import_patrons
+
+    p = sub.add_parser("link-codes", help="new link codes for a class (slips to hand out)",
+                       description="Issue single-use codes (valid 14 days) that link a student's chat to their "
+                                   "card. Earlier unused codes of those students stop working.")
+    p.add_argument("--class", dest="class_name", required=True, help="class name, e.g. 11A1")
+    p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
+    p.add_argument("--out", default=None, help="write slips to FILE.pdf (QR + code) or FILE.csv; default: print")
+    p.add_argument("--bot", default=None, help="bot username for the t.me links in QR codes")
+    handlers["link-codes"] = cmd_link_codes
+
+    p = sub.add_parser("rules", help="show or change circulation rules",
+                       description="Circulation rules per library and role: " + ", ".join(rules.RULE_NAMES) + ".")
+    p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
+    rules_sub = p.add_subparsers(dest="rules_command", metavar="ACTION")
+    rules_sub.add_parser("show", help="show the effective rules for every role")
+    rs = rules_sub.add_parser("set", help="set one rule, e.g. `rules set loan_days 21 --role teacher`")
+    rs.add_argument("name", choices=rules.RULE_NAMES)
+    rs.add_argument("value", help="a number; for weekend, days like sat,sun or sun or none")
+    rs.add_argument("--role", default=None, choices=["student", "teacher", "librarian", "admin"])
+    rr = rules_sub.add_parser("reset", help="back to the default for one rule")
+    rr.add_argument("name", choices=rules.RULE_NAMES)
+    rr.add_argument("--role", default=None, choices=["student", "teacher", "librarian", "admin"])
+    handlers["rules"] = cmd_rules
+
+    p = sub.add_parser("calendar", help="days the library is closed (holidays, Tết, summer)",
+                       description="Closed days are skipped by due dates and pickup deadlines.")
+    p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
+    cal_sub = p.add_subparsers(dest="calendar_command", metavar="ACTION", required=True)
+    ca = cal_sub.add_parser("add", help="close from START to END (inclusive)")
+    ca.add_argument("start", help="YYYY-MM-DD")
+    ca.add_argument("end", nargs="?", default=None, help="YYYY-MM-DD (default: START)")
+    ca.add_argument("--name", default="", help='e.g. "Tết Nguyên đán"')
+    cal_sub.add_parser("list", help="list closed days")
+    cr = cal_sub.add_parser("remove", help="remove a closed range by its #id")
+    cr.add_argument("id", type=int)
+    handlers["calendar"] = cmd_calendar
+
+    p = sub.add_parser("expire-holds", help="expire reservations not picked up in time",
+                       description="Reservations past their pickup deadline expire; the copy goes to the next "
+                                   "reader in the queue. Safe to run from several places.")
+    handlers["expire-holds"] = cmd_expire_holds
     return parser, handlers
 
 

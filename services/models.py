@@ -396,3 +396,47 @@ class CampaignShortlist(Base):
     reflection_id: Mapped[int] = mapped_column(ForeignKey("reflections.id", ondelete="CASCADE"))
     added_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+# -- accounts and circulation (issue 5) -------------------------------------------------------
+
+class ClosedDay(Base):
+    """A range of days the school library is shut (holiday, Tết, summer): due dates and pickup
+    deadlines skip them. Weekends are a per-library rule, not rows here."""
+
+    __tablename__ = "closed_days"
+    __table_args__ = (Index("ix_closed_days_library_end", "library_id", "end_date"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"))
+    start_date: Mapped[date] = mapped_column(Date)
+    end_date: Mapped[date] = mapped_column(Date)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LinkCode(TimestampMixin, Base):
+    """A single-use code that links a chat to a patron. Only its SHA-256 is stored."""
+
+    __tablename__ = "link_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by_identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("chat_identities.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="SET NULL"))
+
+
+class RateCounter(Base):
+    """Attempts per key in fixed time windows (e.g. link-code guesses per chat): kept in the
+    database so every worker process counts against the same limit."""
+
+    __tablename__ = "rate_counters"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -182,3 +182,77 @@ def link_chat(demo_app: App):
         return ChatDriver(demo_app, user=user, language=language)
 
     return link
+
+# -- accounts and circulation (issue 5) ------------------------------------------------------------
+
+class Libraries:
+    """The demo library plus a second school ("other"), and actors for their people."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.db = app.db
+
+    async def actor(self, card: str, library: str = "demo"):
+        """An Actor for a card, as the service layer sees it (no chat needed)."""
+        from sqlalchemy import select
+
+        from services.models import Library, Patron
+        from services.patrons import Actor
+
+        async with self.db.session() as s:
+            patron, lib = (await s.execute(select(Patron, Library).join(Library, Library.id == Patron.library_id)
+                                           .where(Library.code == library, Patron.card_number == card))).one()
+        return Actor(identity_id=None, channel="test", chat_id=f"{library}:{card}", language="vi",
+                     patron_id=patron.id, library_id=lib.id, library_code=lib.code, role=patron.role,
+                     full_name=patron.full_name, class_name=patron.class_name)
+
+    async def add_students(self, count: int, library: str = "demo", prefix: str = "ST") -> list[str]:
+        from sqlalchemy import select
+
+        from services.models import Library, Patron, Role
+
+        async with self.db.transaction() as s:
+            lib = (await s.execute(select(Library).where(Library.code == library))).scalar_one()
+            cards = [f"{prefix}{i:03d}" for i in range(count)]
+            s.add_all(Patron(library_id=lib.id, card_number=c, full_name=f"Học Sinh {c}", role=Role.STUDENT,
+                             class_name="12A1", grade=12, preferences={}) for c in cards)
+        return cards
+
+    async def title_with_copies(self, n: int, library: str = "demo") -> tuple[int, list[str]]:
+        """A title with exactly n copies in the library: (title id, barcodes)."""
+        from sqlalchemy import func, select
+
+        from services.models import Copy, Library
+
+        async with self.db.session() as s:
+            lib_id = (await s.execute(select(Library.id).where(Library.code == library))).scalar_one()
+            title_id = (await s.execute(select(Copy.title_id).where(Copy.library_id == lib_id)
+                                        .group_by(Copy.title_id).having(func.count() == n)
+                                        .order_by(Copy.title_id).limit(1))).scalar_one()
+            barcodes = list((await s.execute(select(Copy.barcode).where(
+                Copy.library_id == lib_id, Copy.title_id == title_id).order_by(Copy.id))).scalars())
+        return title_id, barcodes
+
+
+@pytest.fixture
+async def libs(demo_app: App) -> Libraries:
+    """Demo library + a second library "other" (librarian OT001, student OS001, one copy OC0001 of
+    the first demo title with a single copy)."""
+    from sqlalchemy import func, select
+
+    from services.models import Copy, Library, Patron, Role
+
+    async with demo_app.db.transaction() as s:
+        other = Library(code="other", name="Trường THCS Khác", timezone="Asia/Ho_Chi_Minh", settings={})
+        s.add(other)
+        await s.flush()
+        s.add_all([
+            Patron(library_id=other.id, card_number="OT001", full_name="Thủ Thư Khác", role=Role.LIBRARIAN,
+                   preferences={}),
+            Patron(library_id=other.id, card_number="OS001", full_name="Học Sinh Khác", role=Role.STUDENT,
+                   class_name="9A1", grade=9, preferences={}),
+        ])
+        title_id = (await s.execute(select(Copy.title_id).group_by(Copy.title_id).having(func.count() == 1)
+                                    .order_by(Copy.title_id).limit(1))).scalar_one()
+        s.add(Copy(title_id=title_id, library_id=other.id, barcode="OC0001"))
+    return Libraries(demo_app)

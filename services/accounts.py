@@ -1,0 +1,472 @@
+"""Accounts: patrons imported from the school, and chats linked to them with single-use codes.
+
+Public API:
+- ``import_patrons(db, path, library_code) -> ImportReport``: CSV from the school office
+  (card/student id, full name, class, grade, role; Vietnamese or English headers; ``,`` or ``;``).
+  Idempotent: a second run with the same file changes nothing. Bad rows are reported, not guessed.
+- ``issue_link_codes(db, actor, *, class_name=None, patron_ids=None, clock) -> list[IssuedCode]``
+  (staff of that library). Issuing revokes the patron's earlier unused codes.
+- ``redeem_link_code(db, actor, code, *, clock) -> LinkResult`` (an unlinked chat).
+- ``unlink(db, actor, *, identity_id=None, card=None, clock)``: yourself, or staff of that library.
+- ``find_patrons(db, actor, query)`` (staff), ``profile(db, actor, *, clock)`` (yourself),
+  ``operator_actor(db, library_code)`` (CLI tools on the server act as the library's admin).
+- ``looks_like_code(text)``, ``normalize_code(text)``, ``format_code(code)``.
+
+Link codes: 8 characters from a 31-letter alphabet without look-alikes (no 0/O, 1/I/L), shown
+as ``XXXX-XXXX`` (~40 bits), valid 14 days, single use (a conditional UPDATE consumes it), stored
+only as a SHA-256 digest. Guessing is rate-limited in the database (so every worker agrees): per
+chat identity 5 attempts per 15 minutes, and deployment-wide 200 attempts per 10 minutes. A wrong
+guess cannot tell which library it was aimed at, so the "global" limit covers every library at
+once, which is stricter than one limit per library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services import audit
+from services.common import Clock, DomainError, NotFound, PermissionDenied
+from services.db import Database, insert_for
+from services.models import (
+    ChatIdentity,
+    Hold,
+    HoldStatus,
+    Library,
+    LinkCode,
+    Loan,
+    Patron,
+    RateCounter,
+    Role,
+)
+from services.patrons import Actor, require_linked, require_staff
+from services.rules import Rules, rules_for
+
+ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 8
+CODE_TTL = timedelta(days=14)
+CHAT_LIMIT = (5, 15 * 60)        # attempts, window in seconds
+GLOBAL_LIMIT = (200, 10 * 60)
+MAX_IMPORT_ROWS = 20_000
+
+
+# -- link codes -------------------------------------------------------------------------------------
+
+def new_code() -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def format_code(code: str) -> str:
+    return f"{code[:4]}-{code[4:]}"
+
+
+def normalize_code(text: str) -> str | None:
+    """"abcd-efgh", "ABCD EFGH", "k ABCDEFGH" from a deep link → "ABCDEFGH"; None if it cannot be a code."""
+    raw = re.sub(r"[\s\-_.]", "", text or "").upper()
+    if len(raw) == CODE_LENGTH + 1 and raw.startswith("K"):  # the deep-link payload "k<code>"
+        raw = raw[1:]
+    if len(raw) != CODE_LENGTH or any(ch not in ALPHABET for ch in raw):
+        return None
+    return raw
+
+
+def looks_like_code(text: str) -> bool:
+    """Plain text that is surely a code, not a book search: XXXX-XXXX, or 8 code letters that are
+    upper case or mix letters and digits (so "tieuthuyet" or "harrypot" still go to search)."""
+    text = (text or "").strip()
+    if normalize_code(text) is None or len(text) > CODE_LENGTH + 2:
+        return False
+    if re.fullmatch(r"\w{4}[\s\-]\w{4}", text):
+        return True
+    compact = text.replace(" ", "")
+    has_digit = any(ch.isdigit() for ch in compact)
+    has_alpha = any(ch.isalpha() for ch in compact)
+    return compact.isupper() or (has_digit and has_alpha)
+
+
+def hash_code(code: str) -> str:
+    return hashlib.sha256(f"docsach-link:{code}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    patron_id: int
+    card_number: str
+    full_name: str
+    class_name: str | None
+    code: str                    # formatted, XXXX-XXXX
+    payload: str                 # deep-link payload: "k" + code without the dash
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    patron_id: int
+    full_name: str
+    class_name: str | None
+    role: Role
+    library_name: str
+
+
+async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None = None,
+                           patron_ids: list[int] | None = None, clock: Clock,
+                           ttl: timedelta = CODE_TTL) -> list[IssuedCode]:
+    """New single-use codes for a class or for given patrons of the staff member's library."""
+    require_staff(actor)
+    if not class_name and not patron_ids:
+        raise DomainError("account.codes_need_class")
+    now = clock.now()
+    async with db.transaction() as s:
+        query = select(Patron).where(Patron.library_id == actor.library_id, Patron.active.is_(True))
+        if class_name:
+            query = query.where(func.upper(Patron.class_name) == class_name.strip().upper())
+        if patron_ids:
+            query = query.where(Patron.id.in_(patron_ids))
+        people = list((await s.execute(query.order_by(Patron.full_name, Patron.id))).scalars())
+        if patron_ids and len(people) != len(set(patron_ids)):
+            raise NotFound("account.patron_not_found")
+        if not people:
+            raise DomainError("account.class_empty", name=(class_name or "")[:32])
+        await s.execute(update(LinkCode).where(
+            LinkCode.patron_id.in_([p.id for p in people]), LinkCode.used_at.is_(None),
+            LinkCode.revoked_at.is_(None)).values(revoked_at=now))
+        issued = []
+        for patron in people:
+            code = new_code()
+            s.add(LinkCode(library_id=patron.library_id, patron_id=patron.id, code_hash=hash_code(code),
+                           expires_at=now + ttl, created_by=actor.patron_id))
+            issued.append(IssuedCode(patron.id, patron.card_number, patron.full_name, patron.class_name,
+                                     format_code(code), f"k{code}", now + ttl))
+            audit.record(s, "account.code_issue", "patron", patron.id, actor_patron_id=actor.patron_id,
+                         library_id=patron.library_id, channel=actor.channel)
+        await s.flush()  # a (vanishingly rare) duplicate digest fails the whole batch: just run it again
+        return issued
+
+
+async def _hit(s: AsyncSession, key: str, window: int, now: datetime) -> tuple[int, int]:
+    """Count one attempt against ``key`` in the current fixed window: (count so far, seconds left)."""
+    epoch = int(now.timestamp())
+    start = epoch - epoch % window
+    insert = insert_for(s)
+    stmt = insert(RateCounter).values(key=key, window_start=start, count=1)
+    stmt = stmt.on_conflict_do_update(index_elements=["key", "window_start"],
+                                      set_={"count": RateCounter.count + 1}).returning(RateCounter.count)
+    count = (await s.execute(stmt)).scalar_one()
+    return count, start + window - epoch
+
+
+async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Clock) -> LinkResult:
+    """Link this chat to the patron the code was issued for. Each attempt counts against the limits."""
+    if actor.identity_id is None:
+        raise DomainError("account.link_failed")
+    if actor.is_linked:
+        raise DomainError("account.already_linked")
+    now = clock.now()
+    async with db.transaction() as s:
+        await s.execute(delete(RateCounter).where(
+            RateCounter.key.like("link:%"), RateCounter.window_start < int(now.timestamp()) - 86400))
+        chat_count, chat_left = await _hit(s, f"link:chat:{actor.identity_id}", CHAT_LIMIT[1], now)
+        all_count, all_left = await _hit(s, "link:all", GLOBAL_LIMIT[1], now)
+    if chat_count > CHAT_LIMIT[0]:
+        raise DomainError("account.too_many_attempts", minutes=max(1, -(-chat_left // 60)))
+    if all_count > GLOBAL_LIMIT[0]:
+        raise DomainError("account.too_many_attempts", minutes=max(1, -(-all_left // 60)))
+    normalized = normalize_code(code)
+    if normalized is None:
+        raise DomainError("account.code_invalid")
+    digest = hash_code(normalized)
+    async with db.transaction() as s:
+        claimed = (await s.execute(
+            update(LinkCode).where(LinkCode.code_hash == digest, LinkCode.used_at.is_(None),
+                                   LinkCode.revoked_at.is_(None), LinkCode.expires_at > now)
+            .values(used_at=now, used_by_identity_id=actor.identity_id)
+            .returning(LinkCode.patron_id, LinkCode.library_id)
+        )).first()
+        if claimed is None:
+            known = (await s.execute(select(LinkCode).where(LinkCode.code_hash == digest))).scalar_one_or_none()
+            if known is None:
+                raise DomainError("account.code_invalid")
+            if known.used_at is not None:
+                raise DomainError("account.code_used")
+            raise DomainError("account.code_expired")
+        patron_id, library_id = claimed
+        patron = await s.get(Patron, patron_id)
+        library = await s.get(Library, library_id)
+        if patron is None or not patron.active:
+            raise DomainError("account.code_invalid")
+        # One chat per patron and platform: a new link replaces an older one (e.g. a new phone).
+        previous = list((await s.execute(select(ChatIdentity.id).where(
+            ChatIdentity.patron_id == patron.id, ChatIdentity.channel == actor.channel))).scalars())
+        if previous:
+            await s.execute(update(ChatIdentity).where(ChatIdentity.id.in_(previous))
+                            .values(patron_id=None, linked_at=None))
+        linked = await s.execute(update(ChatIdentity).where(
+            ChatIdentity.id == actor.identity_id, ChatIdentity.patron_id.is_(None))
+            .values(patron_id=patron.id, linked_at=now))
+        if linked.rowcount != 1:
+            raise DomainError("account.already_linked")  # another message linked it first
+        audit.record(s, "account.link", "patron", patron.id, actor_patron_id=patron.id, library_id=library_id,
+                     channel=actor.channel, identity_id=actor.identity_id, replaced=previous or None)
+        return LinkResult(patron.id, patron.full_name, patron.class_name, patron.role, library.name)
+
+
+async def unlink(db: Database, actor: Actor, *, identity_id: int | None = None, card: str | None = None,
+                 clock: Clock) -> int:
+    """Unlink a chat. Without arguments: this chat. ``card``: every chat of that patron (staff of
+    their library). ``identity_id``: one chat of yours, or of a patron in your library (staff)."""
+    require_linked(actor)
+    now = clock.now()
+    async with db.transaction() as s:
+        if card is not None:
+            require_staff(actor)
+            patron = (await s.execute(select(Patron).where(
+                Patron.library_id == actor.library_id, func.upper(Patron.card_number) == card.strip().upper())
+            )).scalars().first()
+            if patron is None:
+                raise NotFound("account.patron_not_found")
+            ids = list((await s.execute(select(ChatIdentity.id).where(ChatIdentity.patron_id == patron.id))).scalars())
+            patron_id = patron.id
+        else:
+            target = await s.get(ChatIdentity, identity_id if identity_id is not None else actor.identity_id)
+            if target is None or target.patron_id is None:
+                raise DomainError("account.not_linked")
+            patron = await s.get(Patron, target.patron_id)
+            if target.patron_id != actor.patron_id and not (actor.is_staff and patron.library_id == actor.library_id):
+                raise PermissionDenied()
+            ids, patron_id = [target.id], target.patron_id
+        if not ids:
+            raise DomainError("account.not_linked")
+        await s.execute(update(ChatIdentity).where(ChatIdentity.id.in_(ids)).values(patron_id=None, linked_at=None))
+        audit.record(s, "account.unlink", "patron", patron_id, actor_patron_id=actor.patron_id,
+                     library_id=actor.library_id, channel=actor.channel, identities=ids, at=now.isoformat())
+        return len(ids)
+
+
+# -- people -------------------------------------------------------------------------------------------
+
+def fold(text: str) -> str:
+    """Lower case without Vietnamese diacritics ("Lò Thị Hoa" → "lo thi hoa")."""
+    text = unicodedata.normalize("NFD", (text or "").replace("đ", "d").replace("Đ", "D"))
+    return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+
+
+@dataclass(frozen=True)
+class PatronView:
+    patron_id: int
+    card_number: str
+    full_name: str
+    class_name: str | None
+    role: Role
+
+
+async def find_patrons(db: Database, actor: Actor, query: str, limit: int = 8) -> list[PatronView]:
+    """Patrons of the staff member's library by card (exact) or by name (accents optional)."""
+    require_staff(actor)
+    query = " ".join((query or "").split())[:100]
+    if not query:
+        return []
+    async with db.session() as s:
+        base = select(Patron).where(Patron.library_id == actor.library_id, Patron.active.is_(True))
+        exact = (await s.execute(base.where(func.upper(Patron.card_number) == query.upper()))).scalars().first()
+        if exact is not None:
+            return [PatronView(exact.id, exact.card_number, exact.full_name, exact.class_name, exact.role)]
+        words = fold(query).split()
+        found = []
+        for p in (await s.execute(base.order_by(Patron.full_name, Patron.id))).scalars():
+            name = fold(p.full_name)
+            if all(w in name.split() or w in name for w in words):
+                found.append(PatronView(p.id, p.card_number, p.full_name, p.class_name, p.role))
+                if len(found) >= limit:
+                    break
+        return found
+
+
+@dataclass(frozen=True)
+class Profile:
+    full_name: str
+    card_number: str
+    class_name: str | None
+    role: Role
+    library_name: str
+    loans: int
+    overdue: int
+    holds: int
+    rules: Rules
+
+
+async def profile(db: Database, actor: Actor, *, clock: Clock) -> Profile:
+    """The actor's own card, counts and the rules that apply to them."""
+    require_linked(actor)
+    async with db.session() as s:
+        patron = await s.get(Patron, actor.patron_id)
+        library = await s.get(Library, patron.library_id)
+        today = clock.today(library.timezone)
+        loans = list((await s.execute(select(Loan.due_date).where(
+            Loan.patron_id == patron.id, Loan.returned_at.is_(None)))).scalars())
+        holds = await s.scalar(select(func.count()).select_from(Hold).where(
+            Hold.patron_id == patron.id, Hold.status.in_((HoldStatus.WAITING, HoldStatus.READY))))
+        return Profile(patron.full_name, patron.card_number, patron.class_name, patron.role, library.name,
+                       len(loans), sum(1 for d in loans if d < today), int(holds or 0),
+                       rules_for(library, patron.role))
+
+
+async def operator_actor(db: Database, library_code: str) -> Actor:
+    """The identity of a command run on the server itself: the library's administrator."""
+    async with db.session() as s:
+        library = (await s.execute(select(Library).where(Library.code == library_code))).scalar_one_or_none()
+    if library is None:
+        raise DomainError("rules.library_unknown", library=library_code)
+    return Actor(identity_id=None, channel="cli", chat_id="cli", language="vi", patron_id=None,
+                 library_id=library.id, library_code=library.code, role=Role.ADMIN, full_name="operator")
+
+
+# -- import from the school office -----------------------------------------------------------------------
+
+HEADERS = {
+    "card": {"card", "cardnumber", "cardno", "card_number", "studentid", "student_id", "id", "mathe", "sothe",
+             "mahocsinh", "mahs", "mssv", "mahs_gv", "maso", "ma", "sobadoc", "mabandoc", "mathethuvien"},
+    "name": {"name", "fullname", "full_name", "hoten", "hovaten", "ten", "hotenhocsinh", "hovatenhocsinh"},
+    "class": {"class", "classname", "class_name", "lop", "tenlop"},
+    "grade": {"grade", "khoi", "khoilop"},
+    "role": {"role", "vaitro", "chucvu", "loai", "doituong", "type"},
+}
+ROLES = {
+    "student": Role.STUDENT, "hocsinh": Role.STUDENT, "hs": Role.STUDENT, "pupil": Role.STUDENT,
+    "teacher": Role.TEACHER, "giaovien": Role.TEACHER, "gv": Role.TEACHER,
+    "librarian": Role.LIBRARIAN, "thuthu": Role.LIBRARIAN, "tt": Role.LIBRARIAN, "nhanvienthuvien": Role.LIBRARIAN,
+    "admin": Role.ADMIN, "quantri": Role.ADMIN, "quantrivien": Role.ADMIN,
+}
+_CARD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]{0,31}$")
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "", fold(text).replace(" ", ""))
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    line: int
+    reason: str
+    card: str = ""
+
+
+@dataclass
+class ImportReport:
+    library_code: str
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.library_code}: {self.created} created, {self.updated} updated, "
+                f"{self.unchanged} unchanged, {len(self.rejected)} rejected")
+
+
+def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]]]:
+    sample = data[:4096]
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(data), dialect)
+    header = next(reader, None)
+    if not header:
+        raise DomainError("import.empty")
+    columns: dict[str, int] = {}
+    for index, name in enumerate(header):
+        key = _key(name)
+        for field_name, names in HEADERS.items():
+            if key in names and field_name not in columns:
+                columns[field_name] = index
+    missing = [f for f in ("card", "name") if f not in columns]
+    if missing:
+        raise DomainError("import.missing_columns", columns=", ".join(missing), found=", ".join(header)[:200])
+    rows = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        values = {f: (row[i].strip() if i < len(row) else "") for f, i in columns.items()}
+        rows.append((reader.line_num, values))
+    return columns, rows
+
+
+async def import_patrons(db: Database, path: str | Path, library_code: str) -> ImportReport:
+    """Create or update the library's patrons from a CSV file; rows that do not make sense are reported."""
+    raw = await asyncio.to_thread(Path(path).read_bytes)
+    try:
+        data = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        data = raw.decode("cp1258", errors="replace")  # old Windows exports in Vietnamese
+    _, rows = _read_rows(data)
+    report = ImportReport(library_code)
+    if len(rows) > MAX_IMPORT_ROWS:
+        raise DomainError("import.too_many", limit=MAX_IMPORT_ROWS)
+    async with db.transaction() as s:
+        library = (await s.execute(select(Library).where(Library.code == library_code))).scalar_one_or_none()
+        if library is None:
+            raise DomainError("rules.library_unknown", library=library_code)
+        existing = {p.card_number: p for p in (await s.execute(
+            select(Patron).where(Patron.library_id == library.id))).scalars()}
+        seen: set[str] = set()
+        for line, values in rows:
+            card = values.get("card", "")
+            name = " ".join(unicodedata.normalize("NFC", values.get("name", "")).split())
+            if not card:
+                report.rejected.append(RejectedRow(line, "missing card number"))
+                continue
+            if not _CARD.match(card):
+                report.rejected.append(RejectedRow(line, "card number may use letters, digits and . _ / - only "
+                                                         "(at most 32)", card[:40]))
+                continue
+            if card in seen:
+                report.rejected.append(RejectedRow(line, "card number appears twice in the file", card))
+                continue
+            if not name or len(name) > 200:
+                report.rejected.append(RejectedRow(line, "missing or too long name", card))
+                continue
+            role_text = _key(values.get("role", "")).replace("_", "")
+            role = ROLES.get(role_text) if role_text else Role.STUDENT
+            if role is None:
+                report.rejected.append(RejectedRow(line, f"unknown role {values.get('role', '')[:30]!r}", card))
+                continue
+            class_name = " ".join(values.get("class", "").split()).upper() or None
+            if class_name and len(class_name) > 32:
+                report.rejected.append(RejectedRow(line, "class name longer than 32 characters", card))
+                continue
+            grade_text = values.get("grade", "")
+            grade = None
+            if grade_text:
+                if not grade_text.isdigit() or not 1 <= int(grade_text) <= 12:
+                    report.rejected.append(RejectedRow(line, f"grade {grade_text[:10]!r} is not 1–12", card))
+                    continue
+                grade = int(grade_text)
+            elif class_name and (m := re.match(r"^(\d{1,2})", class_name)) and 1 <= int(m.group(1)) <= 12:
+                grade = int(m.group(1))
+            seen.add(card)
+            wanted = {"full_name": name, "class_name": class_name, "grade": grade, "role": role, "active": True}
+            patron = existing.get(card)
+            if patron is None:
+                s.add(Patron(library_id=library.id, card_number=card, preferences={}, **wanted))
+                report.created += 1
+            elif any(getattr(patron, k) != v for k, v in wanted.items()):
+                for k, v in wanted.items():
+                    setattr(patron, k, v)
+                report.updated += 1
+            else:
+                report.unchanged += 1
+        audit.record(s, "patrons.import", "library", library.id, library_id=library.id, channel="cli",
+                     created=report.created, updated=report.updated, unchanged=report.unchanged,
+                     rejected=len(report.rejected))
+    return report
