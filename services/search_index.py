@@ -1,0 +1,564 @@
+"""In-memory catalog search: typo-, diacritics- and telex-tolerant, ~1M titles on one core.
+
+Design (why it is fast): brute-force fuzzy matching over every title is O(N) per
+query. Instead we keep
+
+* an inverted index from folded word tokens to the titles holding them, as CSR
+  numpy int32 arrays (no Python object per posting), plus small append-only
+  deltas so ``upsert``/``remove`` need no rebuild;
+* a deletion-neighbourhood table over the *vocabulary* (SymSpell style: every
+  token and each of its 1-deletions, hashed with crc32 and sorted) so a typo'd
+  query word finds its intended tokens by binary search, then ``rapidfuzz``
+  verifies the edit distance;
+* a token-overlap pre-score (IDF-weighted, vectorised) that narrows the
+  candidates to a few hundred, and only those are scored with rapidfuzz on
+  their folded strings, plus bonuses (exact title, user's own diacritics,
+  available copies break ties).
+
+All work per query is bounded: the query is cut to 200 characters and 12
+words, each word expands to at most a few vocabulary tokens, and candidate
+sets have fixed budgets. ``search`` is a synchronous CPU call of a few
+milliseconds; it is safe to call from a single asyncio thread without locks
+(do not mutate the index from another thread while searching).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import pickle
+import zlib
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import OSA
+
+from services.textfold import _decode_word, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
+
+__all__ = ["IndexedTitle", "Hit", "SearchResult", "SearchIndex"]
+
+MAX_QUERY_CHARS = 200
+MAX_QUERY_WORDS = 12
+MAX_FUZZY_PER_WORD = 8
+MAX_PREFIX_PER_WORD = 12
+GEN_BUDGET = 60_000  # postings read to generate candidates
+PRESCORE_KEEP = 2_000  # candidates kept after the first, IDF-only scoring
+RERANK_KEEP = 120  # candidates scored with rapidfuzz
+WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedTitle:
+    """One catalog title as the index needs it (the app's DB row maps onto this)."""
+
+    id: int
+    title: str
+    authors: str = ""
+    isbn13: str | None = None
+    subjects: str = ""
+    year: int | None = None
+    available: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: int
+    score: float
+    matched: str  # which field carried the match: "isbn", "title", "author", "title+author", "subject"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    hits: list[Hit]
+    total_estimate: int
+    suggestion: str | None
+    query_kind: str  # "isbn", "text" or "empty"
+
+
+@dataclass(slots=True)
+class _Group:
+    """One query word: the vocabulary tokens it may stand for, with a weight each."""
+
+    variants: dict[int, float] = field(default_factory=dict)
+    idf: float = 0.0
+    size: int = 0
+
+
+def _crc(s: str) -> int:
+    return zlib.crc32(s.encode())
+
+
+def _deletes1(t: str) -> set[str]:
+    return {t[:i] + t[i + 1 :] for i in range(len(t))}
+
+
+def _author_key(authors: str) -> str:
+    """Folded authors without life dates ("Aurand, Samuel, 1854-" → "aurand samuel")."""
+    return " ".join(w for w in fold(authors).split() if not w.isdigit())
+
+
+def _as_record(r) -> IndexedTitle:
+    return r if isinstance(r, IndexedTitle) else IndexedTitle(*r)
+
+
+class SearchIndex:
+    """Catalog search index; build with :meth:`build`, then :meth:`search`."""
+
+    def __init__(self) -> None:
+        self._ids = array("q")
+        self._title: list[str] = []  # as catalogued, for "did you mean"
+        self._ftitle: list[str] = []  # folded
+        self._fauth: list[str] = []  # folded, no dates
+        self._marked: list[str | None] = []  # fold_keep_marks(title) when it differs from the folded title
+        self._isbn = array("q")  # ISBN-13 as int, 0 if none
+        self._avail = array("i")
+        self._alive = bytearray()
+        self._n_alive = 0
+        # vocabulary
+        self._vocab: dict[str, int] = {}
+        self._tokens: list[str] = []
+        self._sorted_tokens: list[str] = []
+        # base postings (CSR) and deltas, for title+author tokens ("m") and subject tokens ("s")
+        self._m_off = np.zeros(1, np.int64)
+        self._m_docs = np.zeros(0, np.int32)
+        self._s_off = np.zeros(1, np.int64)
+        self._s_docs = np.zeros(0, np.int32)
+        self._m_delta: dict[int, array] = {}
+        self._s_delta: dict[int, array] = {}
+        # deletion neighbourhood table: crc32(token or 1-deletion) -> token id
+        self._del_keys = np.zeros(0, np.uint32)
+        self._del_tok = np.zeros(0, np.int32)
+        self._del_delta: dict[int, list[int]] = {}
+        # id -> slot: sorted base arrays + dict for slots added after build
+        self._base_ids = np.zeros(0, np.int64)
+        self._base_slots = np.zeros(0, np.int32)
+        self._slot_delta: dict[int, int] = {}
+        self._isbn_keys = np.zeros(0, np.int64)
+        self._isbn_slots = np.zeros(0, np.int32)
+        self._isbn_delta: dict[int, list[int]] = {}
+        self._n_base_tokens = 0
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, records: Iterable) -> SearchIndex:
+        """Build from ``IndexedTitle``s or tuples (id, title, authors, isbn13, subjects, year, available)."""
+        idx = cls()
+        tok_m, doc_m, tok_s, doc_s = array("i"), array("i"), array("i"), array("i")
+        last: dict[int, int] = {}
+        for rec in records:
+            rec = _as_record(rec)
+            slot = idx._append_row(rec)
+            rid = idx._ids[slot]
+            if rid in last:  # duplicate id in the input: the later row wins
+                idx._kill(last[rid])
+            last[rid] = slot
+            mt, st = idx._row_tokens(slot, rec)
+            tok_m.extend(mt)
+            doc_m.extend([slot] * len(mt))
+            tok_s.extend(st)
+            doc_s.extend([slot] * len(st))
+        del last
+        n_tok = len(idx._tokens)
+        idx._m_off, idx._m_docs = _csr(tok_m, doc_m, n_tok)
+        del tok_m, doc_m
+        idx._s_off, idx._s_docs = _csr(tok_s, doc_s, n_tok)
+        del tok_s, doc_s
+        idx._n_base_tokens = n_tok
+        idx._sorted_tokens = sorted(idx._tokens)
+        idx._build_deletes()
+        idx._build_id_maps()
+        return idx
+
+    def _append_row(self, r: IndexedTitle) -> int:
+        slot = len(self._ids)
+        self._ids.append(int(r.id))
+        self._title.append(r.title or "")
+        ft = fold(r.title or "")
+        self._ftitle.append(ft)
+        self._fauth.append(_author_key(r.authors or ""))
+        mk = fold_keep_marks(r.title or "")
+        self._marked.append(mk if mk != ft else None)
+        isbn = normalize_isbn(r.isbn13) if r.isbn13 else None
+        self._isbn.append(int(isbn) if isbn else 0)
+        self._avail.append(max(0, int(r.available or 0)))
+        self._alive.append(1)
+        self._n_alive += 1
+        return slot
+
+    def _token_id(self, t: str) -> int:
+        tid = self._vocab.get(t)
+        if tid is None:
+            tid = len(self._tokens)
+            self._vocab[t] = tid
+            self._tokens.append(t)
+        return tid
+
+    def _row_tokens(self, slot: int, r: IndexedTitle) -> tuple[list[int], list[int]]:
+        main = set(self._ftitle[slot].split())
+        main.update(self._fauth[slot].split())
+        subj = set(fold(r.subjects or "").split()) - main
+        tid = self._token_id
+        return [tid(t) for t in main], [tid(t) for t in subj]
+
+    def _build_deletes(self) -> None:
+        keys = array("I")
+        toks = array("i")
+        for tid, t in enumerate(self._tokens):
+            variants = _deletes1(t) | {t} if 3 <= len(t) <= 20 and not t.isdigit() else (t,)
+            for v in variants:
+                keys.append(_crc(v))
+                toks.append(tid)
+        k = np.frombuffer(keys, np.uint32)
+        order = np.argsort(k, kind="stable")
+        self._del_keys = k[order]
+        self._del_tok = np.frombuffer(toks, np.int32)[order]
+
+    def _build_id_maps(self) -> None:
+        ids = np.frombuffer(self._ids, np.int64)
+        alive = np.frombuffer(self._alive, np.uint8).astype(bool)
+        slots = np.nonzero(alive)[0].astype(np.int32)
+        order = np.argsort(ids[slots], kind="stable")
+        self._base_slots = slots[order]
+        self._base_ids = ids[self._base_slots]
+        isbn = np.frombuffer(self._isbn, np.int64)
+        has = slots[isbn[slots] != 0]
+        order = np.argsort(isbn[has], kind="stable")
+        self._isbn_slots = has[order].astype(np.int32)
+        self._isbn_keys = isbn[self._isbn_slots]
+
+    # ---------------------------------------------------------- maintenance
+    def __len__(self) -> int:
+        return self._n_alive
+
+    def _slot_of(self, rid: int) -> int | None:
+        s = self._slot_delta.get(rid)
+        if s is not None:
+            return s if self._alive[s] else None
+        i = int(np.searchsorted(self._base_ids, rid))
+        if i < len(self._base_ids) and self._base_ids[i] == rid:
+            s = int(self._base_slots[i])
+            return s if self._alive[s] else None
+        return None
+
+    def _kill(self, slot: int) -> None:
+        if self._alive[slot]:
+            self._alive[slot] = 0
+            self._n_alive -= 1
+
+    def remove(self, id: int) -> bool:
+        """Drop a title; returns False if it was not indexed. Its postings stay but are filtered out."""
+        s = self._slot_of(int(id))
+        if s is None:
+            return False
+        self._kill(s)
+        return True
+
+    def upsert(self, record) -> None:
+        """Add or replace one title without rebuilding (new slot; the old one is tombstoned)."""
+        r = _as_record(record)
+        self.remove(r.id)
+        slot = self._append_row(r)
+        self._slot_delta[int(r.id)] = slot
+        mt, st = self._row_tokens(slot, r)
+        for tid in mt:
+            self._m_delta.setdefault(tid, array("i")).append(slot)
+        for tid in st:
+            self._s_delta.setdefault(tid, array("i")).append(slot)
+        for tid in set(mt) | set(st):
+            if tid >= self._n_base_tokens and tid not in self._del_delta.get(_crc(self._tokens[tid]), ()):
+                t = self._tokens[tid]
+                bisect.insort(self._sorted_tokens, t)
+                variants = _deletes1(t) | {t} if 3 <= len(t) <= 20 and not t.isdigit() else {t}
+                for v in variants:
+                    self._del_delta.setdefault(_crc(v), []).append(tid)
+        if self._isbn[slot]:
+            self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
+
+    def compact(self) -> SearchIndex:
+        """Return a freshly built index of the live titles (drops tombstones and deltas)."""
+        return SearchIndex.build(self.records())
+
+    def records(self) -> Iterable[IndexedTitle]:
+        """Live titles; subjects are not kept in memory, so they come back empty."""
+        for s in range(len(self._ids)):
+            if self._alive[s]:
+                isbn = self._isbn[s]
+                yield IndexedTitle(self._ids[s], self._title[s], "", str(isbn) if isbn else None, "", None, self._avail[s])
+
+    # --------------------------------------------------------------- persist
+    def save(self, path: str | Path) -> None:
+        """Snapshot to one pickle file (numpy arrays pickle compactly); load with :meth:`load`."""
+        with open(path, "wb") as f:
+            pickle.dump({k: getattr(self, k) for k in self.__dict__}, f, protocol=5)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchIndex:
+        """Load a snapshot written by :meth:`save` (trusted files only: it is a pickle)."""
+        idx = cls()
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+        idx.__dict__.update(state)
+        return idx
+
+    # ---------------------------------------------------------------- lookup
+    def _postings(self, tid: int, subject: bool = False) -> np.ndarray:
+        off, docs, delta = (self._s_off, self._s_docs, self._s_delta) if subject else (
+            self._m_off, self._m_docs, self._m_delta)
+        base = docs[off[tid] : off[tid + 1]] if tid < self._n_base_tokens else docs[:0]
+        d = delta.get(tid)
+        if d:
+            return np.concatenate([base, np.frombuffer(d, np.int32)])
+        return base
+
+    def _df(self, tid: int) -> int:
+        n = 0
+        if tid < self._n_base_tokens:
+            n = int(self._m_off[tid + 1] - self._m_off[tid] + self._s_off[tid + 1] - self._s_off[tid])
+        return n + len(self._m_delta.get(tid, ())) + len(self._s_delta.get(tid, ()))
+
+    def _fuzzy(self, w: str) -> list[tuple[int, int]]:
+        """Vocabulary tokens within edit distance 1 (2 for long words) of ``w``: [(token id, distance)]."""
+        if len(w) < 3 or w.isdigit() or len(w) > 24:
+            return []
+        maxd = 2 if len(w) >= 7 else 1
+        keys = _deletes1(w) | {w}
+        if maxd == 2:
+            keys |= {d2 for d1 in list(keys) for d2 in _deletes1(d1)}
+        hs = np.fromiter((_crc(k) for k in keys), np.uint32, len(keys))
+        lo = np.searchsorted(self._del_keys, hs, "left")
+        hi = np.searchsorted(self._del_keys, hs, "right")
+        cand: set[int] = set()
+        for a, b in zip(lo[hi > lo].tolist(), hi[hi > lo].tolist(), strict=True):
+            cand.update(self._del_tok[a:b].tolist())
+        if self._del_delta:
+            for h in hs.tolist():
+                cand.update(self._del_delta.get(h, ()))
+        out = []
+        for tid in cand:
+            t = self._tokens[tid]
+            if t == w:
+                continue
+            d = OSA.distance(w, t, score_cutoff=maxd)
+            if d <= maxd:
+                out.append((tid, d))
+        out.sort(key=lambda x: (x[1], -self._df(x[0])))
+        return out[:MAX_FUZZY_PER_WORD]
+
+    def _prefix(self, w: str) -> list[int]:
+        if len(w) < 3:
+            return []
+        i = bisect.bisect_left(self._sorted_tokens, w)
+        out = []
+        while i < len(self._sorted_tokens) and len(out) < 200:
+            t = self._sorted_tokens[i]
+            if not t.startswith(w):
+                break
+            if t != w:
+                out.append(self._vocab[t])
+            i += 1
+        out.sort(key=lambda tid: -self._df(tid))
+        return out[:MAX_PREFIX_PER_WORD]
+
+    def _groups(self, words: list[str], alts: list[str | None]) -> list[_Group]:
+        n = max(self._n_alive, 1)
+        groups = []
+        for i, (w, alt) in enumerate(zip(words, alts, strict=True)):
+            g = _Group()
+            exact_df = None
+            for form, wt in ((w, 1.0), (alt, 1.0)):
+                if not form:
+                    continue
+                tid = self._vocab.get(form)
+                if tid is not None and self._df(tid):
+                    g.variants[tid] = max(g.variants.get(tid, 0.0), wt)
+                    exact_df = self._df(tid) if exact_df is None else min(exact_df, self._df(tid))
+            for form in (w, alt):
+                if not form:
+                    continue
+                # common short words ("the", "of") do not need typo expansion
+                if exact_df is not None and (len(form) <= 4 and exact_df > 50):
+                    continue
+                for tid, d in self._fuzzy(form):
+                    g.variants.setdefault(tid, 0.85 if d == 1 else 0.7)
+            if i == len(words) - 1:  # the last word may be unfinished
+                for tid in self._prefix(w):
+                    g.variants.setdefault(tid, 0.75)
+            if not g.variants:
+                continue
+            dfs = [self._df(t) for t in g.variants]
+            g.size = sum(dfs)
+            df = exact_df if exact_df is not None else min(dfs)
+            g.idf = math.log(1.0 + n / (df + 0.5))
+            groups.append(g)
+        return groups
+
+    # ---------------------------------------------------------------- search
+    def search(self, query: str, limit: int = 10, offset: int = 0) -> SearchResult:
+        """Best matches for a free-text or ISBN query; never raises on odd input, bounded work."""
+        limit = max(0, min(int(limit), 100))
+        offset = max(0, min(int(offset), 400))
+        q = (query or "")[:MAX_QUERY_CHARS]
+        if looks_like_isbn(q):
+            isbn = normalize_isbn(q)
+            slots = self._isbn_lookup(int(isbn)) if isbn else []
+            if slots:
+                slots.sort(key=lambda s: (-self._avail[s], s))
+                hits = [Hit(self._ids[s], 100.0, "isbn") for s in slots]
+                return SearchResult(hits[offset : offset + limit], len(hits), None, "isbn")
+            kind = "isbn"
+        else:
+            kind = "text"
+        fq = fold(q)
+        if not fq:
+            return SearchResult([], 0, None, "empty")
+        words = list(dict.fromkeys(fq.split()))[:MAX_QUERY_WORDS]
+        alts: list[str | None] = []
+        for w in words:
+            dec = _decode_word(w) if w.isascii() else None
+            fd = fold(dec) if dec else None
+            alts.append(fd if fd and fd != w and " " not in fd else None)
+        fq = " ".join(words)
+        fq_alt = " ".join(a or w for w, a in zip(words, alts, strict=True)) if any(alts) else None
+        groups = self._groups(words, alts)
+        if not groups:
+            return SearchResult([], 0, None, kind)
+        cands, pre, total = self._candidates(groups)
+        if len(cands) == 0:
+            return SearchResult([], 0, None, kind)
+        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit))
+        hits = ranked[offset : offset + limit]
+        suggestion = None
+        if ranked and ranked[0].score < WEAK_SCORE:
+            suggestion = self._title[self._slot_of(ranked[0].id)]
+        return SearchResult(hits, max(total, len(ranked)), suggestion, kind)
+
+    def _isbn_lookup(self, key: int) -> list[int]:
+        lo = int(np.searchsorted(self._isbn_keys, key, "left"))
+        hi = int(np.searchsorted(self._isbn_keys, key, "right"))
+        slots = self._isbn_slots[lo:hi].tolist() + self._isbn_delta.get(key, [])
+        return [s for s in dict.fromkeys(slots) if self._alive[s] and self._isbn[s] == key]
+
+    def _group_postings(self, g: _Group, cap: int) -> tuple[np.ndarray, np.ndarray]:
+        """Docs holding any variant of the word, each with its best weight (subject hits count half)."""
+        docs, wts = [], []
+        for tid, w in sorted(g.variants.items(), key=lambda x: -x[1]):
+            for subject, mul in ((False, 1.0), (True, 0.5)):
+                p = self._postings(tid, subject)
+                if len(p):
+                    p = p[:cap]
+                    docs.append(p)
+                    wts.append(np.full(len(p), w * mul, np.float32))
+        if not docs:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        if len(docs) == 1:
+            return docs[0], wts[0]
+        d = np.concatenate(docs)
+        w = np.concatenate(wts)
+        order = np.lexsort((-w, d))
+        d, w = d[order], w[order]
+        keep = np.empty(len(d), bool)
+        keep[0] = True
+        np.not_equal(d[1:], d[:-1], out=keep[1:])
+        return d[keep], w[keep]
+
+    def _candidates(self, groups: list[_Group]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Token-overlap pre-score: rarest words generate candidates, common words only add score."""
+        order = sorted(range(len(groups)), key=lambda i: groups[i].size)
+        used = 0
+        gen_docs, gen_w = [], []
+        rest = []
+        for rank, gi in enumerate(order):
+            g = groups[gi]
+            if rank == 0 or used + g.size <= GEN_BUDGET:
+                d, w = self._group_postings(g, GEN_BUDGET)
+                used += len(d)
+                gen_docs.append(d)
+                gen_w.append(w * g.idf)
+            else:
+                rest.append(g)
+        d = np.concatenate(gen_docs)
+        w = np.concatenate(gen_w)
+        cands, inv = np.unique(d, return_inverse=True)
+        pre = np.bincount(inv, weights=w, minlength=len(cands))
+        alive = np.frombuffer(self._alive, np.uint8)[cands].astype(bool)
+        cands, pre = cands[alive], pre[alive]
+        total_w = sum(g.idf for g in groups)
+        total = int(np.count_nonzero(pre >= 0.5 * total_w))
+        if len(cands) > PRESCORE_KEEP:
+            top = np.argpartition(-pre, PRESCORE_KEEP)[:PRESCORE_KEEP]
+            cands, pre = cands[top], pre[top]
+            order_c = np.argsort(cands)
+            cands, pre = cands[order_c], pre[order_c]
+        for g in rest:
+            gs = np.zeros(len(cands))
+            for tid, wt in g.variants.items():
+                for subject, mul in ((False, 1.0), (True, 0.5)):
+                    p = self._postings(tid, subject)
+                    if len(p) == 0:
+                        continue
+                    pos = np.searchsorted(p, cands)
+                    pos[pos >= len(p)] = len(p) - 1
+                    np.maximum(gs, (p[pos] == cands) * (wt * mul), out=gs)
+            pre += gs * g.idf
+        return cands, pre / max(total_w, 1e-9), total
+
+    def _rerank(self, q: str, fq: str, fq_alt: str | None, cands: np.ndarray, cov: np.ndarray, keep: int) -> list[Hit]:
+        if len(cands) > keep:
+            top = np.argpartition(-cov, keep)[:keep]
+            cands, cov = cands[top], cov[top]
+        slots = cands.tolist()
+        titles = [self._ftitle[s] for s in slots]
+        auths = [self._fauth[s] for s in slots]
+        both = [f"{t} {a}" if a else t for t, a in zip(titles, auths, strict=True)]
+        queries = [fq] if fq_alt is None else [fq, fq_alt]
+        kw = {"processor": None, "workers": 1, "dtype": np.float32}
+        full = process.cdist(queries, titles, scorer=fuzz.ratio, **kw).max(axis=0)
+        srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
+        bset = process.cdist(queries, both, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
+        aset = process.cdist(queries, auths, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
+        asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
+        text = np.maximum.reduce([full, srt, 0.93 * tset, 0.9 * bset, 0.93 * asrt])
+        # full-string similarity breaks ties between titles that all contain the words
+        score = 0.8 * text + 20.0 * np.minimum(cov, 1.0) + 4.0 * exact + 0.05 * full
+        # the user's own diacritics: "hòa" prefers "Hòa", plain "hoa" prefers "Hoa"
+        mq = fold_keep_marks(q)
+        mq_words = set(mq.split())
+        if mq_words:
+            for i, s in enumerate(slots):
+                mt = self._marked[s] or titles[i]
+                if mt == mq:
+                    score[i] += 3.0
+                elif mq_words and not mq.isascii():
+                    score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
+        avail = [self._avail[s] for s in slots]
+        sc = score.tolist()
+        order = sorted(range(len(slots)), key=lambda i: (-round(sc[i], 3), avail[i] <= 0, -avail[i], slots[i]))
+        hits = []
+        for i in order:
+            t_part = max(full[i], srt[i], tset[i])
+            if t_part >= 90 or t_part >= aset[i]:
+                matched = "title" if t_part >= 90 or bset[i] <= t_part else "title+author"
+            elif aset[i] >= 80:
+                matched = "author" if tset[i] < 50 else "title+author"
+            else:
+                matched = "subject" if text[i] < 60 else "title"
+            hits.append(Hit(self._ids[slots[i]], round(float(score[i]), 2), matched))
+        return hits
+
+
+def _csr(tok: array, doc: array, n_tok: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-major postings: offsets (n_tok+1) and doc slots, each token's slots ascending."""
+    t = np.frombuffer(tok, np.int32)
+    d = np.frombuffer(doc, np.int32)
+    order = np.argsort(t, kind="stable")
+    docs = d[order].copy()
+    counts = np.bincount(t, minlength=n_tok)
+    off = np.zeros(n_tok + 1, np.int64)
+    np.cumsum(counts, out=off[1:])
+    return off, docs
