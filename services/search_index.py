@@ -37,7 +37,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from services.textfold import _decode_word, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
+from services.textfold import decode_words, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
 
 __all__ = ["IndexedTitle", "Hit", "SearchResult", "SearchIndex"]
 
@@ -118,6 +118,7 @@ class SearchIndex:
         self._title: list[str] = []  # as catalogued, for "did you mean"
         self._ftitle: list[str] = []  # folded
         self._fauth: list[str] = []  # folded, no dates
+        self._fsubj: list[str] = []  # folded subject headings
         self._marked: list[str | None] = []  # fold_keep_marks(title) when it differs from the folded title
         self._isbn = array("q")  # ISBN-13 as int, 0 if none
         self._avail = array("i")
@@ -167,8 +168,8 @@ class SearchIndex:
             mt = [vget(t, len(vocab)) for t in main]
             tok_m.extend(mt)
             doc_m.extend([slot] * len(mt))
-            if rec.subjects:
-                subj = set(fold(rec.subjects).split())
+            if idx._fsubj[slot]:
+                subj = set(idx._fsubj[slot].split())
                 subj.difference_update(main)
                 st = [vget(t, len(vocab)) for t in subj]
                 tok_s.extend(st)
@@ -192,6 +193,7 @@ class SearchIndex:
         ft = fold(r.title or "")
         self._ftitle.append(ft)
         self._fauth.append(_author_key(r.authors or ""))
+        self._fsubj.append(fold(r.subjects) if r.subjects else "")
         mk = None if (r.title or "").isascii() else fold_keep_marks(r.title)
         self._marked.append(mk if mk != ft else None)
         isbn = r.isbn13 if r.isbn13 and len(r.isbn13) == 13 and r.isbn13.isdigit() else None
@@ -213,7 +215,7 @@ class SearchIndex:
     def _row_tokens(self, slot: int, r: IndexedTitle) -> tuple[list[int], list[int]]:
         main = set(self._ftitle[slot].split())
         main.update(self._fauth[slot].split())
-        subj = set(fold(r.subjects or "").split()) - main
+        subj = set(self._fsubj[slot].split()) - main
         tid = self._token_id
         return [tid(t) for t in main], [tid(t) for t in subj]
 
@@ -442,8 +444,7 @@ class SearchIndex:
             return SearchResult([], 0, None, "empty")
         words = list(dict.fromkeys(fq.split()))[:MAX_QUERY_WORDS]
         alts: list[str | None] = []
-        for w in words:
-            dec = _decode_word(w) if w.isascii() else None
+        for w, dec in zip(words, decode_words(words), strict=True):
             fd = fold(dec) if dec else None
             alts.append(fd if fd and fd != w and " " not in fd else None)
         fq = " ".join(words)
@@ -457,7 +458,9 @@ class SearchIndex:
         ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1))
         hits = ranked[offset : offset + limit]
         suggestion = None
-        if ranked and ranked[0].score < WEAK_SCORE:
+        # "did you mean": a query word was not in the catalog's vocabulary, or the best match is weak
+        corrected = any(self._vocab.get(w) is None and self._vocab.get(a or "") is None for w, a in zip(words, alts, strict=True))
+        if ranked and (corrected or ranked[0].score < WEAK_SCORE):
             suggestion = self._title[self._slot_of(ranked[0].id)]
         return SearchResult(hits, max(total, len(hits) + offset), suggestion, kind)
 
@@ -532,11 +535,11 @@ class SearchIndex:
         return cands, pre / max(total_w, 1e-9), total
 
     @staticmethod
-    def _matched(queries, i, titles, auths, full, srt, tset, bset, asrt) -> str:
+    def _matched(queries, i, titles, auths, full, srt, tset, bset, asrt, sset) -> str:
         """Name the field that carried hit ``i`` (only computed for hits returned)."""
         t_part = max(full[i], srt[i], tset[i])
         a_part = max(asrt[i], max(fuzz.token_set_ratio(q, auths[i], processor=None) for q in queries))
-        if max(t_part, a_part) < 60:
+        if max(t_part, a_part) < 60 or sset[i] > max(t_part, a_part) + 10:
             return "subject"
         if a_part > t_part + 10:
             return "author"
@@ -560,8 +563,10 @@ class SearchIndex:
         tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         bset = process.cdist(queries, both, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        subj = [self._fsubj[s] for s in slots]
+        sset = process.cdist(queries, subj, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
-        text = np.maximum.reduce([full, srt, 0.93 * tset, 0.9 * bset, 0.93 * asrt])
+        text = np.maximum.reduce([full, srt, 0.93 * tset, 0.9 * bset, 0.93 * asrt, 0.85 * sset])
         # full-string similarity breaks ties between titles that all contain the words
         score = 0.8 * text + 20.0 * np.minimum(cov, 1.0) + 4.0 * exact + 0.05 * full
         # the user's own diacritics: "hòa" prefers "Hòa", plain "hoa" prefers "Hoa"
@@ -581,7 +586,7 @@ class SearchIndex:
         order = np.lexsort((cands, -avail, avail <= 0, -score))[:limit]
         hits = []
         for i in order.tolist():
-            hits.append(Hit(self._ids[slots[i]], float(score[i]), self._matched(queries, i, titles, auths, full, srt, tset, bset, asrt)))
+            hits.append(Hit(self._ids[slots[i]], float(score[i]), self._matched(queries, i, titles, auths, full, srt, tset, bset, asrt, sset)))
         return hits
 
 
