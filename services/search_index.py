@@ -37,7 +37,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from services.textfold import _decode_word, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
+from services.textfold import decode_words, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
 
 __all__ = ["IndexedTitle", "Hit", "SearchResult", "SearchIndex"]
 
@@ -96,6 +96,11 @@ def _deletes1(t: str) -> set[str]:
     return {t[:i] + t[i + 1 :] for i in range(len(t))}
 
 
+def _fuzzy_token(t: str) -> bool:
+    """Tokens that get typo expansion: folded Latin words of 3-20 letters (other scripts match exactly)."""
+    return 3 <= len(t) <= 20 and t.isascii() and not t.isdigit()
+
+
 def _author_key(authors: str) -> str:
     """Folded authors without life dates ("Aurand, Samuel, 1854-" → "aurand samuel")."""
     return " ".join(w for w in fold(authors).split() if not w.isdigit())
@@ -113,6 +118,7 @@ class SearchIndex:
         self._title: list[str] = []  # as catalogued, for "did you mean"
         self._ftitle: list[str] = []  # folded
         self._fauth: list[str] = []  # folded, no dates
+        self._fsubj: list[str] = []  # folded subject headings
         self._marked: list[str | None] = []  # fold_keep_marks(title) when it differs from the folded title
         self._isbn = array("q")  # ISBN-13 as int, 0 if none
         self._avail = array("i")
@@ -145,23 +151,30 @@ class SearchIndex:
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, records: Iterable) -> SearchIndex:
-        """Build from ``IndexedTitle``s or tuples (id, title, authors, isbn13, subjects, year, available)."""
+        """Build from ``IndexedTitle``s or tuples (id, title, authors, isbn13, subjects, year, available).
+
+        If an id repeats, the last row wins.
+        """
         idx = cls()
         tok_m, doc_m, tok_s, doc_s = array("i"), array("i"), array("i"), array("i")
-        last: dict[int, int] = {}
+        vocab = idx._vocab
+        vget = vocab.setdefault
         for rec in records:
             rec = _as_record(rec)
             slot = idx._append_row(rec)
-            rid = idx._ids[slot]
-            if rid in last:  # duplicate id in the input: the later row wins
-                idx._kill(last[rid])
-            last[rid] = slot
-            mt, st = idx._row_tokens(slot, rec)
+            main = set(idx._ftitle[slot].split())
+            main.update(idx._fauth[slot].split())
+            # setdefault(t, len(vocab)) hands out ids in insertion order, so list(vocab) is id -> token
+            mt = [vget(t, len(vocab)) for t in main]
             tok_m.extend(mt)
             doc_m.extend([slot] * len(mt))
-            tok_s.extend(st)
-            doc_s.extend([slot] * len(st))
-        del last
+            if idx._fsubj[slot]:
+                subj = set(idx._fsubj[slot].split())
+                subj.difference_update(main)
+                st = [vget(t, len(vocab)) for t in subj]
+                tok_s.extend(st)
+                doc_s.extend([slot] * len(st))
+        idx._tokens = list(vocab)
         n_tok = len(idx._tokens)
         idx._m_off, idx._m_docs = _csr(tok_m, doc_m, n_tok)
         del tok_m, doc_m
@@ -180,9 +193,11 @@ class SearchIndex:
         ft = fold(r.title or "")
         self._ftitle.append(ft)
         self._fauth.append(_author_key(r.authors or ""))
-        mk = fold_keep_marks(r.title or "")
+        self._fsubj.append(fold(r.subjects) if r.subjects else "")
+        mk = None if (r.title or "").isascii() else fold_keep_marks(r.title)
         self._marked.append(mk if mk != ft else None)
-        isbn = normalize_isbn(r.isbn13) if r.isbn13 else None
+        isbn = r.isbn13 if r.isbn13 and len(r.isbn13) == 13 and r.isbn13.isdigit() else None
+        isbn = isbn or (normalize_isbn(r.isbn13) if r.isbn13 else None)
         self._isbn.append(int(isbn) if isbn else 0)
         self._avail.append(max(0, int(r.available or 0)))
         self._alive.append(1)
@@ -200,17 +215,23 @@ class SearchIndex:
     def _row_tokens(self, slot: int, r: IndexedTitle) -> tuple[list[int], list[int]]:
         main = set(self._ftitle[slot].split())
         main.update(self._fauth[slot].split())
-        subj = set(fold(r.subjects or "").split()) - main
+        subj = set(self._fsubj[slot].split()) - main
         tid = self._token_id
         return [tid(t) for t in main], [tid(t) for t in subj]
 
     def _build_deletes(self) -> None:
         keys = array("I")
         toks = array("i")
+        crc = zlib.crc32
         for tid, t in enumerate(self._tokens):
-            variants = _deletes1(t) | {t} if 3 <= len(t) <= 20 and not t.isdigit() else (t,)
-            for v in variants:
-                keys.append(_crc(v))
+            if _fuzzy_token(t):
+                b = t.encode()
+                vs = [b]
+                vs += [b[:i] + b[i + 1 :] for i in range(len(b))]
+                keys.extend(map(crc, vs))
+                toks.extend([tid] * len(vs))
+            else:
+                keys.append(crc(t.encode()))
                 toks.append(tid)
         k = np.frombuffer(keys, np.uint32)
         order = np.argsort(k, kind="stable")
@@ -219,11 +240,17 @@ class SearchIndex:
 
     def _build_id_maps(self) -> None:
         ids = np.frombuffer(self._ids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        sid = ids[order]
+        dup = np.nonzero(sid[1:] == sid[:-1])[0]  # an earlier slot with the same id as the next one
+        for s in order[dup].tolist():
+            self._kill(s)
+        keep = np.ones(len(order), bool)
+        keep[dup] = False
+        self._base_slots = order[keep].astype(np.int32)
+        self._base_ids = sid[keep]
         alive = np.frombuffer(self._alive, np.uint8).astype(bool)
         slots = np.nonzero(alive)[0].astype(np.int32)
-        order = np.argsort(ids[slots], kind="stable")
-        self._base_slots = slots[order]
-        self._base_ids = ids[self._base_slots]
         isbn = np.frombuffer(self._isbn, np.int64)
         has = slots[isbn[slots] != 0]
         order = np.argsort(isbn[has], kind="stable")
@@ -263,18 +290,17 @@ class SearchIndex:
         self.remove(r.id)
         slot = self._append_row(r)
         self._slot_delta[int(r.id)] = slot
+        n_before = len(self._tokens)
         mt, st = self._row_tokens(slot, r)
         for tid in mt:
             self._m_delta.setdefault(tid, array("i")).append(slot)
         for tid in st:
             self._s_delta.setdefault(tid, array("i")).append(slot)
-        for tid in set(mt) | set(st):
-            if tid >= self._n_base_tokens and tid not in self._del_delta.get(_crc(self._tokens[tid]), ()):
-                t = self._tokens[tid]
-                bisect.insort(self._sorted_tokens, t)
-                variants = _deletes1(t) | {t} if 3 <= len(t) <= 20 and not t.isdigit() else {t}
-                for v in variants:
-                    self._del_delta.setdefault(_crc(v), []).append(tid)
+        for tid in range(n_before, len(self._tokens)):  # tokens this row brought into the vocabulary
+            t = self._tokens[tid]
+            bisect.insort(self._sorted_tokens, t)
+            for v in _deletes1(t) | {t} if _fuzzy_token(t) else {t}:
+                self._del_delta.setdefault(_crc(v), []).append(tid)
         if self._isbn[slot]:
             self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
 
@@ -320,11 +346,11 @@ class SearchIndex:
             n = int(self._m_off[tid + 1] - self._m_off[tid] + self._s_off[tid + 1] - self._s_off[tid])
         return n + len(self._m_delta.get(tid, ())) + len(self._s_delta.get(tid, ()))
 
-    def _fuzzy(self, w: str) -> list[tuple[int, int]]:
-        """Vocabulary tokens within edit distance 1 (2 for long words) of ``w``: [(token id, distance)]."""
-        if len(w) < 3 or w.isdigit() or len(w) > 24:
+    def _fuzzy(self, w: str, allow2: bool = True) -> list[tuple[int, int]]:
+        """Vocabulary tokens within edit distance 1 (2 for long unknown words) of ``w``: [(token id, distance)]."""
+        if not _fuzzy_token(w):
             return []
-        maxd = 2 if len(w) >= 7 else 1
+        maxd = 2 if allow2 and len(w) >= 7 else 1
         keys = _deletes1(w) | {w}
         if maxd == 2:
             keys |= {d2 for d1 in list(keys) for d2 in _deletes1(d1)}
@@ -379,10 +405,11 @@ class SearchIndex:
             for form in (w, alt):
                 if not form:
                     continue
-                # common short words ("the", "of") do not need typo expansion
-                if exact_df is not None and (len(form) <= 4 and exact_df > 50):
+                # a word the catalog already uses often is taken as typed when other words
+                # carry the query too; common short words ("the", "of") never expand
+                if exact_df is not None and (exact_df > 50 and len(form) <= 4 or exact_df >= 20 and len(words) >= 2):
                     continue
-                for tid, d in self._fuzzy(form):
+                for tid, d in self._fuzzy(form, exact_df is None):
                     g.variants.setdefault(tid, 0.85 if d == 1 else 0.7)
             if i == len(words) - 1:  # the last word may be unfinished
                 for tid in self._prefix(w):
@@ -417,8 +444,7 @@ class SearchIndex:
             return SearchResult([], 0, None, "empty")
         words = list(dict.fromkeys(fq.split()))[:MAX_QUERY_WORDS]
         alts: list[str | None] = []
-        for w in words:
-            dec = _decode_word(w) if w.isascii() else None
+        for w, dec in zip(words, decode_words(words), strict=True):
             fd = fold(dec) if dec else None
             alts.append(fd if fd and fd != w and " " not in fd else None)
         fq = " ".join(words)
@@ -429,12 +455,14 @@ class SearchIndex:
         cands, pre, total = self._candidates(groups)
         if len(cands) == 0:
             return SearchResult([], 0, None, kind)
-        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit))
+        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1))
         hits = ranked[offset : offset + limit]
         suggestion = None
-        if ranked and ranked[0].score < WEAK_SCORE:
+        # "did you mean": a query word was not in the catalog's vocabulary, or the best match is weak
+        corrected = any(self._vocab.get(w) is None and self._vocab.get(a or "") is None for w, a in zip(words, alts, strict=True))
+        if ranked and (corrected or ranked[0].score < WEAK_SCORE):
             suggestion = self._title[self._slot_of(ranked[0].id)]
-        return SearchResult(hits, max(total, len(ranked)), suggestion, kind)
+        return SearchResult(hits, max(total, len(hits) + offset), suggestion, kind)
 
     def _isbn_lookup(self, key: int) -> list[int]:
         lo = int(np.searchsorted(self._isbn_keys, key, "left"))
@@ -506,7 +534,21 @@ class SearchIndex:
             pre += gs * g.idf
         return cands, pre / max(total_w, 1e-9), total
 
-    def _rerank(self, q: str, fq: str, fq_alt: str | None, cands: np.ndarray, cov: np.ndarray, keep: int) -> list[Hit]:
+    @staticmethod
+    def _matched(queries, i, titles, auths, full, srt, tset, bset, asrt, sset) -> str:
+        """Name the field that carried hit ``i`` (only computed for hits returned)."""
+        t_part = max(full[i], srt[i], tset[i])
+        a_part = max(asrt[i], max(fuzz.token_set_ratio(q, auths[i], processor=None) for q in queries))
+        if max(t_part, a_part) < 60 or sset[i] > max(t_part, a_part) + 10:
+            return "subject"
+        if a_part > t_part + 10:
+            return "author"
+        if t_part >= a_part or bset[i] <= t_part + 5:
+            return "title"
+        return "title+author"
+
+    def _rerank(self, q: str, fq: str, fq_alt: str | None, cands: np.ndarray, cov: np.ndarray, keep: int,
+                limit: int) -> list[Hit]:
         if len(cands) > keep:
             top = np.argpartition(-cov, keep)[:keep]
             cands, cov = cands[top], cov[top]
@@ -520,35 +562,31 @@ class SearchIndex:
         srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
         tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         bset = process.cdist(queries, both, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
-        aset = process.cdist(queries, auths, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        subj = [self._fsubj[s] for s in slots]
+        sset = process.cdist(queries, subj, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
-        text = np.maximum.reduce([full, srt, 0.93 * tset, 0.9 * bset, 0.93 * asrt])
+        text = np.maximum.reduce([full, srt, 0.93 * tset, 0.9 * bset, 0.93 * asrt, 0.85 * sset])
         # full-string similarity breaks ties between titles that all contain the words
         score = 0.8 * text + 20.0 * np.minimum(cov, 1.0) + 4.0 * exact + 0.05 * full
         # the user's own diacritics: "hòa" prefers "Hòa", plain "hoa" prefers "Hoa"
         mq = fold_keep_marks(q)
-        mq_words = set(mq.split())
-        if mq_words:
+        if mq:
+            mq_words = set(mq.split())
+            marked = self._marked
             for i, s in enumerate(slots):
-                mt = self._marked[s] or titles[i]
+                mt = marked[s] or titles[i]
                 if mt == mq:
                     score[i] += 3.0
-                elif mq_words and not mq.isascii():
+                elif not mq.isascii():
                     score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
-        avail = [self._avail[s] for s in slots]
-        sc = score.tolist()
-        order = sorted(range(len(slots)), key=lambda i: (-round(sc[i], 3), avail[i] <= 0, -avail[i], slots[i]))
+        score = np.round(score, 3)
+        avail = np.frombuffer(self._avail, np.int32)[cands]
+        # best score first; equal scores: titles with copies on the shelf, then more copies
+        order = np.lexsort((cands, -avail, avail <= 0, -score))[:limit]
         hits = []
-        for i in order:
-            t_part = max(full[i], srt[i], tset[i])
-            if t_part >= 90 or t_part >= aset[i]:
-                matched = "title" if t_part >= 90 or bset[i] <= t_part else "title+author"
-            elif aset[i] >= 80:
-                matched = "author" if tset[i] < 50 else "title+author"
-            else:
-                matched = "subject" if text[i] < 60 else "title"
-            hits.append(Hit(self._ids[slots[i]], round(float(score[i]), 2), matched))
+        for i in order.tolist():
+            hits.append(Hit(self._ids[slots[i]], float(score[i]), self._matched(queries, i, titles, auths, full, srt, tset, bset, asrt, sset)))
         return hits
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "fold",
     "fold_keep_marks",
     "telex_decode",
+    "decode_words",
     "normalize_isbn",
     "isbn10_to_13",
     "looks_like_isbn",
@@ -264,25 +265,44 @@ def _decode_word(word: str) -> str | None:
     return _vni_word(lw) if any(c.isdigit() for c in lw) else _telex_word(lw)
 
 
+# A word that only gains a tone ("of" → "ò", "rings" → "ríng") is ambiguous; such words
+# are decoded only if the query shows telex elsewhere or has no common English word.
+_ENGLISH = frozenset(
+    "a an and as at be by for from his her how in is it its my new of on or our the to what who why with your".split()
+)
+_MARK_SIGN = ("dd", "aa", "aw", "ee", "oo", "ow", "uw", "w")
+
+
+def _has_mark_sign(w: str) -> bool:
+    return any(m in w for m in _MARK_SIGN) or any(c in "6789" for c in w)
+
+
+def decode_words(words: list[str]) -> list[str | None]:
+    """Per-word telex/VNI decoding of ASCII words (None where a word stays as typed)."""
+    lws = [w.lower() for w in words]
+    decoded = [_decode_word(w) if w.isascii() and w.isalnum() else None for w in lws]
+    if not any(decoded):
+        return decoded
+    marked = any(d is not None and _has_mark_sign(w) for w, d in zip(lws, decoded, strict=True))
+    if not marked and any(w in _ENGLISH for w in lws):
+        return [None] * len(words)
+    return [d if d != w else None for w, d in zip(lws, decoded, strict=True)]
+
+
 def telex_decode(s: str) -> str | None:
     """Decode raw telex (or VNI) typing word by word: "truyeenj kieeuf" → "truyện kiều".
 
     Words that are not plausible Vietnamese syllables after decoding ("harry",
-    "boss", "potter") are left as typed. Returns None when no word changed.
+    "boss", "potter") are left as typed; so is a tone-only match ("of", "rings")
+    in a query that looks English. Returns None when no word changed.
     """
     if not s:
         return None
     words = s.split()
-    changed = False
-    out = []
-    for word in words:
-        dec = _decode_word(word) if word.isascii() else None
-        if dec is not None and dec != word.lower():
-            out.append(dec)
-            changed = True
-        else:
-            out.append(word)
-    return " ".join(out) if changed else None
+    decoded = decode_words(words)
+    if not any(decoded):
+        return None
+    return " ".join(d or w for w, d in zip(words, decoded, strict=True))
 
 
 # ---------------------------------------------------------------------------
