@@ -32,6 +32,7 @@ from services.search_index import IndexedTitle, SearchIndex
 log = logging.getLogger(__name__)
 
 CHUNK = 5000
+RESOLUTION = timedelta(seconds=1)   # coarsest timestamp tick among backends (SQLite CURRENT_TIMESTAMP)
 MAX_QUERY = 200
 
 
@@ -83,6 +84,8 @@ class CatalogSearch:
         self._last_poll = 0.0
         self._marks: dict[str, datetime | None] = {"titles": None, "copies": None}
         self._seen: dict[str, dict[int, datetime]] = {"titles": {}, "copies": {}}
+        # hash of what the index holds, for titles changed recently (pruned with _seen)
+        self._fingerprints: dict[int, int] = {}
 
     # -- building --------------------------------------------------------------------------
     async def ensure_ready(self) -> SearchIndex:
@@ -163,7 +166,7 @@ class CatalogSearch:
     # -- freshness -------------------------------------------------------------------------------
     async def refresh(self, *, force: bool = False) -> int:
         """Pull titles and copies changed since the watermark into the index. Cheap when nothing
-        changed (two indexed range queries). Returns how many titles were re-indexed."""
+        changed (two indexed range queries). Returns how many titles changed in the index."""
         if self.index is None:
             await self.ensure_ready()
             return 0
@@ -171,7 +174,7 @@ class CatalogSearch:
             return 0
         async with self._refresh_lock:
             self._last_poll = time.monotonic()
-            changed: set[int] = set()
+            candidates: set[int] = set()
             async with self.db.session() as s:
                 for name, query in (
                     ("titles", select(Title.id, Title.id.label("title_id"), Title.updated_at)),
@@ -186,9 +189,12 @@ class CatalogSearch:
                     for row_id, title_id, stamp in (await s.execute(query)).all():
                         if stamp is None:
                             continue
-                        if seen.get(row_id) != stamp:
+                        # A new stamp is a change. So may be an unchanged stamp as new as the last
+                        # poll's newest: timestamps are coarse (SQLite: whole seconds), so a second
+                        # edit within the same tick keeps the stamp; reindex() compares content.
+                        if seen.get(row_id) != stamp or (mark is not None and stamp >= mark - RESOLUTION):
                             seen[row_id] = stamp
-                            changed.add(title_id)
+                            candidates.add(title_id)
                         if newest is None or stamp > newest:
                             newest = stamp
                     self._marks[name] = newest
@@ -196,14 +202,18 @@ class CatalogSearch:
                         floor = newest - self.overlap
                         for row_id in [k for k, v in seen.items() if v < floor]:
                             del seen[row_id]
-            if changed:
-                await self.reindex(sorted(changed))
-            return len(changed)
+                            if name == "titles":
+                                self._fingerprints.pop(row_id, None)
+            if len(self._fingerprints) > 200_000:  # bounded memory; costs one extra upsert each
+                self._fingerprints.clear()
+            return await self.reindex(sorted(candidates)) if candidates else 0
 
-    async def reindex(self, title_ids: list[int]) -> None:
-        """Re-read these titles (and their availability) into the index now; gone ones are removed.
+    async def reindex(self, title_ids: list[int]) -> int:
+        """Re-read these titles (and their availability) into the index; gone ones are removed.
+        Only titles whose indexed content differs are touched. Returns how many changed.
         Call it right after an in-process change for read-your-writes."""
         index = await self.ensure_ready()
+        changed = 0
         for start in range(0, len(title_ids), 1000):
             chunk = title_ids[start:start + 1000]
             available = await self._available(chunk)
@@ -214,10 +224,17 @@ class CatalogSearch:
             for title_id in chunk:
                 r = rows.get(title_id)
                 if r is None:
-                    index.remove(title_id)
-                else:
-                    index.upsert(IndexedTitle(r[0], r[1], r[2] or "", r[3], r[4] or "", r[5],
-                                              available.get(title_id, 0)))
+                    self._fingerprints.pop(title_id, None)
+                    changed += bool(index.remove(title_id))
+                    continue
+                record = IndexedTitle(r[0], r[1], r[2] or "", r[3], r[4] or "", r[5], available.get(title_id, 0))
+                fingerprint = hash(record)
+                if self._fingerprints.get(title_id) == fingerprint:
+                    continue
+                self._fingerprints[title_id] = fingerprint
+                index.upsert(record)
+                changed += 1
+        return changed
 
     # -- searching ---------------------------------------------------------------------------------
     async def search(self, query: str, *, limit: int = 10, offset: int = 0,
