@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,6 +69,11 @@ class Results:
         return self.offset + len(self.hits) < self.total
 
 
+def _fingerprint(record: IndexedTitle) -> int:
+    """Stable across processes (``hash()`` of str is salted per process; snapshots outlive it)."""
+    return zlib.crc32(repr(tuple(getattr(record, f) for f in record.__slots__)).encode())
+
+
 class CatalogSearch:
     """One per process (``deps.extras["search"]``); safe to share between coroutines."""
 
@@ -106,6 +112,8 @@ class CatalogSearch:
         loop = asyncio.get_running_loop()
         marks = await self._current_marks()
         available = await self._available()
+        recent = marks["titles"] - self.overlap if marks["titles"] is not None else None
+        seen = self._seen["titles"]
 
         def rows():
             last = 0
@@ -114,18 +122,29 @@ class CatalogSearch:
                 if not chunk:
                     return
                 for r in chunk:
-                    yield IndexedTitle(r[0], r[1], r[2] or "", r[3], r[4] or "", r[5], available.get(r[0], 0))
+                    record = IndexedTitle(r[0], r[1], r[2] or "", r[3], r[4] or "", r[5], available.get(r[0], 0))
+                    if recent is not None and r[6] is not None and r[6] >= recent:
+                        # changed lately: the first refresh will see it again; remember what we hold
+                        seen[r[0]] = r[6]
+                        self._fingerprints[r[0]] = _fingerprint(record)
+                    yield record
                 last = chunk[-1][0]
 
         self.index = await asyncio.to_thread(SearchIndex.build, rows())
         self._marks = marks
+        if marks["copies"] is not None:
+            async with self.db.session() as s:
+                self._seen["copies"].update((await s.execute(
+                    select(Copy.id, Copy.updated_at).where(Copy.updated_at >= marks["copies"] - self.overlap)
+                )).all())
         if self.snapshot is not None:
             await asyncio.to_thread(self._save_snapshot)
 
     async def _chunk_after(self, last_id: int) -> list[tuple]:
         async with self.db.session() as s:
             return list((await s.execute(
-                select(Title.id, Title.title, Title.authors, Title.isbn13, Title.subjects, Title.year)
+                select(Title.id, Title.title, Title.authors, Title.isbn13, Title.subjects, Title.year,
+                       Title.updated_at)
                 .where(Title.id > last_id).order_by(Title.id).limit(CHUNK))).all())
 
     async def _available(self, title_ids: list[int] | None = None) -> dict[int, int]:
@@ -143,23 +162,33 @@ class CatalogSearch:
 
     # -- snapshot (optional: a 1M-title deployment restarts in seconds) ---------------------------
     def _save_snapshot(self) -> None:
+        """The index (pickle, trusted local file) plus, beside it, the watermarks and what was
+        recently seen, so the catch-up after a restart only re-reads, never re-indexes, the same rows."""
         assert self.snapshot is not None and self.index is not None
         tmp = self.snapshot.with_name(self.snapshot.name + ".tmp")
         self.index.save(tmp)
-        marks = {k: v.isoformat() if v else None for k, v in self._marks.items()}
-        self.snapshot.with_name(self.snapshot.name + ".marks.json").write_text(json.dumps(marks))
+        state = {
+            "marks": {k: v.isoformat() if v else None for k, v in self._marks.items()},
+            "seen": {name: {str(k): v.isoformat() for k, v in rows.items()} for name, rows in self._seen.items()},
+            "fingerprints": {str(k): v for k, v in self._fingerprints.items()},
+        }
+        self.snapshot.with_name(self.snapshot.name + ".marks.json").write_text(json.dumps(state))
         tmp.replace(self.snapshot)
 
     async def _load_snapshot(self) -> bool:
         if self.snapshot is None or not self.snapshot.exists():
             return False
         try:
-            marks = json.loads(self.snapshot.with_name(self.snapshot.name + ".marks.json").read_text())
+            state = json.loads(self.snapshot.with_name(self.snapshot.name + ".marks.json").read_text())
             self.index = await asyncio.to_thread(SearchIndex.load, self.snapshot)
-        except (OSError, ValueError, EOFError) as exc:
+            self._marks = {k: datetime.fromisoformat(v) if v else None for k, v in state["marks"].items()}
+            self._seen = {name: {int(k): datetime.fromisoformat(v) for k, v in rows.items()}
+                          for name, rows in state["seen"].items()}
+            self._fingerprints = {int(k): v for k, v in state["fingerprints"].items()}
+        except (OSError, ValueError, EOFError, KeyError, AttributeError) as exc:
             log.warning("search snapshot %s unusable (%s); rebuilding", self.snapshot, exc)
+            self.index = None
             return False
-        self._marks = {k: datetime.fromisoformat(v) if v else None for k, v in marks.items()}
         await self.refresh(force=True)  # what changed while we were down
         return True
 
@@ -228,7 +257,7 @@ class CatalogSearch:
                     changed += bool(index.remove(title_id))
                     continue
                 record = IndexedTitle(r[0], r[1], r[2] or "", r[3], r[4] or "", r[5], available.get(title_id, 0))
-                fingerprint = hash(record)
+                fingerprint = _fingerprint(record)
                 if self._fingerprints.get(title_id) == fingerprint:
                     continue
                 self._fingerprints[title_id] = fingerprint
