@@ -119,7 +119,6 @@ class SearchIndex:
         self._ftitle: list[str] = []  # folded
         self._fauth: list[str] = []  # folded, no dates
         self._fsubj: list[str] = []  # folded subject headings
-        self._marked: list[str | None] = []  # fold_keep_marks(title) when it differs from the folded title
         self._isbn = array("q")  # ISBN-13 as int, 0 if none
         self._avail = array("i")
         self._alive = bytearray()
@@ -158,22 +157,62 @@ class SearchIndex:
         idx = cls()
         tok_m, doc_m, tok_s, doc_s = array("i"), array("i"), array("i"), array("i")
         vocab = idx._vocab
-        vget = vocab.setdefault
+        vget = vocab.get
+
+        def tids(text: str) -> set[int]:
+            words = text.split()
+            ids = list(map(vget, words))
+            if None in ids:  # new words get the next ids, so list(vocab) is id -> token
+                for w in words:
+                    if w not in vocab:
+                        vocab[w] = len(vocab)
+                ids = list(map(vget, words))
+            return set(ids)
+
+        # authors and subject headings repeat across a catalog: fold and tokenise each once
+        a_cache: dict[str, tuple[str, set[int]]] = {}
+        s_cache: dict[str, tuple[str, set[int]]] = {}
+        ids_append, title_append, ft_append = idx._ids.append, idx._title.append, idx._ftitle.append
+        fa_append, fs_append = idx._fauth.append, idx._fsubj.append
+        isbn_append, avail_append = idx._isbn.append, idx._avail.append
+        slot = -1
         for rec in records:
-            rec = _as_record(rec)
-            slot = idx._append_row(rec)
-            main = set(idx._ftitle[slot].split())
-            main.update(idx._fauth[slot].split())
-            # setdefault(t, len(vocab)) hands out ids in insertion order, so list(vocab) is id -> token
-            mt = [vget(t, len(vocab)) for t in main]
-            tok_m.extend(mt)
-            doc_m.extend([slot] * len(mt))
-            if idx._fsubj[slot]:
-                subj = set(idx._fsubj[slot].split())
-                subj.difference_update(main)
-                st = [vget(t, len(vocab)) for t in subj]
+            r = rec if isinstance(rec, IndexedTitle) else IndexedTitle(*rec)
+            slot += 1
+            title = r.title or ""
+            ft = fold(title)
+            ent = a_cache.get(r.authors)
+            if ent is None:
+                fa = _author_key(r.authors or "")
+                ent = a_cache[r.authors] = (fa, tids(fa))
+            fa, main_a = ent
+            ent = s_cache.get(r.subjects)
+            if ent is None:
+                fs = fold(r.subjects) if r.subjects else ""
+                ent = s_cache[r.subjects] = (fs, tids(fs))
+            fs, subj = ent
+            ids_append(int(r.id))
+            title_append(title)
+            ft_append(ft)
+            fa_append(fa)
+            fs_append(fs)
+            isbn = r.isbn13
+            if isbn and not (len(isbn) == 13 and isbn.isdigit()):
+                isbn = normalize_isbn(isbn)
+            isbn_append(int(isbn) if isbn else 0)
+            avail_append(max(0, int(r.available or 0)))
+            main = tids(ft)
+            main |= main_a
+            tok_m.extend(main)
+            doc_m.extend([slot] * len(main))
+            if subj:
+                st = subj - main
                 tok_s.extend(st)
                 doc_s.extend([slot] * len(st))
+        n_rows = slot + 1
+        idx._alive = bytearray(b"\x01") * n_rows
+        idx._n_alive = n_rows
+        del a_cache, s_cache
         idx._tokens = list(vocab)
         n_tok = len(idx._tokens)
         idx._m_off, idx._m_docs = _csr(tok_m, doc_m, n_tok)
@@ -186,16 +225,26 @@ class SearchIndex:
         idx._build_id_maps()
         return idx
 
-    def _append_row(self, r: IndexedTitle) -> int:
+    def _append_row(self, r: IndexedTitle, cache: dict[str, str] | None = None) -> int:
         slot = len(self._ids)
         self._ids.append(int(r.id))
         self._title.append(r.title or "")
         ft = fold(r.title or "")
         self._ftitle.append(ft)
-        self._fauth.append(_author_key(r.authors or ""))
-        self._fsubj.append(fold(r.subjects) if r.subjects else "")
-        mk = None if (r.title or "").isascii() else fold_keep_marks(r.title)
-        self._marked.append(mk if mk != ft else None)
+        fa = fs = None
+        if cache is not None:
+            fa = cache.get("a" + (r.authors or ""))
+            fs = cache.get("s" + (r.subjects or ""))
+        if fa is None:
+            fa = _author_key(r.authors or "")
+            if cache is not None:
+                cache["a" + (r.authors or "")] = fa
+        if fs is None:
+            fs = fold(r.subjects) if r.subjects else ""
+            if cache is not None:
+                cache["s" + (r.subjects or "")] = fs
+        self._fauth.append(fa)
+        self._fsubj.append(fs)
         isbn = r.isbn13 if r.isbn13 and len(r.isbn13) == 13 and r.isbn13.isdigit() else None
         isbn = isbn or (normalize_isbn(r.isbn13) if r.isbn13 else None)
         self._isbn.append(int(isbn) if isbn else 0)
@@ -226,10 +275,10 @@ class SearchIndex:
         for tid, t in enumerate(self._tokens):
             if _fuzzy_token(t):
                 b = t.encode()
-                vs = [b]
-                vs += [b[:i] + b[i + 1 :] for i in range(len(b))]
-                keys.extend(map(crc, vs))
-                toks.extend([tid] * len(vs))
+                n = len(b) + 1
+                keys.append(crc(b))
+                keys.extend([crc(b[:i] + b[i + 1 :]) for i in range(n - 1)])
+                toks.extend([tid] * n)
             else:
                 keys.append(crc(t.encode()))
                 toks.append(tid)
@@ -569,13 +618,15 @@ class SearchIndex:
         text = np.maximum.reduce([full, srt, 0.93 * tset, 0.9 * bset, 0.93 * asrt, 0.85 * sset])
         # full-string similarity breaks ties between titles that all contain the words
         score = 0.8 * text + 20.0 * np.minimum(cov, 1.0) + 4.0 * exact + 0.05 * full
-        # the user's own diacritics: "hòa" prefers "Hòa", plain "hoa" prefers "Hoa"
+        # the user's own diacritics: "hòa" prefers "Hòa", plain "hoa" prefers "Hoa". The bonus is at
+        # most 3 points, so only candidates that close to the last place shown can move.
         mq = fold_keep_marks(q)
         if mq:
             mq_words = set(mq.split())
-            marked = self._marked
-            for i, s in enumerate(slots):
-                mt = marked[s] or titles[i]
+            kth = np.partition(score, len(score) - min(limit, len(score)))[len(score) - min(limit, len(score))]
+            for i in np.nonzero(score >= kth - 3.01)[0].tolist():
+                raw = self._title[slots[i]]
+                mt = titles[i] if raw.isascii() else fold_keep_marks(raw)
                 if mt == mq:
                     score[i] += 3.0
                 elif not mq.isascii():
