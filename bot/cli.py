@@ -33,6 +33,10 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
         if summary.created:
             log.info("loaded the demo library: %s titles, %s copies, %s people",
                      summary.titles, summary.copies, summary.patrons)
+    # Build the search index in the background now, so the first student does not wait for it.
+    search = app.deps.extras.get("search")
+    if search is not None:
+        app.deps.extras["search_warmup"] = asyncio.create_task(search.ensure_ready())
 
 
 # -- subcommands -----------------------------------------------------------------------
