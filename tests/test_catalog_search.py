@@ -252,3 +252,25 @@ def test_cli_search_stdin_json_and_import(demo_app, monkeypatch, capsys, tmp_pat
     bad.write_bytes(b"00042 this is not marc")
     code, _, err = _run_cli(monkeypatch, capsys, url, ["import", str(bad), "--quiet"])
     assert code == 2 and "Nothing was changed" in err
+
+
+async def test_catalog_read_side_for_other_features(demo_app):
+    from services import catalog
+    from services.models import Library
+
+    db = demo_app.db
+    async with db.session() as s:
+        library = (await s.execute(select(Library).where(Library.code == "demo"))).scalar_one()
+        copy = (await s.execute(select(Copy).order_by(Copy.id).limit(1))).scalar_one()
+    found = await catalog.find_copy(db, library.id, copy.barcode.lower())
+    assert found is not None and found.id == copy.id and found.location_name
+    assert (await catalog.find_copy(db, library.id, str(copy.id))).barcode == copy.barcode
+    assert await catalog.find_copy(db, library.id + 1, copy.barcode) is None
+    assert await catalog.find_copy(db, library.id, "  ") is None
+    assert await catalog.title_for_copy(db, copy.id) == copy.title_id
+    card = await catalog.get_title_card(db, copy.title_id, library.id)
+    assert card.available == len(card.copies) >= 1 and card.holds_waiting == 0
+    shelf = await catalog.titles_at_location(db, copy.location_id)
+    assert any(item.title_id == copy.title_id for item in shelf.items)
+    counts = await catalog.availability(db, [copy.title_id], library.id)
+    assert counts[copy.title_id][0] == len(card.copies)
