@@ -4,9 +4,9 @@ The database is the truth; the index is a cache each worker process builds at st
 rows, or loading a snapshot) and keeps fresh by *polling*: every ``refresh_every`` seconds, before
 a search, it asks for titles whose ``updated_at`` and copies whose ``updated_at`` moved past its
 watermark. Several workers sharing one PostgreSQL therefore converge without talking to each
-other. The watermark is the newest timestamp the database itself returned, read again with an
-``overlap`` so a transaction that committed late (its rows stamped earlier than its commit) is
-still seen; rows already seen with the same timestamp are skipped.
+other. The watermark is the database's own clock at the previous poll, minus an ``overlap`` (longer than
+any writing transaction) so a transaction that committed late (its rows stamped at its start) is
+still seen; rows already seen with the same stamp and content are skipped.
 
 Writers must bump those columns: the ORM does (``onupdate``), and bulk writers (the importer)
 stamp ``updated_at`` with the database clock at the end of their transaction.
@@ -88,7 +88,7 @@ class CatalogSearch:
         self._ready_lock = asyncio.Lock()
         self._refresh_lock = asyncio.Lock()
         self._last_poll = 0.0
-        self._marks: dict[str, datetime | None] = {"titles": None, "copies": None}
+        self._polled_at: datetime | None = None   # the database's clock at the last poll (or build)
         self._seen: dict[str, dict[int, datetime]] = {"titles": {}, "copies": {}}
         # hash of what the index holds, for titles changed recently (pruned with _seen)
         self._fingerprints: dict[int, int] = {}
@@ -110,9 +110,9 @@ class CatalogSearch:
         """Stream titles from the database into the index, built in a worker thread so the event
         loop keeps answering (rows are fetched on the loop, in chunks, as the builder asks)."""
         loop = asyncio.get_running_loop()
-        marks = await self._current_marks()
+        polled_at = await self._db_now()
         available = await self._available()
-        recent = marks["titles"] - self.overlap if marks["titles"] is not None else None
+        recent = polled_at - self.overlap
         seen = self._seen["titles"]
 
         def rows():
@@ -123,7 +123,7 @@ class CatalogSearch:
                     return
                 for r in chunk:
                     record = IndexedTitle(r[0], r[1], r[2] or "", r[3], r[4] or "", r[5], available.get(r[0], 0))
-                    if recent is not None and r[6] is not None and r[6] >= recent:
+                    if r[6] is not None and r[6] >= recent:
                         # changed lately: the first refresh will see it again; remember what we hold
                         seen[r[0]] = r[6]
                         self._fingerprints[r[0]] = _fingerprint(record)
@@ -131,12 +131,10 @@ class CatalogSearch:
                 last = chunk[-1][0]
 
         self.index = await asyncio.to_thread(SearchIndex.build, rows())
-        self._marks = marks
-        if marks["copies"] is not None:
-            async with self.db.session() as s:
-                self._seen["copies"].update((await s.execute(
-                    select(Copy.id, Copy.updated_at).where(Copy.updated_at >= marks["copies"] - self.overlap)
-                )).all())
+        self._polled_at = polled_at
+        async with self.db.session() as s:
+            self._seen["copies"].update((await s.execute(
+                select(Copy.id, Copy.updated_at).where(Copy.updated_at >= recent))).all())
         if self.snapshot is not None:
             await asyncio.to_thread(self._save_snapshot)
 
@@ -155,10 +153,10 @@ class CatalogSearch:
         async with self.db.session() as s:
             return dict((await s.execute(query)).all())
 
-    async def _current_marks(self) -> dict[str, datetime | None]:
+    async def _db_now(self) -> datetime:
+        """The database's own clock: stamps and watermarks never mix with this host's clock."""
         async with self.db.session() as s:
-            return {"titles": await s.scalar(select(func.max(Title.updated_at))),
-                    "copies": await s.scalar(select(func.max(Copy.updated_at)))}
+            return await s.scalar(select(func.now()))
 
     # -- snapshot (optional: a 1M-title deployment restarts in seconds) ---------------------------
     def _save_snapshot(self) -> None:
@@ -168,7 +166,7 @@ class CatalogSearch:
         tmp = self.snapshot.with_name(self.snapshot.name + ".tmp")
         self.index.save(tmp)
         state = {
-            "marks": {k: v.isoformat() if v else None for k, v in self._marks.items()},
+            "polled_at": self._polled_at.isoformat() if self._polled_at else None,
             "seen": {name: {str(k): v.isoformat() for k, v in rows.items()} for name, rows in self._seen.items()},
             "fingerprints": {str(k): v for k, v in self._fingerprints.items()},
         }
@@ -181,7 +179,7 @@ class CatalogSearch:
         try:
             state = json.loads(self.snapshot.with_name(self.snapshot.name + ".marks.json").read_text())
             self.index = await asyncio.to_thread(SearchIndex.load, self.snapshot)
-            self._marks = {k: datetime.fromisoformat(v) if v else None for k, v in state["marks"].items()}
+            self._polled_at = datetime.fromisoformat(state["polled_at"]) if state["polled_at"] else None
             self._seen = {name: {int(k): datetime.fromisoformat(v) for k, v in rows.items()}
                           for name, rows in state["seen"].items()}
             self._fingerprints = {int(k): v for k, v in state["fingerprints"].items()}
@@ -204,35 +202,34 @@ class CatalogSearch:
         async with self._refresh_lock:
             self._last_poll = time.monotonic()
             candidates: set[int] = set()
+            previous = self._polled_at
             async with self.db.session() as s:
+                now = await s.scalar(select(func.now()))
                 for name, query in (
                     ("titles", select(Title.id, Title.id.label("title_id"), Title.updated_at)),
                     ("copies", select(Copy.id, Copy.title_id, Copy.updated_at)),
                 ):
                     column = query.selected_columns[2]
-                    mark = self._marks[name]
-                    if mark is not None:
-                        query = query.where(column >= mark - self.overlap)
+                    if previous is not None:
+                        # Rows committed since the last poll carry stamps no older than their
+                        # transaction's start, so at most ``overlap`` before that poll.
+                        query = query.where(column >= previous - self.overlap)
                     seen = self._seen[name]
-                    newest = mark
                     for row_id, title_id, stamp in (await s.execute(query)).all():
                         if stamp is None:
                             continue
-                        # A new stamp is a change. So may be an unchanged stamp as new as the last
-                        # poll's newest: timestamps are coarse (SQLite: whole seconds), so a second
-                        # edit within the same tick keeps the stamp; reindex() compares content.
-                        if seen.get(row_id) != stamp or (mark is not None and stamp >= mark - RESOLUTION):
+                        # A new stamp is a change. So may be an unchanged stamp from the last poll's
+                        # tick: timestamps are coarse (SQLite: whole seconds), so a second edit in the
+                        # same tick keeps the stamp; reindex() compares content and skips the same.
+                        if seen.get(row_id) != stamp or (previous is not None and stamp >= previous - RESOLUTION):
                             seen[row_id] = stamp
                             candidates.add(title_id)
-                        if newest is None or stamp > newest:
-                            newest = stamp
-                    self._marks[name] = newest
-                    if newest is not None:
-                        floor = newest - self.overlap
-                        for row_id in [k for k, v in seen.items() if v < floor]:
-                            del seen[row_id]
-                            if name == "titles":
-                                self._fingerprints.pop(row_id, None)
+                    floor = now - self.overlap
+                    for row_id in [k for k, v in seen.items() if v < floor]:
+                        del seen[row_id]
+                        if name == "titles":
+                            self._fingerprints.pop(row_id, None)
+            self._polled_at = now
             if len(self._fingerprints) > 200_000:  # bounded memory; costs one extra upsert each
                 self._fingerprints.clear()
             return await self.reindex(sorted(candidates)) if candidates else 0
