@@ -54,7 +54,9 @@ async def search_command(event: Incoming, ctx: Context) -> Reply:
     return await run_search(ctx, event.args)
 
 
-async def search_text(event: Incoming, ctx: Context) -> Reply:
+async def search_text(event: Incoming, ctx: Context) -> Reply | None:
+    if event.chat_type != "private":  # in a group, only /search is meant for the bot
+        return None
     return await run_search(ctx, event.text)
 
 

@@ -153,6 +153,11 @@ async def test_bad_input_gets_friendly_replies(demo_app):
     assert "Không tìm thấy sách nào" in chat.text and "Mẹo" in chat.text
     await chat.say("nguoi tai dat viet")
     assert "Người tài đất Việt" in chat.text       # the catalog is intact
+    from handlers.messages import Incoming
+
+    in_group = await demo_app.router.dispatch(Incoming(channel="test", chat_id="g1", user_id="u9",
+                                                       text="nguoi tai dat viet", chat_type="group"))
+    assert in_group == []    # plain chatter in a group is not a search; /search is
     forged = demo_app.router.encode(chat.user, "sp", 999999, 5)
     await chat.press(forged)
     assert "đã cũ" in chat.text
