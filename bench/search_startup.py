@@ -16,6 +16,7 @@ import asyncio
 import csv
 import gzip
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -97,6 +98,7 @@ async def main() -> None:
     print(f"| {count:,} | {built:.1f} s | {loaded:.1f} s | {poll:.1f} ms | {first:.1f} ms | {peak:.0f} MB |")
     assert results.hits and results.hits[0].title == "Người tài đất Việt"
     await db.dispose()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
