@@ -9,16 +9,17 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import account, circulation, reflections, start
+from handlers import account, circulation, reflections, search, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
 from services.common import Clock
 from services.db import Database
+from services.search import CatalogSearch
 
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, account, circulation, reflections]
+FEATURES = [start, search, account, circulation, reflections]
 
 
 @dataclass
@@ -44,6 +45,9 @@ def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | 
         timezone=settings.timezone,
         button_secret=settings.secret_key,
     )
+    # One search index per process, derived from the database and kept fresh by polling it.
+    deps.extras["search"] = CatalogSearch(db, refresh_every=settings.search_refresh_seconds,
+                                          snapshot=settings.search_snapshot)
     router = Router(deps)
     for feature in FEATURES:
         feature.register(router)

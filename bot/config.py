@@ -33,6 +33,10 @@ class Settings:
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     secret_key_is_ephemeral: bool = True
     log_level: str = "INFO"
+    # Catalog search: how often (seconds) each worker polls the database for catalog changes, and
+    # an optional index snapshot file that makes a 1M-title restart fast.
+    search_refresh_seconds: float = 5.0
+    search_snapshot: str | None = None
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -50,6 +54,8 @@ class Settings:
             default_language=_env("DOCSACH_DEFAULT_LANGUAGE", "vi"),
             default_library=_env("DOCSACH_DEFAULT_LIBRARY", "demo"),
             log_level=_env("DOCSACH_LOG_LEVEL", "INFO"),
+            search_refresh_seconds=float(_env("DOCSACH_SEARCH_REFRESH_SECONDS", "5")),
+            search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
         )
         if secret:
             settings.secret_key = secret.encode()
