@@ -7,6 +7,7 @@ import pytest
 import zxingcpp
 
 from bot.cli import build_parser
+from handlers.messages import Incoming
 from services.labels import Label, catalog_label_items, render_label_sheet
 
 
@@ -47,6 +48,12 @@ async def test_qr_command_labels_copies_that_open_the_right_book(demo_app, tmp_p
     [codes] = decode_pdf(out.read_bytes())
     assert codes == [f"https://t.me/docsach_test_bot?start=c{item.ref}" for item in items]
     assert all(len(code.split("start=")[1]) <= 64 for code in codes)
+    # Scanning a label opens that copy's book card (with the copy marked) through the router.
+    for item, code in zip(items, codes, strict=True):
+        replies = await demo_app.router.dispatch(Incoming(
+            channel="test", chat_id="scanner", user_id="scanner", text=f"/start {code.split('start=')[1]}"))
+        assert replies[0].text.startswith(f"📖 {item.lines[0]}"), replies[0].text
+        assert item.lines[-2] in replies[0].text          # the scanned copy's barcode
 
 
 async def test_qr_command_refusals(demo_app, tmp_path, capsys):
@@ -61,3 +68,8 @@ async def test_qr_command_refusals(demo_app, tmp_path, capsys):
     assert await handlers["qr"](demo_app, parser.parse_args(named)) == 0
     [codes] = decode_pdf((tmp_path / "x.pdf").read_bytes())
     assert len(codes) == 7 and all(c.startswith("https://t.me/b?start=l") for c in codes)
+    # A shelf's code lists what is on it.
+    _, shelves = await catalog_label_items(demo_app.db, "shelves", "demo")
+    replies = await demo_app.router.dispatch(Incoming(
+        channel="test", chat_id="scanner", user_id="scanner", text=f"/start {codes[0].split('start=')[1]}"))
+    assert shelves[0].lines[0] in replies[0].text and replies[0].buttons

@@ -256,3 +256,59 @@ def test_split_text_and_file_url():
     assert telegram.file_base_url("http://127.0.0.1:8081/bot") == "http://127.0.0.1:8081/file/bot"
     assert telegram.parse_listen("0.0.0.0:8443") == ("0.0.0.0", 8443)
     assert telegram.parse_listen("[::]:8443") == ("::", 8443)
+
+
+# -- the catalog over Telegram: search → book card → deep link → inline (uses search) --------------
+
+async def _title_id(app, words: str) -> int:
+    from sqlalchemy import select
+
+    from services.models import Title
+    async with app.db.transaction() as s:
+        return (await s.execute(select(Title.id).where(Title.title.contains(words)))).scalars().first()
+
+
+async def test_search_card_deep_link_and_inline(demo_app, fake_bot_api: FakeBotApi):
+    api = fake_bot_api
+    title_id = await _title_id(demo_app, "Charlotte Doyle")
+    async with telegram.running(demo_app, **options(api)):
+        # Plain text searches (typo and all); each hit is a button.
+        api.push_message(CHAT, "true confesions charlote doyle", language_code="en")
+        [results] = await api.wait_for_sent(CHAT)
+        assert "Charlotte Doyle" in results["text"]
+        book = next(b for row in results["reply_markup"]["inline_keyboard"] for b in row
+                    if "Charlotte Doyle" in b["text"])
+        assert len(book["callback_data"].encode()) <= 64
+        api.push_callback(CHAT, results["message_id"], book["callback_data"], language_code="en")
+        card = (await api.wait_for_sent(CHAT, predicate=lambda m: m["text"].startswith("📖")))[-1]
+        assert "The true confessions of Charlotte Doyle" in card["text"] and "Avi" in card["text"]
+        await api.wait_for("answerCallbackQuery")
+
+        # A QR code / t.me link: /start t<id> opens the same card.
+        api.push_message(CHAT, f"/start t{title_id}", language_code="en")
+        cards = await api.wait_for_sent(CHAT, count=2, predicate=lambda m: m["text"].startswith("📖"))
+        assert cards[-1]["text"] == card["text"]
+
+        # Inline mode: results with availability, a deep link back to the bot, paging.
+        api.push_inline_query(CHAT, "charlotte doyle", language_code="en")
+        [answer] = await api.wait_for("answerInlineQuery")
+        assert answer.ok and answer.params["is_personal"] is True and answer.params["cache_time"] <= 60
+        first = answer.params["results"][0]
+        assert first["type"] == "article" and "Charlotte Doyle" in first["title"]
+        assert "on the shelf" in first["description"] or "out on loan" in first["description"]
+        assert first["input_message_content"]["message_text"].startswith("📖 The true confessions")
+        [[open_button]] = first["reply_markup"]["inline_keyboard"]
+        assert open_button["url"] == f"https://t.me/docsach_test_bot?start=t{title_id}"
+
+        api.push_inline_query(CHAT, "the", language_code="vi")
+        page1 = (await api.wait_for("answerInlineQuery", count=2))[-1].params
+        assert len(page1["results"]) == 10 and page1["next_offset"] == "10"
+        api.push_inline_query(CHAT, "the", offset="10", language_code="vi")
+        page2 = (await api.wait_for("answerInlineQuery", count=3))[-1].params
+        assert {r["id"] for r in page2["results"]}.isdisjoint({r["id"] for r in page1["results"]})
+
+        api.push_inline_query(CHAT, "", language_code="vi")
+        hint = (await api.wait_for("answerInlineQuery", count=4))[-1].params
+        [only] = hint["results"]
+        assert only["id"] == "hint" and only["title"].startswith("Gõ tên sách")
+        assert only["reply_markup"]["inline_keyboard"][0][0]["url"] == "https://t.me/docsach_test_bot"
