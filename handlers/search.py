@@ -230,11 +230,12 @@ async def press_location(event: Incoming, ctx: Context, args: list[str]) -> Repl
 
 
 def register(router: Router) -> None:
-    router.command("search", search_command, help_key="search.cmd_search", aliases=("tim", "timsach"))
+    router.command("search", search_command, help_key="search.cmd_search", aliases=("tim", "timsach"),
+                   in_groups=True)
     router.fallback_text(search_text)
-    router.button("book", press_book)
-    router.button("sp", press_page)
-    router.button("loc", press_location)
+    router.button("book", press_book, in_groups=True)
+    router.button("sp", press_page, in_groups=True)
+    router.button("loc", press_location, in_groups=True)
     router.deep_link("t", link_title)
     router.deep_link("c", link_copy)
     router.deep_link("l", link_location)
