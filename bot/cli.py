@@ -184,7 +184,8 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     await upgrade_async(app.settings.database_url)
     try:
         actor = await accounts.operator_actor(app.db, args.library)
-        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock)
+        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
+                                                  key=app.deps.link_code_key)
     except DomainError as err:
         print(f"refused: {err.key} {err.params}", file=sys.stderr)
         return 2

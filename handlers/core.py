@@ -43,6 +43,7 @@ class Deps:
     timezone: str = "Asia/Ho_Chi_Minh"
     bot_username: str | None = None           # for t.me deep links
     button_secret: bytes = b"docsach-dev-secret"
+    link_code_key: bytes | None = None        # keys link-code digests (None: no stable secret set)
     extras: dict[str, Any] = field(default_factory=dict)  # feature services (search index, notifier…)
     # Channels that can push messages, by channel name ("telegram", "terminal"); adapters register
     # themselves when they start, so reminders and publications reach people where they are.
