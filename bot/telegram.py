@@ -237,6 +237,8 @@ async def send_reply(bot: Bot, chat_id: int | str, reply: Reply) -> Message:
         caption = None
     sent: Message | None = None
     try:
+        if reply.photo:
+            sent = await bot.send_photo(chat_id, reply.photo)
         for n, part in enumerate(parts):
             last = n == len(parts) - 1 and reply.attachment is None
             sent = await bot.send_message(chat_id, part, reply_markup=markup if last else None,
@@ -462,7 +464,7 @@ class TelegramAdapter:
                 if query is not None and reply.toast and reply.text == reply.toast \
                         and not reply.buttons and reply.attachment is None:
                     continue   # the toast already said it ("this button has expired")
-                if reply.edit and message is not None and reply.attachment is None \
+                if reply.edit and message is not None and reply.attachment is None and not reply.photo \
                         and await self.edit(message, reply):
                     message = None   # one edit per press; further replies are new messages
                     continue

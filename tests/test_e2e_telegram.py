@@ -38,8 +38,9 @@ from tests.fake_bot_api import Call, FakeBotApi
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
 LIBRARIAN, AN, PAO = 7001, 5001, 5003      # Telegram user ids = their private chat ids
-OUTPUTS = ("sendmessage", "senddocument", "editmessagetext")
+OUTPUTS = ("sendmessage", "senddocument", "sendphoto", "editmessagetext")
 BOOK = "Nỗi cô đơn còn lại : tiểu thuyết"     # one copy in the demo library
+PHOTO = "AgACAgUAAxkBAAIBZ2handwritten"         # a Telegram file_id the student's photo arrived as
 
 
 class TgUser:
@@ -89,6 +90,17 @@ class TgUser:
         self.toast = answer.params.get("text")
         await self._await(before, replies, None)
         return self.text if replies else (self.toast or "")
+
+    async def send_photo(self, file_id: str) -> str:
+        """A photo without a caption (e.g. of a handwritten page)."""
+        update = self.api.message_update(self.id, "", language_code=self.language,
+                                         photo=[{"file_id": file_id, "file_unique_id": "u" + file_id,
+                                                 "width": 960, "height": 1280}])
+        del update["message"]["text"]
+        before = len(self._outputs())
+        self.api.push_raw(update)
+        await self._await(before, 1, None)
+        return self.text
 
     def button(self, label: str) -> tuple[int, str]:
         """The newest button whose label contains ``label``: (its message id, its callback data)."""
@@ -289,15 +301,19 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
                  "Em sẽ giới thiệu cuốn sách này cho các bạn trong lớp 10A1.")
         assert await an.say(part1) == "Đã lưu: 17 chữ (cần 20–300). Gửi tiếp, hoặc bấm «Xong»."
         assert await an.say(part2) == "Đã lưu: 43 chữ (cần 20–300). Gửi tiếp, hoặc bấm «Xong»."
+        assert await an.send_photo(PHOTO) == "Đã đính kèm ảnh. Gửi tiếp bài viết, hoặc bấm «Xong»."
         assert "mấy sao?" in await an.press("Xong")
         preview = await an.press("5⭐")
         assert preview == (f"📖 Cảm nhận về: {BOOK}\n💬 {first_prompt}\n\n{part1}\n\n{part2}\n\n"
-                           "43 chữ (cần 20–300) · ★★★★★ · bản nháp")
+                           "📷 Có ảnh đính kèm\n43 chữ (cần 20–300) · ★★★★★ · bản nháp")
         submitted = await an.press("Nộp bài")
         assert submitted.startswith(f'📨 Đã nộp bài cảm nhận về "{BOOK}" (43 chữ)')
 
         # The librarian approves it from the moderation queue.
-        queue = await lib.say("/moderate")
+        queue = await lib.say("/moderate", replies=2)
+        # The moderator sees the photo itself (sent again by its file_id), then the text to judge.
+        [photo] = [c for c in api.calls_to("sendPhoto") if c.chat_id == LIBRARIAN]
+        assert photo.params["photo"] == PHOTO and "photo" in lib.last[0] and "📷 Có ảnh đính kèm" in queue
         assert "Chờ duyệt: 1 bài" in queue and "Nguyễn Văn An, lớp 10A1 · ★★★★★ · 43 chữ" in queue
         assert first_prompt in queue and part2 in queue
         approved = await lib.press("Duyệt")
