@@ -160,7 +160,9 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock):
                      rate_limiter=AIORateLimiter(max_retries=0))
         await bot.initialize()
         return bot, ThinTelegramChannel(bot), "thin PTB ExtBot channel (bench)"
-    bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=ResilientRateLimiter())
+    # max_retries=0 for 429s: the sweeper pauses every send for retry_after and re-queues the notice
+    # (PTB's own retry would add an unpaced request on top of the paced ones); 5xx backoff stays.
+    bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=ResilientRateLimiter(max_retries=0))
     await bot.initialize()
     return bot, TelegramChannel(bot, db, clock=clock), "bot.telegram.TelegramChannel"
 

@@ -9,16 +9,18 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import account, circulation, reflections, reminders, start
+from handlers import account, circulation, inline, reflections, reminders, search, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
+from services import accounts
 from services.common import Clock
 from services.db import Database
+from services.search import CatalogSearch
 
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, account, circulation, reflections, reminders]
+FEATURES = [start, search, account, circulation, reflections, reminders, inline]
 
 
 @dataclass
@@ -43,7 +45,13 @@ def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | 
         default_language=settings.default_language,
         timezone=settings.timezone,
         button_secret=settings.secret_key,
+        # Link codes are printed by one process (the CLI) and redeemed in another (the bot), so
+        # only a configured secret can key them; a per-process random one would break them.
+        link_code_key=None if settings.secret_key_is_ephemeral else accounts.code_key(settings.secret_key),
     )
+    # One search index per process, derived from the database and kept fresh by polling it.
+    deps.extras["search"] = CatalogSearch(db, refresh_every=settings.search_refresh_seconds,
+                                          snapshot=settings.search_snapshot)
     router = Router(deps)
     for feature in FEATURES:
         feature.register(router)

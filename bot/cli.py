@@ -34,6 +34,10 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
         if summary.created:
             log.info("loaded the demo library: %s titles, %s copies, %s people",
                      summary.titles, summary.copies, summary.patrons)
+    # Build the search index in the background now, so the first student does not wait for it.
+    search = app.deps.extras.get("search")
+    if search is not None:
+        app.deps.extras["search_warmup"] = asyncio.create_task(search.ensure_ready())
 
 
 # -- subcommands -----------------------------------------------------------------------
@@ -93,6 +97,52 @@ async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
     state = "loaded" if summary.created else "already present"
     print(f"demo library {state}: {summary.titles} titles, {summary.copies} copies, "
           f"{summary.patrons} people (cards HS001–HS004 students, GV001 teacher, TT001 librarian)")
+    return 0
+
+
+async def cmd_qr(app: App, args: argparse.Namespace) -> int:
+    """Print QR labels whose codes open the book, copy or shelf in the Telegram bot."""
+    from handlers.core import deep_link_payload, deep_link_url
+    from services.labels import KINDS, Label, catalog_label_items, render_label_sheet
+
+    settings = app.settings
+    t = app.deps.catalogs.translator(settings.default_language, settings.timezone)
+    username = args.bot_username or settings.telegram_bot_username
+    if not username and settings.telegram_token:
+        from bot import telegram
+
+        username = await telegram.bot_username(settings.telegram_token, settings.telegram_api_base_url)
+    if not username:
+        print("The QR codes link to your bot: give --bot-username, set TELEGRAM_BOT_USERNAME, "
+              "or set TELEGRAM_BOT_TOKEN so it can be asked.", file=sys.stderr)
+        return 2
+    username = username.lstrip("@")
+    what = next(kind for kind in KINDS if getattr(args, kind))
+    try:
+        title_ids = [int(x) for x in args.title_ids.split(",") if x.strip()] if args.title_ids else None
+    except ValueError:
+        print("--title-ids wants numbers separated by commas, e.g. 12,15,40", file=sys.stderr)
+        return 2
+    try:
+        library_name, items = await catalog_label_items(
+            app.db, what, args.library, location_code=args.location, title_ids=title_ids, limit=args.limit)
+    except DomainError as refusal:
+        print(t(refusal.key, **refusal.params), file=sys.stderr)
+        return 2
+    if not items:
+        print("Nothing to label with these filters.", file=sys.stderr)
+        return 1
+    headings = {"titles": t("labels.sheet_titles"), "copies": t("labels.sheet_copies"),
+                "shelves": t("labels.sheet_shelves")}
+    labels = [Label(deep_link_url(username, deep_link_payload(item.kind, item.ref)),
+                    item.lines + ([t("labels.scan_shelf")] if item.kind == "l" else []))
+              for item in items]
+    pdf = await asyncio.to_thread(render_label_sheet, labels, columns=args.columns, rows=args.rows,
+                                  title=f"{library_name} — {headings[what]}")
+    out = Path(args.out)
+    await asyncio.to_thread(out.write_bytes, pdf)
+    pages = -(-len(labels) // (args.columns * args.rows))
+    print(f"{len(labels)} labels on {pages} A4 page(s): {out}")
     return 0
 
 
@@ -210,7 +260,8 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     await upgrade_async(app.settings.database_url)
     try:
         actor = await accounts.operator_actor(app.db, args.library)
-        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock)
+        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
+                                                  key=app.deps.link_code_key)
     except DomainError as err:
         print(f"refused: {err.key} {err.params}", file=sys.stderr)
         return 2
@@ -295,6 +346,77 @@ async def cmd_expire_holds(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_import(app: App, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services import importer
+
+    await upgrade_async(app.settings.database_url)
+    try:
+        summary = await importer.import_file(
+            app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
+            progress=not args.quiet, report=Path(args.report) if args.report else None)
+    except importer.MalformedFile as exc:
+        print(f"{args.file}: cannot import: {exc.detail}. Nothing was changed.", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        t = app.deps.catalogs.translator("en")
+        print(f"{args.file}: {t(exc.key, **exc.params)}", file=sys.stderr)
+        return 2
+    print(f"{args.file} ({summary.format}): {summary.line()}")
+    if summary.report_path:
+        print(f"rejected rows and reasons: {summary.report_path}")
+    return 0
+
+
+async def cmd_search(app: App, args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    if not args.stdin and not (args.query or "").strip():
+        print("give a QUERY, or --stdin to read queries line by line", file=sys.stderr)
+        return 2
+    search = app.deps.extras["search"]
+    library_id = None
+    if args.library_code:
+        library_id = await _library_id(app, args.library_code)
+        if library_id is None:
+            print(f"no library {args.library_code}", file=sys.stderr)
+            return 2
+    await search.ensure_ready()
+    queries = (line.rstrip("\n") for line in sys.stdin) if args.stdin else iter([args.query or ""])
+    for query in queries:
+        started = time.perf_counter()
+        results = await search.search(query, limit=args.limit, library_id=library_id)
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        if args.json:
+            print(json.dumps({"query": query, "took_ms": took_ms, "results": [
+                {"id": h.id, "title": h.title, "authors": h.authors, "isbn": h.isbn13, "score": h.score}
+                for h in results.hits]}, ensure_ascii=False), flush=True)
+            continue
+        if not results.hits:
+            print(f"no match for {query!r} ({took_ms} ms)")
+        if results.suggestion:
+            print(f"did you mean: {results.suggestion}")
+        for n, h in enumerate(results.hits, 1):
+            year = f" ({h.year})" if h.year else ""
+            isbn = f" ISBN {h.isbn13}" if h.isbn13 else ""
+            print(f"{n:>2}. [{h.id}] {h.title} — {h.authors}{year}{isbn}  score {h.score} "
+                  f"({h.available}/{h.copies} available)")
+        if results.hits:
+            print(f"about {results.total} matches, {took_ms} ms")
+    return 0
+
+
+async def _library_id(app: App, code: str) -> int | None:
+    from sqlalchemy import select
+
+    from services.models import Library
+
+    async with app.db.session() as s:
+        return await s.scalar(select(Library.id).where(Library.code == code))
+
+
 # -- parser --------------------------------------------------------------------------------
 
 def _add_chat_options(p: argparse.ArgumentParser) -> None:
@@ -303,6 +425,13 @@ def _add_chat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", default=None, help="library code for --as (default: DOCSACH_DEFAULT_LIBRARY)")
     p.add_argument("--user", default="local", help="terminal user id, to play several people (default: local)")
     p.add_argument("--no-demo", action="store_true", help="do not load the demo library into an empty database")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
@@ -340,6 +469,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                                    "copies, shelves and people). Does nothing if it is already there.")
     handlers["demo-data"] = cmd_demo_data
 
+    p = sub.add_parser("qr", help="print QR labels for books, copies or shelves (A4 PDF)",
+                       description="A printable A4 sheet of QR labels. Scanning one opens the bot on that "
+                                   "book (with a Reserve button), copy, or shelf/classroom list "
+                                   "(https://t.me/<bot>?start=…).")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--titles", action="store_true", help="one label per title the library holds")
+    which.add_argument("--copies", action="store_true", help="one label per copy (with its barcode)")
+    which.add_argument("--shelves", action="store_true", help="one label per shelf and classroom corner")
+    p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
+    p.add_argument("--location", metavar="CODE", help="only what is on this shelf/in this classroom (e.g. KE-B)")
+    p.add_argument("--title-ids", metavar="IDS", help="only these titles, comma-separated ids")
+    p.add_argument("--limit", type=_positive, default=None, help="at most this many labels")
+    p.add_argument("--columns", type=_positive, default=3, help="labels across a page (default 3)")
+    p.add_argument("--rows", type=_positive, default=8, help="labels down a page (default 8)")
+    p.add_argument("--bot-username", help="the bot's @username (default: TELEGRAM_BOT_USERNAME, or ask "
+                                          "Telegram with TELEGRAM_BOT_TOKEN)")
+    p.add_argument("--out", default="labels.pdf", help="output PDF file (default: labels.pdf)")
+    handlers["qr"] = cmd_qr
     p = sub.add_parser("remind", help="run one reminder sweep by hand, or inspect the outbox",
                        description="Reminders are swept every few minutes by `docsach run`. This runs one "
                                    "sweep by hand (--once), shows what would be sent (--dry-run: nothing is "
@@ -420,6 +567,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                        description="Reservations past their pickup deadline expire; the copy goes to the next "
                                    "reader in the queue. Safe to run from several places.")
     handlers["expire-holds"] = cmd_expire_holds
+
+    p = sub.add_parser("import", help="import a catalog file (CSV, XLSX, MARC21, MARCXML)",
+                       description="Import titles (and, with --library, copies) from a CSV/XLSX spreadsheet "
+                                   "(English or Vietnamese headers), MARC21 ISO 2709 (UTF-8 or MARC-8) or "
+                                   "MARCXML. Re-importing the same file changes nothing; rows matched by ISBN "
+                                   "or a stable key are updated. Rejected rows go to FILE.rejected.csv. A "
+                                   "malformed file changes nothing.")
+    p.add_argument("file", help="the file to import")
+    p.add_argument("--library", dest="library_code", metavar="CODE", default=None,
+                   help="library whose copies the file's holdings (barcode/location/copies, MARC 852/952) "
+                        "become; without it only titles are imported")
+    p.add_argument("--copies", type=int, default=0, metavar="N",
+                   help="make sure each imported title has at least N copies in --library (for records "
+                        "without holdings, e.g. Library of Congress MARC); barcodes are generated")
+    p.add_argument("--report", default=None, metavar="PATH",
+                   help="where to write rejected rows (default: FILE.rejected.csv next to the file)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    handlers["import"] = cmd_import
+
+    p = sub.add_parser("search", help="search the catalog (for scripts and evaluation)",
+                       description="Search the catalog as the chat does. With --stdin, reads one query per "
+                                   "line and prints exactly one line per query (use --json for "
+                                   "{\"query\", \"took_ms\", \"results\": [{id, title, authors, isbn, score}]}).")
+    p.add_argument("query", nargs="?", default=None, help="the query (omit with --stdin)")
+    p.add_argument("--stdin", action="store_true", help="read queries from standard input, one per line")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--limit", type=int, default=10, metavar="N", help="results per query (default 10, max 100)")
+    p.add_argument("--library", dest="library_code", metavar="CODE", default=None,
+                   help="count copies of this library only")
+    handlers["search"] = cmd_search
     return parser, handlers
 
 
@@ -432,7 +609,7 @@ async def _main(argv: list[str] | None) -> int:
     settings = Settings.from_env()
     if getattr(args, "library", "x") is None:
         args.library = settings.default_library
-    _setup_logging(settings, quiet=args.command in ("chat", "search") or
+    _setup_logging(settings, quiet=args.command in ("chat", "search", "import") or
                    (args.command == "run" and not settings.telegram_token))
     app = build_app(settings)
     try:

@@ -26,12 +26,17 @@ class Settings:
     telegram_token: str | None = None
     telegram_api_base_url: str = "https://api.telegram.org/bot"
     telegram_webhook_secret: str | None = None
+    telegram_bot_username: str | None = None  # for QR labels printed without a token (else getMe)
     timezone: str = "Asia/Ho_Chi_Minh"
     default_language: str = "vi"
     default_library: str = "demo"
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     secret_key_is_ephemeral: bool = True
     log_level: str = "INFO"
+    # Catalog search: how often (seconds) each worker polls the database for catalog changes, and
+    # an optional index snapshot file that makes a 1M-title restart fast.
+    search_refresh_seconds: float = 5.0
+    search_snapshot: str | None = None
     reminders_enabled: bool = True
     reminder_interval_minutes: float = 5.0
 
@@ -46,10 +51,13 @@ class Settings:
             telegram_token=_env("TELEGRAM_BOT_TOKEN"),
             telegram_api_base_url=_env("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot"),
             telegram_webhook_secret=_env("TELEGRAM_WEBHOOK_SECRET"),
+            telegram_bot_username=_env("TELEGRAM_BOT_USERNAME"),
             timezone=_env("DOCSACH_TIMEZONE", "Asia/Ho_Chi_Minh"),
             default_language=_env("DOCSACH_DEFAULT_LANGUAGE", "vi"),
             default_library=_env("DOCSACH_DEFAULT_LIBRARY", "demo"),
             log_level=_env("DOCSACH_LOG_LEVEL", "INFO"),
+            search_refresh_seconds=float(_env("DOCSACH_SEARCH_REFRESH_SECONDS", "5")),
+            search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
             reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
             reminder_interval_minutes=float(_env("DOCSACH_REMINDER_INTERVAL_MINUTES", "5") or 5),
         )

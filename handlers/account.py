@@ -13,7 +13,8 @@ STAFF = {"librarian", "admin"}
 
 
 async def _redeem(ctx: Context, code: str) -> Reply:
-    result = await accounts.redeem_link_code(ctx.db, ctx.actor, code, clock=ctx.clock)
+    result = await accounts.redeem_link_code(ctx.db, ctx.actor, code, clock=ctx.clock,
+                                            key=ctx.deps.link_code_key)
     t = ctx.t
     where = t("account.linked_class", name=result.class_name) if result.class_name else ""
     return Reply(t("account.linked", name=result.full_name, where=where, library=result.library_name)
@@ -88,7 +89,8 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
     class_name = event.args.strip()[:32]
     if not class_name:
         raise DomainError("account.codes_need_class")
-    issued = await accounts.issue_link_codes(ctx.db, ctx.actor, class_name=class_name, clock=ctx.clock)
+    issued = await accounts.issue_link_codes(ctx.db, ctx.actor, class_name=class_name, clock=ctx.clock,
+                                            key=ctx.deps.link_code_key)
     t = ctx.t
     lines = [t("account.codes_title", name=class_name, count=len(issued), expires=t.date(issued[0].expires_at))]
     for item in issued:

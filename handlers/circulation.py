@@ -75,7 +75,9 @@ async def renew_press(event: Incoming, ctx: Context, args: list[str]) -> Reply:
         reply.toast = short(reply.text, 190)
         return reply
     text = ctx.t("renew.done", title=result.title, due=ctx.t.date(result.due_date), left=result.renewals_left)
-    return Reply(text, toast=short(text, 190))
+    # Replace the pressed /loans list: left as it was, it would still show the old due date.
+    listing = await loans(event, ctx)
+    return Reply(text + "\n\n" + listing.text, buttons=listing.buttons, edit=True, toast=short(text, 190))
 
 
 async def holds(event: Incoming, ctx: Context) -> Reply:

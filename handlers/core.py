@@ -43,6 +43,7 @@ class Deps:
     timezone: str = "Asia/Ho_Chi_Minh"
     bot_username: str | None = None           # for t.me deep links
     button_secret: bytes = b"docsach-dev-secret"
+    link_code_key: bytes | None = None        # keys link-code digests (None: no stable secret set)
     extras: dict[str, Any] = field(default_factory=dict)  # feature services (search index, notifier…)
     # Channels that can push messages, by channel name ("telegram", "terminal"); adapters register
     # themselves when they start, so reminders and publications reach people where they are.
@@ -109,6 +110,7 @@ class Command:
     help_key: str | None = None     # shown in /help when the role may use it
     roles: frozenset[str] | None = None  # None: everyone; else patron roles (and "guest")
     menu: bool = True               # offered in the platform's command menu
+    in_groups: bool = False         # usable in group chats (only what shows no one's personal data)
 
 
 def clean_text(text: str) -> str:
@@ -128,6 +130,7 @@ class Router:
         self.commands: dict[str, Command] = {}
         self.aliases: dict[str, str] = {}
         self.buttons: dict[str, ButtonHandler] = {}
+        self.group_buttons: set[str] = set()
         self.flows: dict[str, Handler] = {}
         self.deep_links: dict[str, Handler] = {}
         self.text_handler: Handler | None = None
@@ -139,15 +142,21 @@ class Router:
 
     # -- registration ---------------------------------------------------------------
     def command(self, name: str, handler: Handler, *, help_key: str | None = None,
-                roles: set[str] | None = None, aliases: tuple[str, ...] = (), menu: bool = True) -> None:
-        self.commands[name] = Command(name, handler, help_key, frozenset(roles) if roles else None, menu)
+                roles: set[str] | None = None, aliases: tuple[str, ...] = (), menu: bool = True,
+                in_groups: bool = False) -> None:
+        """Register ``/name``. Commands work in private chats only unless ``in_groups``: students
+        are minors, and a group must never see one member's loans, holds or drafts."""
+        self.commands[name] = Command(name, handler, help_key, frozenset(roles) if roles else None, menu,
+                                      in_groups)
         for alias in aliases:
             self.aliases[alias] = name
 
-    def button(self, action: str, handler: ButtonHandler) -> None:
+    def button(self, action: str, handler: ButtonHandler, *, in_groups: bool = False) -> None:
         if ":" in action or "~" in action:
             raise ValueError("button actions may not contain ':' or '~'")
         self.buttons[action] = handler
+        if in_groups:
+            self.group_buttons.add(action)
 
     def flow(self, name: str, handler: Handler) -> None:
         """Plain text goes to ``handler`` while the chat's conversation state is in this flow."""
@@ -212,7 +221,7 @@ class Router:
         actor = await patrons.resolve_actor(
             self.deps.db, event.channel, event.user_id, event.chat_id,
             display_name=event.display_name, language_hint=event.language_hint,
-            default_language=self.deps.default_language,
+            default_language=self.deps.default_language, private=event.chat_type == "private",
         )
         return Context(self.deps, actor, event, self)
 
@@ -238,11 +247,14 @@ class Router:
 
     async def _route(self, event: Incoming, ctx: Context) -> list[Reply] | Reply | None:
         t = ctx.t
+        private = event.chat_type == "private"
         if event.button is not None:
             decoded = self.decode(event.chat_id, event.button)
             if decoded is None:
                 return Reply(t("error.button_expired"), toast=t("error.button_expired"))
             action, args = decoded
+            if not private and action not in self.group_buttons:
+                return self._private_only(ctx, toast=True)
             return await self.buttons[action](event, ctx, args)
 
         text = clean_text(event.text)
@@ -263,9 +275,14 @@ class Router:
                 return Reply(t("error.unknown_command", command="/" + name))
             if not self.allowed(command, ctx.actor):
                 return Reply(t("error.not_allowed" if ctx.actor.is_linked else "link.required"))
+            if not private and not command.in_groups:
+                return self._private_only(ctx)
             return await command.handler(event, ctx)
         if text.startswith("/"):
             return Reply(t("error.unknown_command", command=text.split()[0][:40]))
+        if not private:
+            # Conversations and link codes belong to one person's private chat, never a group's.
+            return await self.text_handler(event, ctx) if self.text_handler is not None else None
 
         state = await conversations.get_state(self.deps.db, event.channel, event.chat_id)
         if state is not None and state.flow in self.flows:
@@ -277,6 +294,13 @@ class Router:
         if self.text_handler is not None:
             return await self.text_handler(event, ctx)
         return Reply(t("error.empty"))
+
+    def _private_only(self, ctx: Context, toast: bool = False) -> Reply:
+        text = ctx.t("error.private_only")
+        buttons = []
+        if self.deps.bot_username:
+            buttons = [[Button(ctx.t("error.open_private"), url=f"https://t.me/{self.deps.bot_username}")]]
+        return Reply(text, buttons=buttons, toast=text if toast else None)
 
     def start_payload_handler(self, payload: str) -> Handler | None:
         for prefix, handler in self.deep_links.items():

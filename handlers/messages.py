@@ -65,6 +65,9 @@ class Reply:
     edit: bool = False
     attachment: Attachment | None = None
     toast: str | None = None  # a short popup answer to a button press, where the platform has one
+    # A photo the platform already holds (a Telegram file_id from a user's message), shown before
+    # the text; platforms without one show only the text.
+    photo: str | None = None
 
 
 @dataclass(frozen=True)

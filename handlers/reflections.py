@@ -344,13 +344,15 @@ async def _queue_reply(ctx: Context, skip: int, prefix: str = "") -> list[Reply]
     if d.flags:
         lines.append(t("reflections.mod_flags", words=", ".join(d.flags)))
     if d.photo_ref:
-        lines.append(t("reflections.mod_photo", ref=d.photo_ref))
+        lines.append(t("reflections.preview_photo"))
     lines += ["", d.body]
     rows = [[ctx.button(t("reflections.btn_approve"), "ma", d.id)],
             [ctx.button(t("reflections.btn_changes"), "mc", d.id), ctx.button(t("reflections.btn_reject"), "mj", d.id)]]
     if total > skip + 1:
         rows.append([ctx.button(t("reflections.btn_next"), "mq", skip + 1)])
-    return _long("\n".join(lines), rows)
+    replies = _long("\n".join(lines), rows)
+    replies[0].photo = d.photo_ref   # the moderator must see the photo too, not just that there is one
+    return replies
 
 
 async def press_queue(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:

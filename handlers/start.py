@@ -67,8 +67,9 @@ async def cancel(event: Incoming, ctx: Context) -> Reply:
 
 
 def register(router: Router) -> None:
-    router.command("start", start)
-    router.command("help", show_help, help_key="help.cmd_help")
-    router.command("language", choose_language, help_key="help.cmd_language", aliases=("lang", "ngonngu"))
+    router.command("start", start, in_groups=True)
+    router.command("help", show_help, help_key="help.cmd_help", in_groups=True)
+    router.command("language", choose_language, help_key="help.cmd_language", aliases=("lang", "ngonngu"),
+                   in_groups=True)
     router.command("cancel", cancel, help_key="help.cmd_cancel", aliases=("huy",))
-    router.button("lang", press_language)
+    router.button("lang", press_language, in_groups=True)

@@ -4,9 +4,10 @@ Public API:
 - ``import_patrons(db, path, library_code) -> ImportReport``: CSV from the school office
   (card/student id, full name, class, grade, role; Vietnamese or English headers; ``,`` or ``;``).
   Idempotent: a second run with the same file changes nothing. Bad rows are reported, not guessed.
-- ``issue_link_codes(db, actor, *, class_name=None, patron_ids=None, clock) -> list[IssuedCode]``
+- ``issue_link_codes(db, actor, *, class_name=None, patron_ids=None, clock, key=None) -> list[IssuedCode]``
   (staff of that library). Issuing revokes the patron's earlier unused codes.
-- ``redeem_link_code(db, actor, code, *, clock) -> LinkResult`` (an unlinked chat).
+- ``redeem_link_code(db, actor, code, *, clock, key=None) -> LinkResult`` (an unlinked chat).
+- ``code_key(secret) -> bytes``: the key for link-code digests, derived from DOCSACH_SECRET_KEY.
 - ``unlink(db, actor, *, identity_id=None, card=None, clock)``: yourself, or staff of that library.
 - ``find_patrons(db, actor, query)`` (staff), ``profile(db, actor, *, clock)`` (yourself),
   ``operator_actor(db, library_code)`` (CLI tools on the server act as the library's admin).
@@ -14,7 +15,12 @@ Public API:
 
 Link codes: 8 characters from a 31-letter alphabet without look-alikes (no 0/O, 1/I/L), shown
 as ``XXXX-XXXX`` (~40 bits), valid 14 days, single use (a conditional UPDATE consumes it), stored
-only as a SHA-256 digest. Guessing is rate-limited in the database (so every worker agrees): per
+only as a digest: HMAC-SHA-256 under a key derived from DOCSACH_SECRET_KEY (``key``), so a leaked
+database or backup does not give away codes that are still valid (40 bits fall quickly to an
+offline search of a plain hash). Without a stable secret (none configured, so every process would
+invent its own) codes use the plain SHA-256 digest, and a keyed deployment still accepts those,
+so codes printed before the key was set keep working until they expire. Changing the secret
+invalidates the codes issued under the old one (as it does buttons already in chats). Guessing is rate-limited in the database (so every worker agrees): per
 chat identity 5 attempts per 15 minutes, and deployment-wide 200 attempts per 10 minutes. A wrong
 guess cannot tell which library it was aimed at, so the "global" limit covers every library at
 once, which is stricter than one limit per library.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import hmac
 import io
 import re
 import secrets
@@ -95,8 +102,21 @@ def looks_like_code(text: str) -> bool:
     return compact.isupper() or (has_digit and has_alpha)
 
 
-def hash_code(code: str) -> str:
-    return hashlib.sha256(f"docsach-link:{code}".encode()).hexdigest()
+def code_key(secret: bytes) -> bytes:
+    """A key for link codes only, derived from the deployment secret (which also signs buttons)."""
+    return hmac.new(secret, b"docsach link codes v1", hashlib.sha256).digest()
+
+
+def hash_code(code: str, key: bytes | None = None) -> str:
+    message = f"docsach-link:{code}".encode()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _digests(code: str, key: bytes | None) -> list[str]:
+    """What a typed code may be stored as: keyed, and the plain digest of codes printed before."""
+    return [hash_code(code, key), hash_code(code)] if key is not None else [hash_code(code)]
 
 
 @dataclass(frozen=True)
@@ -121,7 +141,7 @@ class LinkResult:
 
 async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None = None,
                            patron_ids: list[int] | None = None, clock: Clock,
-                           ttl: timedelta = CODE_TTL) -> list[IssuedCode]:
+                           ttl: timedelta = CODE_TTL, key: bytes | None = None) -> list[IssuedCode]:
     """New single-use codes for a class or for given patrons of the staff member's library."""
     require_staff(actor)
     if not class_name and not patron_ids:
@@ -144,7 +164,7 @@ async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None
         issued = []
         for patron in people:
             code = new_code()
-            s.add(LinkCode(library_id=patron.library_id, patron_id=patron.id, code_hash=hash_code(code),
+            s.add(LinkCode(library_id=patron.library_id, patron_id=patron.id, code_hash=hash_code(code, key),
                            expires_at=now + ttl, created_by=actor.patron_id))
             issued.append(IssuedCode(patron.id, patron.card_number, patron.full_name, patron.class_name,
                                      format_code(code), f"k{code}", now + ttl))
@@ -166,7 +186,8 @@ async def _hit(s: AsyncSession, key: str, window: int, now: datetime) -> tuple[i
     return count, start + window - epoch
 
 
-async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Clock) -> LinkResult:
+async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Clock,
+                           key: bytes | None = None) -> LinkResult:
     """Link this chat to the patron the code was issued for. Each attempt counts against the limits."""
     if actor.identity_id is None:
         raise DomainError("account.link_failed")
@@ -185,16 +206,16 @@ async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Cloc
     normalized = normalize_code(code)
     if normalized is None:
         raise DomainError("account.code_invalid")
-    digest = hash_code(normalized)
+    digests = _digests(normalized, key)
     async with db.transaction() as s:
         claimed = (await s.execute(
-            update(LinkCode).where(LinkCode.code_hash == digest, LinkCode.used_at.is_(None),
+            update(LinkCode).where(LinkCode.code_hash.in_(digests), LinkCode.used_at.is_(None),
                                    LinkCode.revoked_at.is_(None), LinkCode.expires_at > now)
             .values(used_at=now, used_by_identity_id=actor.identity_id)
             .returning(LinkCode.patron_id, LinkCode.library_id)
         )).first()
         if claimed is None:
-            known = (await s.execute(select(LinkCode).where(LinkCode.code_hash == digest))).scalar_one_or_none()
+            known = (await s.execute(select(LinkCode).where(LinkCode.code_hash.in_(digests)))).scalars().first()
             if known is None:
                 raise DomainError("account.code_invalid")
             if known.used_at is not None:

@@ -5,15 +5,16 @@ Deterministic, so the terminal chat and tests see the same library every time.
 
 from __future__ import annotations
 
-import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 
+from services import importer
 from services.db import Database
-from services.models import Copy, Library, Location, Patron, Role, Title
+from services.importer import parse_isbn as isbn13  # noqa: F401  (kept for callers)
+from services.models import Copy, Library, Location, Patron, Role
 
 DEMO_CATALOG = Path(__file__).resolve().parent / "demo_data" / "catalog.csv"
 DEMO_CODE = "demo"
@@ -44,21 +45,6 @@ class DemoSummary:
     titles: int
     copies: int
     patrons: int
-
-
-def isbn13(raw: str) -> str | None:
-    """ISBN-10 or -13 (possibly with a qualifier, e.g. "0786805609 (pbk.)") to ISBN-13, if valid."""
-    digits = "".join(ch for ch in raw.upper().split(" ")[0] if ch.isdigit() or ch == "X")
-    if len(digits) == 10 and "X" not in digits[:9]:
-        total = sum((10 - i) * (10 if c == "X" else int(c)) for i, c in enumerate(digits))
-        if total % 11:
-            return None
-        digits = "978" + digits[:9]
-        check = (10 - sum((3 if i % 2 else 1) * int(c) for i, c in enumerate(digits)) % 10) % 10
-        return digits + str(check)
-    if len(digits) == 13 and digits.isdigit():
-        return digits if sum((3 if i % 2 else 1) * int(c) for i, c in enumerate(digits)) % 10 == 0 else None
-    return None
 
 
 def _shelf_for(call_number: str, language: str) -> str:
@@ -92,33 +78,21 @@ async def load_demo(db: Database, *, path: Path = DEMO_CATALOG) -> DemoSummary:
                          class_name=class_name, grade=grade, preferences={}))
         await s.flush()
 
+        # The catalog goes through the one import path (services/importer.py); the copies are the
+        # demo's own invention: 1–3 per title, some third copies in a classroom reading corner.
+        _, records, _ = importer.parse_file(path)
+        applied = await importer.apply_records(s, records)
         rng = random.Random(2026)
-        existing = set((await s.execute(select(Title.source_key))).scalars())
         barcode = 0
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            for row in csv.DictReader(fh):
-                key = f"lccn:{row['lccn'].strip()}"
-                if key in existing:
-                    title = (await s.execute(select(Title).where(Title.source_key == key))).scalar_one()
-                else:
-                    title = Title(
-                        source_key=key, title=row["title"].strip(), authors=row["author"].strip(),
-                        isbn13=isbn13(row["isbn"]) if row["isbn"] else None,
-                        publisher=row["publisher"].strip() or None,
-                        year=int(row["year"]) if row["year"].strip().isdigit() else None,
-                        language=row["language"].strip() or None,
-                        subjects=row["subjects"].strip(), call_number=row["lc_class"].strip() or None,
-                    )
-                    s.add(title)
-                    await s.flush()
-                shelf = locations[_shelf_for(row["lc_class"], row["language"])]
-                for n in range(rng.choice((1, 1, 2, 2, 3))):
-                    barcode += 1
-                    where = shelf
-                    if n == 2:  # some third copies live in a classroom reading corner
-                        where = locations[rng.choice(CLASSROOMS)[0]]
-                    s.add(Copy(title_id=title.id, library_id=library.id, location_id=where.id,
-                               barcode=f"DS{barcode:06d}"))
+        for record, title_id in zip(records, applied.title_ids, strict=True):
+            shelf = locations[_shelf_for(record.call_number or "", record.language or "")]
+            for n in range(rng.choice((1, 1, 2, 2, 3))):
+                barcode += 1
+                where = shelf
+                if n == 2:  # some third copies live in a classroom reading corner
+                    where = locations[rng.choice(CLASSROOMS)[0]]
+                s.add(Copy(title_id=title_id, library_id=library.id, location_id=where.id,
+                           barcode=f"DS{barcode:06d}"))
         await s.flush()
         return DemoSummary(True, *await _counts(s, library.id))
 

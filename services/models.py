@@ -447,3 +447,21 @@ class RateCounter(Base):
     key: Mapped[str] = mapped_column(String(80), primary_key=True)
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# -- catalog search (issue 3) ----------------------------------------------------------------------
+
+# Search indexes in every worker poll ``copies.updated_at`` for availability changes.
+Index("ix_copies_updated_at", Copy.updated_at)
+
+
+class SearchQuery(Base):
+    """A search text behind paging buttons: payloads carry this id, never the text (64-byte limit).
+    Shared by all workers; one row per distinct text."""
+
+    __tablename__ = "search_queries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(40), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -65,13 +65,20 @@ async def resolve_actor(
     display_name: str | None = None,
     language_hint: str | None = None,
     default_language: str = "vi",
+    private: bool = True,
 ) -> Actor:
-    """Find or create the chat identity and return who it is. Safe when two messages race."""
+    """Find or create the chat identity and return who it is. Safe when two messages race.
+
+    ``private`` is False for group chats and inline queries: then ``chat_id`` is not where the
+    person's own messages (reminders) should go, so the stored chat is left alone (a new
+    identity gets ``external_id``, which is the private chat on Telegram).
+    """
     async with db.transaction() as s:
         identity = await _identity(s, channel, external_id)
         if identity is None:
             identity = ChatIdentity(
-                channel=channel, external_id=external_id, chat_id=chat_id, display_name=display_name,
+                channel=channel, external_id=external_id, chat_id=chat_id if private else external_id,
+                display_name=display_name,
                 language=None,
             )
             try:
@@ -81,7 +88,7 @@ async def resolve_actor(
             except IntegrityError:
                 identity = await _identity(s, channel, external_id)
                 assert identity is not None
-        if identity.unreachable_at is not None or identity.chat_id != chat_id:
+        if private and (identity.unreachable_at is not None or identity.chat_id != chat_id):
             identity.unreachable_at = None  # they wrote to us, so we may write back
             identity.chat_id = chat_id
         patron = library = None
@@ -139,6 +146,16 @@ async def mark_unreachable(db: Database, channel: str, chat_id: str, clock: Cloc
             .values(unreachable_at=now)
         )
         return result.rowcount or 0
+
+
+async def is_unreachable(db: Database, channel: str, chat_id: str) -> bool:
+    """True when delivery to this chat was refused and the person has not written since."""
+    async with db.transaction() as s:
+        found = (await s.execute(
+            select(ChatIdentity.id).where(ChatIdentity.channel == channel, ChatIdentity.chat_id == chat_id,
+                                          ChatIdentity.unreachable_at.is_not(None)).limit(1)
+        )).scalar_one_or_none()
+        return found is not None
 
 
 async def link_trusted(db: Database, actor: Actor, library_code: str, card_number: str,

@@ -78,15 +78,69 @@ def postgres_database() -> Iterator[str]:
         _in_thread(_create_database, server_url, name, True)
 
 
+async def _migrate_and_load_demo(url: str) -> None:
+    from services.demo import load_demo
+
+    database = Database(url)
+    try:
+        await load_demo(database)
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_demo_template(sqlite_template: Path) -> Path:
+    """The migrated template with the demo library already loaded (tests that use it get a copy)."""
+    path = sqlite_template.with_name("demo-template.db")
+    shutil.copy(sqlite_template, path)
+    _in_thread(_migrate_and_load_demo, f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_demo_template(postgres_database: str) -> Iterator[str]:
+    """A PostgreSQL template database with the demo library; each demo test gets a clone of it."""
+    server = make_url(POSTGRES_URL)
+    server_url = server.render_as_string(hide_password=False)
+    name = make_url(postgres_database).database + "_demo"
+    _in_thread(_create_database, server_url, name)
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        _in_thread(upgrade_async, url)
+        _in_thread(_migrate_and_load_demo, url)
+        yield name
+    finally:
+        _in_thread(_create_database, server_url, name, True)
+
+
 @pytest.fixture(params=BACKENDS)
 async def db(request, tmp_path) -> AsyncIterator[Database]:
-    """A migrated, empty database on each backend."""
+    """A migrated database on each backend: empty, or holding the demo library when the test
+    asks for ``demo_app`` (cloned from a template, which is much faster than loading it anew)."""
+    with_demo = "demo_app" in request.fixturenames
     if request.param == "sqlite":
         path = tmp_path / "test.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        template = "sqlite_demo_template" if with_demo else "sqlite_template"
+        shutil.copy(request.getfixturevalue(template), path)
         database = Database(f"sqlite+aiosqlite:///{path}")
         yield database
         await database.dispose()
+    elif with_demo:
+        template = request.getfixturevalue("postgres_demo_template")
+        server = make_url(POSTGRES_URL)
+        server_url = server.render_as_string(hide_password=False)
+        name = f"{template}_{uuid.uuid4().hex[:6]}"
+        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        database = Database(server.set(database=name).render_as_string(hide_password=False))
+        try:
+            yield database
+        finally:
+            await database.dispose()
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await admin.dispose()
     else:
         url = request.getfixturevalue("postgres_database")
         database = Database(url)

@@ -91,6 +91,38 @@ async def test_link_codes_are_single_use_expire_and_are_stored_hashed(libs: Libr
     assert info.value.key == "account.code_expired"
 
 
+async def test_link_codes_are_keyed_by_the_deployment_secret(libs: Libraries, clock, settings):
+    """With DOCSACH_SECRET_KEY set, a stored digest cannot be checked against guesses without the
+    key; codes printed before the key was set still work; a code needs the key it was issued under."""
+    from bot.app import build_app
+
+    db = libs.db
+    lib = await libs.actor("TT001")
+    key, other_key = accounts.code_key(b"secret one"), accounts.code_key(b"secret two")
+    ids = [(await libs.actor(card)).patron_id for card in ("HS001", "HS002", "HS003")]
+    [keyed] = await accounts.issue_link_codes(db, lib, patron_ids=ids[:1], clock=clock, key=key)
+    [legacy] = await accounts.issue_link_codes(db, lib, patron_ids=ids[1:2], clock=clock)
+    [lost] = await accounts.issue_link_codes(db, lib, patron_ids=ids[2:], clock=clock, key=key)
+    async with db.session() as s:
+        stored = set((await s.execute(select(LinkCode.code_hash))).scalars())
+    raw = keyed.code.replace("-", "")
+    assert accounts.hash_code(raw, key) in stored and accounts.hash_code(raw) not in stored
+    for wrong in (None, other_key):   # no key, or after the secret changed: refused, not guessed
+        with pytest.raises(DomainError) as info:
+            await accounts.redeem_link_code(db, await chat_actor(libs, f"x{wrong is None}"), lost.code,
+                                            clock=clock, key=wrong)
+        assert info.value.key == "account.code_invalid"
+    assert (await accounts.redeem_link_code(db, await chat_actor(libs, "k"), keyed.code, clock=clock,
+                                            key=key)).patron_id == ids[0]
+    assert (await accounts.redeem_link_code(db, await chat_actor(libs, "l"), legacy.code, clock=clock,
+                                            key=key)).patron_id == ids[1]
+    # The composition root keys codes only with a configured secret: a random per-process one
+    # would break every slip the CLI prints before the bot (another process) redeems it.
+    assert build_app(settings, db=db).deps.link_code_key == accounts.code_key(settings.secret_key)
+    settings.secret_key_is_ephemeral = True
+    assert build_app(settings, db=db).deps.link_code_key is None
+
+
 async def test_relinking_replaces_the_old_chat_and_staff_can_unlink(libs: Libraries, clock):
     db = libs.db
     lib = await libs.actor("TT001")

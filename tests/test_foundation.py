@@ -149,3 +149,30 @@ async def test_prefilters_run_before_the_fallback(app, chat: ChatDriver):
     assert chat.text == "code!"
     await chat.say("truyen kieu")
     assert chat.text == "searched"
+
+
+async def test_group_chats_never_see_personal_commands_or_flows(demo_app):
+    """Students are minors: in a group only catalog commands work; the rest points to a private chat."""
+    app = demo_app
+    actor = await patrons.resolve_actor(app.db, "test", "an", "an")
+    await patrons.link_trusted(app.db, actor, "demo", "HS001")
+    app.deps.bot_username = "docsach_bot"
+
+    async def say(text: str, button: str | None = None):
+        return await app.router.dispatch(Incoming(channel="test", chat_id="-100", user_id="an", text=text,
+                                                  button=button, chat_type="group"))
+
+    for command in ("/loans", "/holds", "/me", "/reflect", "/drafts", "/link ABCD-EFGH"):
+        replies = await say(command)
+        assert "nhắn riêng" in replies[0].text, command
+        assert replies[0].buttons[0][0].url == "https://t.me/docsach_bot"
+    assert "/language" in (await say("/help"))[0].text
+    # a personal button pressed in the group is refused, a catalog button works
+    hold = app.router.encode("-100", "hold", 1)
+    assert "nhắn riêng" in (await say("", button=hold))[0].toast
+    book = app.router.encode("-100", "book", 1)
+    assert "nhắn riêng" not in (await say("", button=book))[0].text
+    # the member's private chat still belongs to them (reminders go there, not to the group)
+    async with app.db.session() as s:
+        identity = (await s.execute(select(ChatIdentity).where(ChatIdentity.external_id == "an"))).scalar_one()
+    assert identity.chat_id == "an"

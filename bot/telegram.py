@@ -1,0 +1,669 @@
+"""Telegram: python-telegram-bot 22 wired to the platform-neutral router.
+
+PTB updates become :class:`Incoming` events; the router's :class:`Reply` objects become
+sendMessage / editMessageText / answerCallbackQuery / sendDocument. Updates arrive by long
+polling (default) or by a webhook served with aiohttp that checks Telegram's secret header.
+
+Delivery rules, in one place (:class:`ResilientRateLimiter`): 429 waits ``retry_after`` and
+retries (PTB's AIORateLimiter); 5xx and failures where the request never left are retried with
+backoff; a timeout after the request went out is retried only for calls that are safe to repeat
+(edits, answers, settings) — never sendMessage, which could then arrive twice. 403 "blocked"
+marks the chat unreachable and nothing more is sent there until the person writes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import logging
+import re
+import secrets
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from aiohttp import web
+from telegram import (
+    Bot,
+    BotCommand,
+    BotCommandScopeDefault,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InlineQueryResultArticle,
+    InputFile,
+    InputTextMessageContent,
+    LinkPreviewOptions,
+    Message,
+    Update,
+)
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    BaseUpdateProcessor,
+    CallbackQueryHandler,
+    ContextTypes,
+    InlineQueryHandler,
+    MessageHandler,
+    filters,
+)
+
+from bot.app import App
+from handlers.core import Router, clean_text
+from handlers.i18n import LANGUAGES, Translator
+from handlers.messages import (
+    Button,
+    ChatUnreachable,
+    Delivery,
+    DeliveryFailed,
+    DeliveryUncertain,
+    Incoming,
+    Reply,
+)
+from services import patrons
+from services.common import Clock
+from services.db import Database
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+ALLOWED_UPDATES = ["message", "callback_query", "inline_query"]
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SECRET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")   # what setWebhook accepts
+MAX_MESSAGE = 4096
+MAX_CAPTION = 1024
+MAX_TOAST = 200
+INLINE_CACHE_SECONDS = 10
+INLINE_MAX_RESULTS = 50
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+# Bot API methods that change nothing when repeated, so a timeout may be retried blindly.
+IDEMPOTENT = frozenset(m.lower() for m in (
+    "getMe", "getFile", "getWebhookInfo", "setWebhook", "deleteWebhook", "setMyCommands",
+    "deleteMyCommands", "editMessageText", "editMessageReplyMarkup", "deleteMessage",
+    "answerCallbackQuery", "answerInlineQuery", "sendChatAction",
+))
+
+
+def file_base_url(base_url: str) -> str:
+    """``…/bot`` → ``…/file/bot``: where the same Bot API server serves files."""
+    if base_url.endswith("/bot"):
+        return base_url[: -len("/bot")] + "/file/bot"
+    return "https://api.telegram.org/file/bot"
+
+
+# -- failures: what is safe to repeat ---------------------------------------------------------
+
+def outcome(error: BaseException) -> str:
+    """"not_sent" (never left us), "failed" (the server answered with an error) or "uncertain"."""
+    cause = error.__cause__
+    if isinstance(error, TimedOut):
+        if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or "Pool timeout" in str(error):
+            return "not_sent"
+        return "uncertain"
+    if isinstance(cause, httpx.ConnectError):
+        return "not_sent"
+    if isinstance(cause, httpx.HTTPError):
+        return "uncertain"   # e.g. the connection dropped mid-request
+    return "failed"          # a 5xx status from the Bot API
+
+
+class ResilientRateLimiter(AIORateLimiter):
+    """PTB's AIORateLimiter (flood limits, 429 + ``retry_after``), plus backoff retries for
+    5xx and network failures — only where repeating the call cannot duplicate a message."""
+
+    def __init__(self, *, max_retries: int = 3, backoff: tuple[float, ...] = (0.5, 2.0, 5.0),
+                 **kwargs: Any) -> None:
+        super().__init__(max_retries=max_retries, **kwargs)
+        self.backoff = tuple(backoff)
+
+    async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):
+        for attempt in range(len(self.backoff) + 1):
+            try:
+                return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+            except BadRequest:
+                raise
+            except NetworkError as exc:
+                state = outcome(exc)
+                if attempt == len(self.backoff) or (state == "uncertain" and endpoint.lower() not in IDEMPOTENT):
+                    raise
+                log.warning("telegram %s failed (%s: %s); retry %d in %.1fs", endpoint, state, exc,
+                            attempt + 1, self.backoff[attempt])
+                await asyncio.sleep(self.backoff[attempt])
+        raise AssertionError("unreachable")
+
+
+class PerChatUpdateProcessor(BaseUpdateProcessor):
+    """Many chats at once, but each chat's updates strictly in order (flows depend on it)."""
+
+    def __init__(self, concurrency: int = 16) -> None:
+        super().__init__(max_concurrent_updates=1024)   # only bounds waiting tasks
+        self._running = asyncio.Semaphore(concurrency)
+        self._locks: dict[object, asyncio.Lock] = {}
+        self._holders: Counter[object] = Counter()
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        key = _order_key(update)
+        self._holders[key] += 1
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock, self._running:
+                await coroutine
+        finally:
+            self._holders[key] -= 1
+            if not self._holders[key]:
+                del self._holders[key]
+                self._locks.pop(key, None)
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+
+def _order_key(update: object) -> object:
+    if isinstance(update, Update):
+        if update.effective_chat is not None:
+            return ("chat", update.effective_chat.id)
+        if update.effective_user is not None:
+            return ("user", update.effective_user.id)
+    return ("other", id(update))
+
+
+# -- Reply → Bot API --------------------------------------------------------------------------
+
+def keyboard(rows: list[list[Button]]) -> InlineKeyboardMarkup | None:
+    """Our buttons as an inline keyboard. Callback payloads go out exactly as the router signed
+    them (≤ 64 bytes); PTB's arbitrary_callback_data stays off."""
+    built = []
+    for row in rows:
+        out = []
+        for b in row:
+            if b.url:
+                out.append(InlineKeyboardButton(b.label, url=b.url))
+            elif b.switch_inline is not None:
+                out.append(InlineKeyboardButton(b.label, switch_inline_query=b.switch_inline))
+            elif b.payload:
+                out.append(InlineKeyboardButton(b.label, callback_data=b.payload))
+        if out:
+            built.append(out)
+    return InlineKeyboardMarkup(built) if built else None
+
+
+def split_text(text: str, limit: int = MAX_MESSAGE) -> list[str]:
+    """Telegram takes at most 4096 characters per message: cut at line breaks, then spaces."""
+    text = text or "…"
+    parts = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        if cut < limit // 2:
+            cut = text.rfind(" ", 0, limit)
+        if cut < limit // 2:
+            cut = limit
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    parts.append(text)
+    return [p for p in parts if p] or ["…"]
+
+
+async def send_reply(bot: Bot, chat_id: int | str, reply: Reply) -> Message:
+    """Send one reply as new message(s); the buttons go under the last part. Returns the last.
+
+    Raises :class:`DeliveryUncertain` when part of a split reply went out and the rest failed,
+    so nobody retries it whole.
+    """
+    markup = keyboard(reply.buttons)
+    parts = split_text(reply.text)
+    if reply.attachment is not None and len(parts) == 1 and len(parts[0]) <= MAX_CAPTION:
+        caption, parts = parts[0], []
+    else:
+        caption = None
+    sent: Message | None = None
+    try:
+        if reply.photo:
+            sent = await bot.send_photo(chat_id, reply.photo)
+        for n, part in enumerate(parts):
+            last = n == len(parts) - 1 and reply.attachment is None
+            sent = await bot.send_message(chat_id, part, reply_markup=markup if last else None,
+                                          link_preview_options=NO_PREVIEW)
+        if reply.attachment is not None:
+            document = InputFile(io.BytesIO(reply.attachment.data), filename=reply.attachment.filename)
+            sent = await bot.send_document(chat_id, document, caption=caption, reply_markup=markup)
+    except TelegramError as exc:
+        if sent is not None and not isinstance(exc, Forbidden):
+            raise DeliveryUncertain(f"part of a split reply was delivered: {exc}") from exc
+        raise
+    assert sent is not None
+    return sent
+
+
+class TelegramChannel:
+    """Pushed messages (reminders, notices) to a Telegram chat: the :class:`OutputChannel`.
+
+    ``send(chat_id, reply)`` returns a :class:`Delivery` with the message id, or raises
+    :class:`ChatUnreachable` (blocked / chat gone: marked in the database, and later sends to
+    that chat raise at once without calling Telegram), :class:`DeliveryFailed` (not delivered;
+    try again later) or :class:`DeliveryUncertain` (a timeout after the request went out: it
+    may have arrived, so do not resend blindly). 429s and 5xx are already retried inside.
+    """
+
+    name = CHANNEL
+
+    def __init__(self, bot: Bot, db: Database, *, clock: Clock | None = None) -> None:
+        self.bot = bot
+        self.db = db
+        self.clock = clock
+
+    async def send(self, chat_id: str, reply: Reply) -> Delivery:
+        if await patrons.is_unreachable(self.db, CHANNEL, str(chat_id)):
+            raise ChatUnreachable(chat_id)
+        try:
+            message = await send_reply(self.bot, _chat(chat_id), reply)
+        except DeliveryUncertain:
+            raise
+        except (Forbidden, ChatMigrated) as exc:
+            await self._unreachable(chat_id, exc)
+        except BadRequest as exc:
+            if "chat not found" in str(exc).lower() or "user is deactivated" in str(exc).lower():
+                await self._unreachable(chat_id, exc)
+            log.error("telegram refused a pushed message to %s: %s", chat_id, exc)
+            raise DeliveryFailed(str(exc)) from exc
+        except RetryAfter as exc:
+            raise DeliveryFailed(f"rate limited: {exc}") from exc
+        except NetworkError as exc:
+            if outcome(exc) == "uncertain":
+                raise DeliveryUncertain(str(exc)) from exc
+            raise DeliveryFailed(str(exc)) from exc
+        except TelegramError as exc:
+            raise DeliveryFailed(str(exc)) from exc
+        return Delivery(message_ref=str(message.message_id))
+
+    async def _unreachable(self, chat_id: str, exc: Exception) -> None:
+        log.info("telegram chat %s is unreachable (%s); not messaging it any more", chat_id, exc)
+        await patrons.mark_unreachable(self.db, CHANNEL, str(chat_id), self.clock)
+        raise ChatUnreachable(chat_id) from exc
+
+
+def _chat(chat_id: str | int) -> int | str:
+    text = str(chat_id)
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+# -- the adapter ------------------------------------------------------------------------------
+
+@dataclass
+class Webhook:
+    """Webhook mode: Telegram POSTs updates to ``url``; aiohttp listens on ``host:port``."""
+
+    url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret: str = ""
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+
+def menu_commands(router: Router, t: Translator) -> list[BotCommand]:
+    """The command menu: commands everyone (guests, students) may use, described from /help."""
+    commands = []
+    for name, command in router.commands.items():
+        if not command.menu or not command.help_key:
+            continue
+        if command.roles is not None and not command.roles & {"guest", "student"}:
+            continue
+        text = re.sub(r"^/\S+\s*[—–:-]*\s*", "", t(command.help_key)).strip() or name
+        commands.append(BotCommand(name, text[:256]))
+    return commands[:100]
+
+
+class TelegramAdapter:
+    """One PTB Application serving the router. Use :func:`running` to start and stop it."""
+
+    def __init__(self, app: App, *, token: str | None = None, base_url: str | None = None,
+                 backoff: tuple[float, ...] = (0.5, 2.0, 5.0), max_retries: int = 3,
+                 read_timeout: float | None = None, concurrency: int = 16) -> None:
+        self.app = app
+        self.router = app.router
+        base_url = base_url or app.settings.telegram_api_base_url
+        builder = (
+            ApplicationBuilder()
+            .token(token or app.settings.telegram_token or "")
+            .base_url(base_url)
+            .base_file_url(file_base_url(base_url))
+            .rate_limiter(ResilientRateLimiter(max_retries=max_retries, backoff=backoff))
+            .concurrent_updates(PerChatUpdateProcessor(concurrency))
+            .arbitrary_callback_data(False)
+        )
+        if read_timeout is not None:
+            builder = builder.read_timeout(read_timeout).write_timeout(read_timeout)
+        self.application: Application = builder.build()
+        self.bot: Bot = self.application.bot
+        self.channel = TelegramChannel(self.bot, app.db, clock=app.deps.clock)
+        self.username: str | None = None
+        self.webhook_server: WebhookServer | None = None
+        self.application.add_handler(MessageHandler(
+            filters.UpdateType.MESSAGE & (filters.TEXT | filters.PHOTO), self.on_message))
+        self.application.add_handler(CallbackQueryHandler(self.on_callback))
+        self.application.add_handler(InlineQueryHandler(self.on_inline_query))
+        self.application.add_error_handler(self.on_error)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self, *, webhook: Webhook | None = None, poll_timeout: int = 30) -> None:
+        await self.application.initialize()          # getMe: fails fast on a wrong token
+        self.username = self.bot.username
+        self.app.deps.bot_username = self.username
+        self.app.deps.outbound[CHANNEL] = self.channel
+        await self.set_commands()
+        await self.application.start()
+        if webhook is not None:
+            self.webhook_server = WebhookServer(self.application, webhook)
+            await self.webhook_server.start()
+            await self.bot.set_webhook(webhook.url, secret_token=webhook.secret,
+                                       allowed_updates=ALLOWED_UPDATES)
+        else:
+            await self.application.updater.start_polling(
+                poll_interval=0, timeout=poll_timeout, allowed_updates=ALLOWED_UPDATES)
+
+    async def stop(self) -> None:
+        if self.app.deps.outbound.get(CHANNEL) is self.channel:
+            del self.app.deps.outbound[CHANNEL]
+        if self.application.updater and self.application.updater.running:
+            await self.application.updater.stop()
+        if self.webhook_server is not None:
+            await self.webhook_server.stop()     # the webhook stays set: updates wait at Telegram
+            self.webhook_server = None
+        if self.application.running:
+            await self.application.stop()
+        await self.application.shutdown()
+
+    async def set_commands(self) -> None:
+        """setMyCommands in each language (by language_code) and a default in the school's."""
+        catalogs, zone = self.app.deps.catalogs, self.app.deps.timezone
+        default = catalogs.translator(self.app.deps.default_language, zone)
+        await self.bot.set_my_commands(menu_commands(self.router, default), scope=BotCommandScopeDefault())
+        for lang in LANGUAGES:
+            await self.bot.set_my_commands(menu_commands(self.router, catalogs.translator(lang, zone)),
+                                           scope=BotCommandScopeDefault(), language_code=lang)
+
+    # -- updates → router -------------------------------------------------------------------
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, user, chat = update.effective_message, update.effective_user, update.effective_chat
+        if message is None or user is None or chat is None or user.is_bot:
+            return
+        text = self.addressed_text(message, chat.type)
+        if text is None:
+            return
+        event = Incoming(
+            channel=CHANNEL, chat_id=str(chat.id), user_id=str(user.id), text=text,
+            language_hint=user.language_code, display_name=user.full_name, chat_type=chat.type,
+            photo_ref=message.photo[-1].file_id if message.photo else None,
+        )
+        await self.deliver(event, await self.router.dispatch(event))
+
+    def addressed_text(self, message: Message, chat_type: str) -> str | None:
+        """The text meant for us, or None. Groups: only commands and @mentions (privacy)."""
+        text = message.text or message.caption or ""
+        me = (self.username or "").lower()
+        command = re.match(r"^/[A-Za-z0-9_]+(?:@([A-Za-z0-9_]+))?", text)
+        if command:
+            target = command.group(1)
+            return text if target is None or target.lower() == me else None
+        if chat_type == "private":
+            return text
+        # Entities or not (clients differ), "@ourbot" as a word counts as a mention.
+        mention = re.compile(rf"(?<![\w@])@{re.escape(me)}(?!\w)", re.IGNORECASE) if me else None
+        if mention is not None and mention.search(text):
+            return mention.sub(" ", text).strip()
+        return None
+
+    async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        message = query.message
+        if not isinstance(message, Message):
+            # A button on an inline-mode message or one too old to read: there is no chat to
+            # bind it to, and our inline results only carry URL buttons.
+            t = self.translator(query.from_user.language_code)
+            await _quietly(query.answer(t("error.button_expired")))
+            return
+        event = Incoming(
+            channel=CHANNEL, chat_id=str(message.chat.id), user_id=str(query.from_user.id),
+            button=query.data or "", message_ref=str(message.message_id),
+            language_hint=query.from_user.language_code, display_name=query.from_user.full_name,
+            chat_type=message.chat.type,
+        )
+        await self.deliver(event, await self.router.dispatch(event), query=query, message=message)
+
+    async def deliver(self, event: Incoming, replies: list[Reply], *, query=None,
+                      message: Message | None = None) -> None:
+        """Answer the button press (with a toast if any), then edit in place or send."""
+        chat_id = _chat(event.chat_id)
+        if query is not None:
+            toast = next((r.toast for r in replies if r.toast), None)
+            await _quietly(query.answer(toast[:MAX_TOAST] if toast else None))
+        try:
+            for reply in replies:
+                if query is not None and reply.toast and reply.text == reply.toast \
+                        and not reply.buttons and reply.attachment is None:
+                    continue   # the toast already said it ("this button has expired")
+                if reply.edit and message is not None and reply.attachment is None and not reply.photo \
+                        and await self.edit(message, reply):
+                    message = None   # one edit per press; further replies are new messages
+                    continue
+                await send_reply(self.bot, chat_id, reply)
+        except Forbidden as exc:
+            log.info("telegram chat %s blocked the bot (%s)", event.chat_id, exc)
+            await patrons.mark_unreachable(self.app.db, CHANNEL, event.chat_id, self.app.deps.clock)
+
+    async def edit(self, message: Message, reply: Reply) -> bool:
+        """Replace the pressed message's text and buttons; False when it cannot be edited."""
+        if len(reply.text) > MAX_MESSAGE or not reply.text:
+            return False
+        try:
+            await self.bot.edit_message_text(
+                reply.text, chat_id=message.chat.id, message_id=message.message_id,
+                reply_markup=keyboard(reply.buttons), link_preview_options=NO_PREVIEW)
+        except BadRequest as exc:
+            if "not modified" in str(exc).lower():
+                return True
+            log.info("could not edit message %s in %s (%s); sending instead",
+                     message.message_id, message.chat.id, exc)
+            return False
+        return True
+
+    async def on_inline_query(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``@bot QUERY``: results from the router's inline handler, personal (language, library)."""
+        query = update.inline_query
+        results: list = []   # handlers.inline.InlineResult
+        next_offset = ""
+        if self.router.inline_handler is not None:
+            user = query.from_user
+            event = Incoming(channel=CHANNEL, chat_id=str(user.id), user_id=str(user.id),
+                             text=query.query, language_hint=user.language_code,
+                             display_name=user.full_name, chat_type="inline")
+            try:
+                ctx = await self.router.context_for(event)
+                results, next_offset = await self.router.inline_handler(
+                    ctx, clean_text(query.query)[:256], query.offset or "")
+            except Exception:
+                log.exception("inline query %r from %s failed", query.query[:80], user.id)
+                results, next_offset = [], ""
+        articles = [
+            InlineQueryResultArticle(
+                id=r.id[:64], title=r.title[:256] or "…",
+                input_message_content=InputTextMessageContent(
+                    split_text(r.text)[0], link_preview_options=NO_PREVIEW),
+                description=r.description[:512] or None, reply_markup=keyboard(r.buttons),
+            )
+            for r in results[:INLINE_MAX_RESULTS]
+        ]
+        # Personal: results are in the asker's language and show their library's availability.
+        await query.answer(articles, cache_time=INLINE_CACHE_SECONDS, is_personal=True,
+                           next_offset=next_offset or None)
+
+    # -- errors -----------------------------------------------------------------------------
+    def translator(self, language_code: str | None) -> Translator:
+        lang = patrons.pick_language(language_code, default=self.app.deps.default_language)
+        return self.app.deps.catalogs.translator(lang, self.app.deps.timezone)
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Log with context; tell the person something went wrong, in their language."""
+        error = context.error
+        chat = update.effective_chat if isinstance(update, Update) else None
+        user = update.effective_user if isinstance(update, Update) else None
+        where = (f"update {update.update_id} chat {chat.id if chat else '-'} user {user.id if user else '-'}"
+                 if isinstance(update, Update) else "no update")
+        if isinstance(error, Forbidden) and chat is not None:
+            log.info("telegram: %s: %s", where, error)
+            await patrons.mark_unreachable(self.app.db, CHANNEL, str(chat.id), self.app.deps.clock)
+            return
+        log.error("telegram: handling %s failed: %r", where, error, exc_info=error)
+        if chat is None or (isinstance(error, NetworkError) and not isinstance(error, BadRequest)):
+            return   # the network is what failed: an apology would not get through either
+        t = self.translator(user.language_code if user else None)
+        if isinstance(update, Update) and update.callback_query is not None:
+            await _quietly(update.callback_query.answer(t("telegram.error_short")))
+        await _quietly(self.bot.send_message(chat.id, t("telegram.error")))
+
+
+async def _quietly(call: Awaitable[Any]) -> None:
+    """For answers that may legitimately fail (a callback query answered too late)."""
+    try:
+        await call
+    except TelegramError as exc:
+        log.info("telegram call ignored: %s", exc)
+
+
+class WebhookServer:
+    """aiohttp server for Telegram's POSTs: refuses any request without the secret header."""
+
+    def __init__(self, application: Application, webhook: Webhook) -> None:
+        self.application = application
+        self.webhook = webhook
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        server = web.Application(client_max_size=1024 * 1024)
+        server.router.add_post(self.webhook.path, self.receive)
+        server.router.add_get("/healthz", _health)
+        self.runner = web.AppRunner(server, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.webhook.host, self.webhook.port).start()
+        log.info("webhook listening on %s:%s%s", self.webhook.host, self.webhook.port, self.webhook.path)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def receive(self, request: web.Request) -> web.Response:
+        supplied = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(supplied.encode(), self.webhook.secret.encode()):
+            log.warning("webhook request from %s without the right secret: refused", request.remote)
+            return web.Response(status=403, text="forbidden")
+        try:
+            update = Update.de_json(await request.json(), self.application.bot)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return web.Response(status=400, text="not an update")
+        if update is None:
+            return web.Response(status=400, text="not an update")
+        await self.application.update_queue.put(update)
+        return _ok()
+
+
+def _ok() -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _ok()
+
+
+@contextlib.asynccontextmanager
+async def running(app: App, *, webhook: Webhook | None = None, poll_timeout: int = 30,
+                  **options: Any) -> AsyncIterator[TelegramAdapter]:
+    """The bot, serving until the block ends (tests use this exactly as :func:`serve` does)."""
+    adapter = TelegramAdapter(app, **options)
+    try:
+        await adapter.start(webhook=webhook, poll_timeout=poll_timeout)
+        yield adapter
+    finally:
+        await adapter.stop()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(app: App, args: Any) -> int:
+    """``docsach run`` with a token: serve Telegram until SIGINT/SIGTERM."""
+    settings = app.settings
+    if settings.secret_key_is_ephemeral:
+        log.warning("DOCSACH_SECRET_KEY is not set: buttons already in Telegram chats will stop "
+                    "working after a restart. Set it in .env (see .env.example).")
+    webhook = None
+    if getattr(args, "webhook", False):
+        if not args.url:
+            log.error("--webhook needs --url https://… (the public address Telegram will call)")
+            return 2
+        if not args.url.startswith("https://"):
+            log.warning("Telegram only calls https:// webhooks; %s is not one", args.url)
+        secret = settings.telegram_webhook_secret or secrets.token_urlsafe(32)
+        if not SECRET_PATTERN.match(secret):
+            log.error("TELEGRAM_WEBHOOK_SECRET may only hold A-Z a-z 0-9 _ - (1–256 characters)")
+            return 2
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        webhook = Webhook(url=args.url, host=host, port=port, secret=secret)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running(app, webhook=webhook) as adapter:
+            log.info("Telegram bot @%s is serving (%s)", adapter.username,
+                     f"webhook {webhook.url}" if webhook else "long polling")
+            await stop.wait()
+    except InvalidToken:
+        log.error("Telegram refused TELEGRAM_BOT_TOKEN; check it with @BotFather")
+        return 2
+    except NetworkError as exc:
+        log.error("cannot reach the Bot API at %s: %s", settings.telegram_api_base_url, exc)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+async def bot_username(token: str, base_url: str) -> str:
+    """The bot's @username from getMe (for QR labels when none is configured)."""
+    async with Bot(token, base_url=base_url, base_file_url=file_base_url(base_url)) as bot:
+        return bot.username

@@ -1,0 +1,241 @@
+"""Finding books: plain text or /search (/tim), result pages with buttons, the book card, and the
+QR deep links for a title (t<id>), a copy (c<id>) and a shelf or reading corner (l<id>).
+
+Other features call :func:`book_card` to show a book, and add their own buttons to it through
+``router.book_card_buttons`` (Reserve, Reflections…).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from handlers.core import Context, Router
+from handlers.i18n import N_
+from handlers.messages import Button, Incoming, Reply
+from services import catalog
+from services.common import NotFound
+from services.models import CopyStatus
+from services.search import MAX_QUERY, CatalogSearch, recall_query, remember_query
+from services.textfold import fold
+
+log = logging.getLogger(__name__)
+
+PAGE = 5
+SHELF_PAGE = 10
+STATUS_KEYS = {
+    CopyStatus.AVAILABLE: N_("search.status_available"),
+    CopyStatus.ON_LOAN: N_("search.status_on_loan"),
+    CopyStatus.ON_HOLD_SHELF: N_("search.status_on_hold_shelf"),
+    CopyStatus.IN_REPAIR: N_("search.status_in_repair"),
+    CopyStatus.LOST: N_("search.status_lost"),
+    CopyStatus.WITHDRAWN: N_("search.status_withdrawn"),
+}
+
+
+def engine(ctx: Context) -> CatalogSearch:
+    """The process's search service (built by the composition root)."""
+    found = ctx.deps.extras.get("search")
+    if found is None:
+        found = ctx.deps.extras["search"] = CatalogSearch(ctx.db)
+    return found
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.isdigit() and len(value) < 10 else None
+
+
+# -- searching ---------------------------------------------------------------------------------
+
+async def search_command(event: Incoming, ctx: Context) -> Reply:
+    return await run_search(ctx, event.args)
+
+
+async def search_text(event: Incoming, ctx: Context) -> Reply | None:
+    if event.chat_type != "private":  # in a group, only /search is meant for the bot
+        return None
+    return await run_search(ctx, event.text)
+
+
+async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = False) -> Reply:
+    """One page of results, or a friendly word about why there is nothing to search for."""
+    t = ctx.t
+    query = " ".join(query.split())
+    if not query:
+        return Reply(t("search.ask"))
+    folded = fold(query[:MAX_QUERY])
+    if not folded:
+        return Reply(t("search.no_words"))
+    if len(folded.replace(" ", "")) < 2:
+        return Reply(t("search.too_short"))
+    results = await engine(ctx).search(query, limit=PAGE, offset=offset, library_id=ctx.actor.library_id)
+    shown = _short(results.query, 60)
+    lines: list[str] = []
+    if results.truncated:
+        lines.append(t("search.truncated", limit=MAX_QUERY))
+    if not results.hits:
+        lines += [t("search.none", query=shown), t("search.none_tips")]
+        return Reply("\n".join(lines), edit=edit)
+    if results.suggestion and offset == 0:
+        lines.append(t("search.did_you_mean", title=_short(results.suggestion, 80)))
+    lines.append(t("search.results", first=offset + 1, last=offset + len(results.hits),
+                   total=max(results.total, offset + len(results.hits)), query=shown))
+    buttons: list[list[Button]] = []
+    for n, hit in enumerate(results.hits, offset + 1):
+        if hit.copies == 0:
+            state = t("search.line_none_here")
+        elif hit.available:
+            state = t("search.line_available", available=hit.available, copies=hit.copies)
+        else:
+            state = t("search.line_out", copies=hit.copies)
+        byline = f" — {_short(hit.authors, 40)}" if hit.authors else ""
+        year = f" ({hit.year})" if hit.year else ""
+        lines.append(f"{n}. {_short(hit.title, 100)}{byline}{year} · {state}")
+        buttons.append([ctx.button(f"{n}. {_short(hit.title, 40)}", "book", hit.id)])
+    paging: list[Button] = []
+    if offset > 0 or results.has_more:
+        query_id = await remember_query(ctx.db, results.query)
+        if offset > 0:
+            paging.append(ctx.button(t("search.prev"), "sp", query_id, max(0, offset - PAGE)))
+        if results.has_more:
+            paging.append(ctx.button(t("search.next"), "sp", query_id, offset + PAGE))
+    if paging:
+        buttons.append(paging)
+    lines.append(t("search.tap_book"))
+    return Reply("\n".join(lines), buttons=buttons, edit=edit)
+
+
+async def press_page(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    query_id = _int(args[0]) if args else None
+    offset = _int(args[1]) if len(args) > 1 else None
+    query = await recall_query(ctx.db, query_id) if query_id is not None else None
+    if query is None or offset is None:
+        return Reply(ctx.t("search.expired_query"))
+    return await run_search(ctx, query, offset, edit=True)
+
+
+# -- the book card -------------------------------------------------------------------------------
+
+async def book_card(ctx: Context, title_id: int, *, scanned_copy: int | None = None) -> Reply:
+    """Title, authors, year, call number, each copy's place and status, the hold queue, and the
+    buttons other features add. Copies of the asker's library (all libraries for a guest)."""
+    t = ctx.t
+    library_id = ctx.actor.library_id
+    card = await catalog.get_title_card(ctx.db, title_id, library_id)
+    lines = [f"📖 {card.title}"]
+    if card.authors:
+        lines.append(t("search.card_authors", authors=card.authors))
+    if card.year:
+        lines.append(t("search.card_year", year=card.year))
+    if card.publisher:
+        lines.append(t("search.card_publisher", publisher=card.publisher))
+    if card.call_number:
+        lines.append(t("search.card_call_number", call_number=card.call_number))
+    if card.isbn13:
+        lines.append(t("search.card_isbn", isbn=card.isbn13))
+    lines.append("")
+    for copy in card.copies:
+        if copy.id == scanned_copy:
+            lines.insert(1, t("search.card_scanned", barcode=copy.barcode, status=t(STATUS_KEYS[copy.status])))
+    if card.copies:
+        lines.append(t("search.card_copies", available=card.available, copies=len(card.copies)))
+        for copy in card.copies[:30]:
+            place = copy.location_name or t("search.card_no_place")
+            status = t(STATUS_KEYS[copy.status])
+            if library_id is None:
+                lines.append(t("search.card_copy_other", library=copy.library_code, barcode=copy.barcode,
+                               place=place, status=status))
+            else:
+                lines.append(t("search.card_copy", barcode=copy.barcode, place=place, status=status))
+        if len(card.copies) > 30:
+            lines.append("…")
+    else:
+        lines.append(t("search.card_no_copies"))
+    lines.append(t("search.card_holds", count=card.holds_waiting) if card.holds_waiting
+                 else t("search.card_no_holds"))
+    buttons: list[list[Button]] = []
+    for provider in ctx.router.card_buttons:
+        try:
+            buttons.extend(await provider(ctx, title_id))
+        except Exception:  # one feature's bug must not hide the book
+            log.exception("book card buttons from %r failed", provider)
+    return Reply("\n".join(lines), buttons=buttons)
+
+
+async def press_book(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    title_id = _int(args[0]) if args else None
+    if title_id is None:
+        return Reply(ctx.t("search.no_such_book"))
+    return await book_card(ctx, title_id)
+
+
+# -- deep links (QR codes) ---------------------------------------------------------------------------
+
+async def link_title(event: Incoming, ctx: Context) -> Reply:
+    title_id = _int(event.args[1:])
+    if title_id is None:
+        return Reply(ctx.t("search.bad_link"))
+    return await book_card(ctx, title_id)
+
+
+async def link_copy(event: Incoming, ctx: Context) -> Reply:
+    copy_id = _int(event.args[1:])
+    if copy_id is None:
+        return Reply(ctx.t("search.bad_link"))
+    title_id = await catalog.title_for_copy(ctx.db, copy_id)
+    if title_id is None:
+        raise NotFound("search.no_such_copy")
+    return await book_card(ctx, title_id, scanned_copy=copy_id)
+
+
+async def link_location(event: Incoming, ctx: Context) -> Reply:
+    location_id = _int(event.args[1:])
+    if location_id is None:
+        return Reply(ctx.t("search.bad_link"))
+    return await shelf(ctx, location_id, 0)
+
+
+async def shelf(ctx: Context, location_id: int, offset: int, *, edit: bool = False) -> Reply:
+    """What is on a shelf or in a classroom reading corner, a page at a time."""
+    t = ctx.t
+    place = await catalog.titles_at_location(ctx.db, location_id)
+    if not place.items:
+        return Reply(t("search.place_empty", name=place.name), edit=edit)
+    page = place.items[offset:offset + SHELF_PAGE]
+    lines = [t("search.place_header", name=place.name, count=len(place.items))]
+    buttons: list[list[Button]] = []
+    for n, item in enumerate(page, offset + 1):
+        lines.append(t("search.place_line", n=n, title=_short(item.title, 90), available=item.available,
+                       copies=item.copies))
+        buttons.append([ctx.button(f"{n}. {_short(item.title, 40)}", "book", item.title_id)])
+    paging = []
+    if offset > 0:
+        paging.append(ctx.button(t("search.prev"), "loc", location_id, max(0, offset - SHELF_PAGE)))
+    if offset + SHELF_PAGE < len(place.items):
+        paging.append(ctx.button(t("search.next"), "loc", location_id, offset + SHELF_PAGE))
+    if paging:
+        buttons.append(paging)
+    return Reply("\n".join(lines), buttons=buttons, edit=edit)
+
+
+async def press_location(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    location_id = _int(args[0]) if args else None
+    offset = _int(args[1]) if len(args) > 1 else 0
+    if location_id is None or offset is None:
+        return Reply(ctx.t("search.no_such_place"))
+    return await shelf(ctx, location_id, offset, edit=True)
+
+
+def register(router: Router) -> None:
+    router.command("search", search_command, help_key="search.cmd_search", aliases=("tim", "timsach"),
+                   in_groups=True)
+    router.fallback_text(search_text)
+    router.button("book", press_book, in_groups=True)
+    router.button("sp", press_page, in_groups=True)
+    router.button("loc", press_location, in_groups=True)
+    router.deep_link("t", link_title)
+    router.deep_link("c", link_copy)
+    router.deep_link("l", link_location)

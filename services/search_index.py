@@ -1,0 +1,661 @@
+"""In-memory catalog search: typo-, diacritics- and telex-tolerant, ~1M titles on one core.
+
+Design (why it is fast): brute-force fuzzy matching over every title is O(N) per
+query. Instead we keep
+
+* an inverted index from folded word tokens to the titles holding them, as CSR
+  numpy int32 arrays (no Python object per posting), plus small append-only
+  deltas so ``upsert``/``remove`` need no rebuild;
+* a deletion-neighbourhood table over the *vocabulary* (SymSpell style: every
+  token and each of its 1-deletions, hashed with crc32 and sorted) so a typo'd
+  query word finds its intended tokens by binary search, then ``rapidfuzz``
+  verifies the edit distance;
+* a token-overlap pre-score (IDF-weighted, vectorised) that narrows the
+  candidates to a few hundred, and only those are scored with rapidfuzz on
+  their folded strings, plus bonuses (exact title, user's own diacritics,
+  available copies break ties).
+
+All work per query is bounded: the query is cut to 200 characters and 12
+words, each word expands to at most a few vocabulary tokens, and candidate
+sets have fixed budgets. ``search`` is a synchronous CPU call of a few
+milliseconds; it is safe to call from a single asyncio thread without locks
+(do not mutate the index from another thread while searching).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import pickle
+import zlib
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import OSA
+
+from services.textfold import decode_words, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
+
+__all__ = ["IndexedTitle", "Hit", "SearchResult", "SearchIndex"]
+
+MAX_QUERY_CHARS = 200
+MAX_QUERY_WORDS = 12
+MAX_FUZZY_PER_WORD = 8
+MAX_PREFIX_PER_WORD = 12
+GEN_BUDGET = 40_000  # postings read to generate candidates
+PRESCORE_KEEP = 1_500  # candidates kept after the first, IDF-only scoring
+RERANK_KEEP = 80  # candidates scored with rapidfuzz
+WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedTitle:
+    """One catalog title as the index needs it (the app's DB row maps onto this)."""
+
+    id: int
+    title: str
+    authors: str = ""
+    isbn13: str | None = None
+    subjects: str = ""
+    year: int | None = None
+    available: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: int
+    score: float
+    matched: str  # which field carried the match: "isbn", "title", "author", "title+author", "subject"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    hits: list[Hit]
+    total_estimate: int
+    suggestion: str | None
+    query_kind: str  # "isbn", "text" or "empty"
+
+
+@dataclass(slots=True)
+class _Group:
+    """One query word: the vocabulary tokens it may stand for, with a weight each."""
+
+    variants: dict[int, float] = field(default_factory=dict)
+    idf: float = 0.0
+    size: int = 0
+
+
+def _crc(s: str) -> int:
+    return zlib.crc32(s.encode())
+
+
+def _deletes1(t: str) -> set[str]:
+    return {t[:i] + t[i + 1 :] for i in range(len(t))}
+
+
+def _fuzzy_token(t: str) -> bool:
+    """Tokens that get typo expansion: folded Latin words of 3-20 letters (other scripts match exactly)."""
+    return 3 <= len(t) <= 20 and t.isascii() and not t.isdigit()
+
+
+def _author_key(authors: str) -> str:
+    """Folded authors without life dates ("Aurand, Samuel, 1854-" → "aurand samuel")."""
+    return " ".join(w for w in fold(authors).split() if not w.isdigit())
+
+
+def _as_record(r) -> IndexedTitle:
+    return r if isinstance(r, IndexedTitle) else IndexedTitle(*r)
+
+
+class SearchIndex:
+    """Catalog search index; build with :meth:`build`, then :meth:`search`."""
+
+    def __init__(self) -> None:
+        self._ids = array("q")
+        self._title: list[str] = []  # as catalogued, for "did you mean"
+        self._ftitle: list[str] = []  # folded
+        self._fauth: list[str] = []  # folded, no dates
+        self._fsubj: list[str] = []  # folded subject headings
+        self._isbn = array("q")  # ISBN-13 as int, 0 if none
+        self._avail = array("i")
+        self._alive = bytearray()
+        self._n_alive = 0
+        # vocabulary
+        self._vocab: dict[str, int] = {}
+        self._tokens: list[str] = []
+        self._sorted_tokens: list[str] = []
+        # base postings (CSR) and deltas, for title+author tokens ("m") and subject tokens ("s")
+        self._m_off = np.zeros(1, np.int64)
+        self._m_docs = np.zeros(0, np.int32)
+        self._s_off = np.zeros(1, np.int64)
+        self._s_docs = np.zeros(0, np.int32)
+        self._m_delta: dict[int, array] = {}
+        self._s_delta: dict[int, array] = {}
+        # deletion neighbourhood table: crc32(token or 1-deletion) -> token id
+        self._del_keys = np.zeros(0, np.uint32)
+        self._del_tok = np.zeros(0, np.int32)
+        self._del_delta: dict[int, list[int]] = {}
+        # id -> slot: sorted base arrays + dict for slots added after build
+        self._base_ids = np.zeros(0, np.int64)
+        self._base_slots = np.zeros(0, np.int32)
+        self._slot_delta: dict[int, int] = {}
+        self._isbn_keys = np.zeros(0, np.int64)
+        self._isbn_slots = np.zeros(0, np.int32)
+        self._isbn_delta: dict[int, list[int]] = {}
+        self._n_base_tokens = 0
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, records: Iterable) -> SearchIndex:
+        """Build from ``IndexedTitle``s or tuples (id, title, authors, isbn13, subjects, year, available).
+
+        If an id repeats, the last row wins.
+        """
+        idx = cls()
+        vocab = idx._vocab
+        vget = vocab.get
+        pairs_m: list[np.ndarray] = []  # (token id << 32 | slot) per chunk
+        pairs_s: list[np.ndarray] = []
+        # authors and subject headings repeat across a catalog: fold each distinct one once
+        a_cache: dict[str, str] = {}
+        s_cache: dict[str, str] = {}
+        start = 0
+        for chunk in _chunks(records, 16384):
+            fts, fas, fss = [], [], []
+            for rec in chunk:
+                r = rec if isinstance(rec, IndexedTitle) else IndexedTitle(*rec)
+                title = r.title or ""
+                fts.append(fold(title))
+                fa = a_cache.get(r.authors)
+                if fa is None:
+                    fa = a_cache[r.authors] = _author_key(r.authors or "")
+                fas.append(fa)
+                fs = s_cache.get(r.subjects)
+                if fs is None:
+                    fs = s_cache[r.subjects] = fold(r.subjects) if r.subjects else ""
+                fss.append(fs)
+                idx._ids.append(int(r.id))
+                idx._title.append(title)
+                isbn = r.isbn13
+                if isbn and not (len(isbn) == 13 and isbn.isdigit()):
+                    isbn = normalize_isbn(isbn)
+                idx._isbn.append(int(isbn) if isbn else 0)
+                idx._avail.append(max(0, int(r.available or 0)))
+            idx._ftitle.extend(fts)
+            idx._fauth.extend(fas)
+            idx._fsubj.extend(fss)
+            mains = [f"{t} {a}" if t and a else t or a for t, a in zip(fts, fas, strict=True)]
+            pairs_m.append(_pairs(mains, vocab, vget, start))
+            pairs_s.append(_pairs(fss, vocab, vget, start))
+            start += len(chunk)
+        del a_cache, s_cache
+        idx._alive = bytearray(b"\x01") * start
+        idx._n_alive = start
+        idx._tokens = list(vocab)  # ids were handed out in insertion order
+        n_tok = len(idx._tokens)
+        idx._m_off, idx._m_docs = _csr(pairs_m, n_tok)
+        del pairs_m
+        idx._s_off, idx._s_docs = _csr(pairs_s, n_tok)
+        del pairs_s
+        idx._n_base_tokens = n_tok
+        idx._sorted_tokens = sorted(idx._tokens)
+        idx._build_deletes()
+        idx._build_id_maps()
+        return idx
+
+    def _append_row(self, r: IndexedTitle, cache: dict[str, str] | None = None) -> int:
+        slot = len(self._ids)
+        self._ids.append(int(r.id))
+        self._title.append(r.title or "")
+        ft = fold(r.title or "")
+        self._ftitle.append(ft)
+        fa = fs = None
+        if cache is not None:
+            fa = cache.get("a" + (r.authors or ""))
+            fs = cache.get("s" + (r.subjects or ""))
+        if fa is None:
+            fa = _author_key(r.authors or "")
+            if cache is not None:
+                cache["a" + (r.authors or "")] = fa
+        if fs is None:
+            fs = fold(r.subjects) if r.subjects else ""
+            if cache is not None:
+                cache["s" + (r.subjects or "")] = fs
+        self._fauth.append(fa)
+        self._fsubj.append(fs)
+        isbn = r.isbn13 if r.isbn13 and len(r.isbn13) == 13 and r.isbn13.isdigit() else None
+        isbn = isbn or (normalize_isbn(r.isbn13) if r.isbn13 else None)
+        self._isbn.append(int(isbn) if isbn else 0)
+        self._avail.append(max(0, int(r.available or 0)))
+        self._alive.append(1)
+        self._n_alive += 1
+        return slot
+
+    def _token_id(self, t: str) -> int:
+        tid = self._vocab.get(t)
+        if tid is None:
+            tid = len(self._tokens)
+            self._vocab[t] = tid
+            self._tokens.append(t)
+        return tid
+
+    def _row_tokens(self, slot: int, r: IndexedTitle) -> tuple[list[int], list[int]]:
+        main = set(self._ftitle[slot].split())
+        main.update(self._fauth[slot].split())
+        subj = set(self._fsubj[slot].split()) - main
+        tid = self._token_id
+        return [tid(t) for t in main], [tid(t) for t in subj]
+
+    def _build_deletes(self) -> None:
+        keys = array("I")
+        toks = array("i")
+        crc = zlib.crc32
+        for tid, t in enumerate(self._tokens):
+            if _fuzzy_token(t):
+                b = t.encode()
+                n = len(b) + 1
+                keys.append(crc(b))
+                keys.extend([crc(b[:i] + b[i + 1 :]) for i in range(n - 1)])
+                toks.extend([tid] * n)
+            else:
+                keys.append(crc(t.encode()))
+                toks.append(tid)
+        k = np.frombuffer(keys, np.uint32)
+        order = np.argsort(k, kind="stable")
+        self._del_keys = k[order]
+        self._del_tok = np.frombuffer(toks, np.int32)[order]
+
+    def _build_id_maps(self) -> None:
+        ids = np.frombuffer(self._ids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        sid = ids[order]
+        dup = np.nonzero(sid[1:] == sid[:-1])[0]  # an earlier slot with the same id as the next one
+        for s in order[dup].tolist():
+            self._kill(s)
+        keep = np.ones(len(order), bool)
+        keep[dup] = False
+        self._base_slots = order[keep].astype(np.int32)
+        self._base_ids = sid[keep]
+        alive = np.frombuffer(self._alive, np.uint8).astype(bool)
+        slots = np.nonzero(alive)[0].astype(np.int32)
+        isbn = np.frombuffer(self._isbn, np.int64)
+        has = slots[isbn[slots] != 0]
+        order = np.argsort(isbn[has], kind="stable")
+        self._isbn_slots = has[order].astype(np.int32)
+        self._isbn_keys = isbn[self._isbn_slots]
+
+    # ---------------------------------------------------------- maintenance
+    def __len__(self) -> int:
+        return self._n_alive
+
+    def _slot_of(self, rid: int) -> int | None:
+        s = self._slot_delta.get(rid)
+        if s is not None:
+            return s if self._alive[s] else None
+        i = int(np.searchsorted(self._base_ids, rid))
+        if i < len(self._base_ids) and self._base_ids[i] == rid:
+            s = int(self._base_slots[i])
+            return s if self._alive[s] else None
+        return None
+
+    def _kill(self, slot: int) -> None:
+        if self._alive[slot]:
+            self._alive[slot] = 0
+            self._n_alive -= 1
+
+    def remove(self, id: int) -> bool:
+        """Drop a title; returns False if it was not indexed. Its postings stay but are filtered out."""
+        s = self._slot_of(int(id))
+        if s is None:
+            return False
+        self._kill(s)
+        return True
+
+    def upsert(self, record) -> None:
+        """Add or replace one title without rebuilding (new slot; the old one is tombstoned)."""
+        r = _as_record(record)
+        self.remove(r.id)
+        slot = self._append_row(r)
+        self._slot_delta[int(r.id)] = slot
+        n_before = len(self._tokens)
+        mt, st = self._row_tokens(slot, r)
+        for tid in mt:
+            self._m_delta.setdefault(tid, array("i")).append(slot)
+        for tid in st:
+            self._s_delta.setdefault(tid, array("i")).append(slot)
+        for tid in range(n_before, len(self._tokens)):  # tokens this row brought into the vocabulary
+            t = self._tokens[tid]
+            bisect.insort(self._sorted_tokens, t)
+            for v in _deletes1(t) | {t} if _fuzzy_token(t) else {t}:
+                self._del_delta.setdefault(_crc(v), []).append(tid)
+        if self._isbn[slot]:
+            self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
+
+    def compact(self) -> SearchIndex:
+        """Return a freshly built index of the live titles (drops tombstones and deltas)."""
+        return SearchIndex.build(self.records())
+
+    def records(self) -> Iterable[IndexedTitle]:
+        """Live titles; subjects are not kept in memory, so they come back empty."""
+        for s in range(len(self._ids)):
+            if self._alive[s]:
+                isbn = self._isbn[s]
+                yield IndexedTitle(self._ids[s], self._title[s], "", str(isbn) if isbn else None, "", None, self._avail[s])
+
+    # --------------------------------------------------------------- persist
+    def save(self, path: str | Path) -> None:
+        """Snapshot to one pickle file (numpy arrays pickle compactly); load with :meth:`load`."""
+        with open(path, "wb") as f:
+            pickle.dump({k: getattr(self, k) for k in self.__dict__}, f, protocol=5)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchIndex:
+        """Load a snapshot written by :meth:`save` (trusted files only: it is a pickle)."""
+        idx = cls()
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+        idx.__dict__.update(state)
+        return idx
+
+    # ---------------------------------------------------------------- lookup
+    def _postings(self, tid: int, subject: bool = False) -> np.ndarray:
+        off, docs, delta = (self._s_off, self._s_docs, self._s_delta) if subject else (
+            self._m_off, self._m_docs, self._m_delta)
+        base = docs[off[tid] : off[tid + 1]] if tid < self._n_base_tokens else docs[:0]
+        d = delta.get(tid)
+        if d:
+            return np.concatenate([base, np.frombuffer(d, np.int32)])
+        return base
+
+    def _df(self, tid: int) -> int:
+        n = 0
+        if tid < self._n_base_tokens:
+            n = int(self._m_off[tid + 1] - self._m_off[tid] + self._s_off[tid + 1] - self._s_off[tid])
+        return n + len(self._m_delta.get(tid, ())) + len(self._s_delta.get(tid, ()))
+
+    def _fuzzy(self, w: str, allow2: bool = True) -> list[tuple[int, int]]:
+        """Vocabulary tokens within edit distance 1 (2 for long unknown words) of ``w``: [(token id, distance)]."""
+        if not _fuzzy_token(w):
+            return []
+        maxd = 2 if allow2 and len(w) >= 7 else 1
+        keys = _deletes1(w) | {w}
+        if maxd == 2:
+            keys |= {d2 for d1 in list(keys) for d2 in _deletes1(d1)}
+        hs = np.fromiter((_crc(k) for k in keys), np.uint32, len(keys))
+        lo = np.searchsorted(self._del_keys, hs, "left")
+        hi = np.searchsorted(self._del_keys, hs, "right")
+        cand: set[int] = set()
+        for a, b in zip(lo[hi > lo].tolist(), hi[hi > lo].tolist(), strict=True):
+            cand.update(self._del_tok[a:b].tolist())
+        if self._del_delta:
+            for h in hs.tolist():
+                cand.update(self._del_delta.get(h, ()))
+        out = []
+        for tid in cand:
+            t = self._tokens[tid]
+            if t == w:
+                continue
+            d = OSA.distance(w, t, score_cutoff=maxd)
+            if d <= maxd:
+                out.append((tid, d))
+        out.sort(key=lambda x: (x[1], -self._df(x[0])))
+        return out[:MAX_FUZZY_PER_WORD]
+
+    def _prefix(self, w: str) -> list[int]:
+        if len(w) < 3:
+            return []
+        i = bisect.bisect_left(self._sorted_tokens, w)
+        out = []
+        while i < len(self._sorted_tokens) and len(out) < 200:
+            t = self._sorted_tokens[i]
+            if not t.startswith(w):
+                break
+            if t != w:
+                out.append(self._vocab[t])
+            i += 1
+        out.sort(key=lambda tid: -self._df(tid))
+        return out[:MAX_PREFIX_PER_WORD]
+
+    def _groups(self, words: list[str], alts: list[str | None]) -> list[_Group]:
+        n = max(self._n_alive, 1)
+        groups = []
+        for i, (w, alt) in enumerate(zip(words, alts, strict=True)):
+            g = _Group()
+            exact_df = None
+            for form, wt in ((w, 1.0), (alt, 1.0)):
+                if not form:
+                    continue
+                tid = self._vocab.get(form)
+                if tid is not None and self._df(tid):
+                    g.variants[tid] = max(g.variants.get(tid, 0.0), wt)
+                    exact_df = self._df(tid) if exact_df is None else min(exact_df, self._df(tid))
+            for form in (w, alt):
+                if not form:
+                    continue
+                # a word the catalog already uses often is taken as typed when other words
+                # carry the query too; common short words ("the", "of") never expand
+                if exact_df is not None and (exact_df > 50 and len(form) <= 4 or exact_df >= 20 and len(words) >= 2):
+                    continue
+                for tid, d in self._fuzzy(form, exact_df is None):
+                    g.variants.setdefault(tid, 0.85 if d == 1 else 0.7)
+            if i == len(words) - 1:  # the last word may be unfinished
+                for tid in self._prefix(w):
+                    g.variants.setdefault(tid, 0.75)
+            if not g.variants:
+                continue
+            dfs = [self._df(t) for t in g.variants]
+            g.size = sum(dfs)
+            df = exact_df if exact_df is not None else min(dfs)
+            g.idf = math.log(1.0 + n / (df + 0.5))
+            groups.append(g)
+        return groups
+
+    # ---------------------------------------------------------------- search
+    def search(self, query: str, limit: int = 10, offset: int = 0) -> SearchResult:
+        """Best matches for a free-text or ISBN query; never raises on odd input, bounded work."""
+        limit = max(0, min(int(limit), 100))
+        offset = max(0, min(int(offset), 400))
+        q = (query or "")[:MAX_QUERY_CHARS]
+        if looks_like_isbn(q):
+            isbn = normalize_isbn(q)
+            slots = self._isbn_lookup(int(isbn)) if isbn else []
+            if slots:
+                slots.sort(key=lambda s: (-self._avail[s], s))
+                hits = [Hit(self._ids[s], 100.0, "isbn") for s in slots]
+                return SearchResult(hits[offset : offset + limit], len(hits), None, "isbn")
+            kind = "isbn"
+        else:
+            kind = "text"
+        fq = fold(q)
+        if not fq:
+            return SearchResult([], 0, None, "empty")
+        words = list(dict.fromkeys(fq.split()))[:MAX_QUERY_WORDS]
+        alts: list[str | None] = []
+        for w, dec in zip(words, decode_words(words), strict=True):
+            fd = fold(dec) if dec else None
+            alts.append(fd if fd and fd != w and " " not in fd else None)
+        fq = " ".join(words)
+        fq_alt = " ".join(a or w for w, a in zip(words, alts, strict=True)) if any(alts) else None
+        groups = self._groups(words, alts)
+        if not groups:
+            return SearchResult([], 0, None, kind)
+        cands, pre, total = self._candidates(groups)
+        if len(cands) == 0:
+            return SearchResult([], 0, None, kind)
+        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1))
+        hits = ranked[offset : offset + limit]
+        suggestion = None
+        # "did you mean": a query word was not in the catalog's vocabulary, or the best match is weak
+        corrected = any(self._vocab.get(w) is None and self._vocab.get(a or "") is None for w, a in zip(words, alts, strict=True))
+        if ranked and (corrected or ranked[0].score < WEAK_SCORE):
+            suggestion = self._title[self._slot_of(ranked[0].id)]
+        return SearchResult(hits, max(total, len(hits) + offset), suggestion, kind)
+
+    def _isbn_lookup(self, key: int) -> list[int]:
+        lo = int(np.searchsorted(self._isbn_keys, key, "left"))
+        hi = int(np.searchsorted(self._isbn_keys, key, "right"))
+        slots = self._isbn_slots[lo:hi].tolist() + self._isbn_delta.get(key, [])
+        return [s for s in dict.fromkeys(slots) if self._alive[s] and self._isbn[s] == key]
+
+    def _group_postings(self, g: _Group, cap: int) -> tuple[np.ndarray, np.ndarray]:
+        """Docs holding any variant of the word, each with its best weight (subject hits count half)."""
+        docs, wts = [], []
+        for tid, w in sorted(g.variants.items(), key=lambda x: -x[1]):
+            for subject, mul in ((False, 1.0), (True, 0.5)):
+                p = self._postings(tid, subject)
+                if len(p):
+                    p = p[:cap]
+                    docs.append(p)
+                    wts.append(np.full(len(p), w * mul, np.float32))
+        if not docs:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        if len(docs) == 1:
+            return docs[0], wts[0]
+        d = np.concatenate(docs)
+        w = np.concatenate(wts)
+        order = np.lexsort((-w, d))
+        d, w = d[order], w[order]
+        keep = np.empty(len(d), bool)
+        keep[0] = True
+        np.not_equal(d[1:], d[:-1], out=keep[1:])
+        return d[keep], w[keep]
+
+    def _candidates(self, groups: list[_Group]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Token-overlap pre-score: rarest words generate candidates, common words only add score."""
+        order = sorted(range(len(groups)), key=lambda i: groups[i].size)
+        used = 0
+        gen_docs, gen_w = [], []
+        rest = []
+        for rank, gi in enumerate(order):
+            g = groups[gi]
+            if rank == 0 or used + g.size <= GEN_BUDGET:
+                d, w = self._group_postings(g, GEN_BUDGET)
+                used += len(d)
+                gen_docs.append(d)
+                gen_w.append(w * g.idf)
+            else:
+                rest.append(g)
+        d = np.concatenate(gen_docs)
+        w = np.concatenate(gen_w)
+        cands, inv = np.unique(d, return_inverse=True)
+        pre = np.bincount(inv, weights=w, minlength=len(cands))
+        alive = np.frombuffer(self._alive, np.uint8)[cands].astype(bool)
+        cands, pre = cands[alive], pre[alive]
+        total_w = sum(g.idf for g in groups)
+        total = int(np.count_nonzero(pre >= 0.5 * total_w))
+        if len(cands) > PRESCORE_KEEP:
+            top = np.argpartition(-pre, PRESCORE_KEEP)[:PRESCORE_KEEP]
+            cands, pre = cands[top], pre[top]
+            order_c = np.argsort(cands)
+            cands, pre = cands[order_c], pre[order_c]
+        for g in rest:
+            gs = np.zeros(len(cands))
+            for tid, wt in g.variants.items():
+                for subject, mul in ((False, 1.0), (True, 0.5)):
+                    p = self._postings(tid, subject)
+                    if len(p) == 0:
+                        continue
+                    pos = np.searchsorted(p, cands)
+                    pos[pos >= len(p)] = len(p) - 1
+                    np.maximum(gs, (p[pos] == cands) * (wt * mul), out=gs)
+            pre += gs * g.idf
+        return cands, pre / max(total_w, 1e-9), total
+
+    def _matched(self, queries: list[str], slot: int, full: float, srt: float, tset: float, asrt: float) -> str:
+        """Name the field that carried a hit (only computed for hits returned)."""
+        t_part = max(full, srt, tset)
+        fa, fs = self._fauth[slot], self._fsubj[slot]
+        both = f"{self._ftitle[slot]} {fa}"
+        a_part = max(asrt, max(fuzz.token_set_ratio(q, fa, processor=None) for q in queries))
+        b_part = max(fuzz.token_set_ratio(q, both, processor=None) for q in queries)
+        s_part = max(fuzz.token_set_ratio(q, fs, processor=None) for q in queries) if fs else 0.0
+        if max(t_part, a_part, b_part) < 60 or s_part > max(t_part, a_part, b_part) + 10:
+            return "subject"
+        if a_part > t_part + 10:
+            return "author"
+        if t_part >= a_part or b_part <= t_part + 5:
+            return "title"
+        return "title+author"
+
+    def _rerank(self, q: str, fq: str, fq_alt: str | None, cands: np.ndarray, cov: np.ndarray, keep: int,
+                limit: int) -> list[Hit]:
+        if len(cands) > keep:
+            top = np.argpartition(-cov, keep)[:keep]
+            cands, cov = cands[top], cov[top]
+        slots = cands.tolist()
+        titles = [self._ftitle[s] for s in slots]
+        auths = [self._fauth[s] for s in slots]
+        queries = [fq] if fq_alt is None else [fq, fq_alt]
+        kw = {"processor": None, "workers": 1, "dtype": np.float32}
+        full = process.cdist(queries, titles, scorer=fuzz.ratio, **kw).max(axis=0)
+        srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
+        asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
+        # IDF-weighted word coverage over title, authors and subjects (typo-aware, from the
+        # pre-score) stands in for token_set_ratio on those fields, which costs 3x more.
+        text = np.maximum.reduce([full, srt, 0.93 * tset, 0.93 * asrt, 90.0 * np.minimum(cov, 1.0)])
+        # full-string similarity breaks ties between titles that all contain the words
+        score = 0.8 * text + 20.0 * np.minimum(cov, 1.0) + 4.0 * exact + 0.05 * full
+        # the user's own diacritics: "hòa" prefers "Hòa", plain "hoa" prefers "Hoa". The bonus is at
+        # most 3 points, so only candidates that close to the last place shown can move.
+        mq = fold_keep_marks(q)
+        if mq:
+            mq_words = set(mq.split())
+            kth = np.partition(score, len(score) - min(limit, len(score)))[len(score) - min(limit, len(score))]
+            for i in np.nonzero(score >= kth - 3.01)[0].tolist():
+                raw = self._title[slots[i]]
+                mt = titles[i] if raw.isascii() else fold_keep_marks(raw)
+                if mt == mq:
+                    score[i] += 3.0
+                elif not mq.isascii():
+                    score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
+        score = np.round(score, 3)
+        avail = np.frombuffer(self._avail, np.int32)[cands]
+        # best score first; equal scores: titles with copies on the shelf, then more copies
+        order = np.lexsort((cands, -avail, avail <= 0, -score))[:limit]
+        hits = []
+        for i in order.tolist():
+            hits.append(Hit(self._ids[slots[i]], float(score[i]), self._matched(queries, slots[i], full[i], srt[i], tset[i], asrt[i])))
+        return hits
+
+
+def _chunks(records: Iterable, n: int) -> Iterable[list]:
+    it = iter(records)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def _pairs(texts: list[str], vocab: dict[str, int], vget, start: int) -> np.ndarray:
+    """Token id << 32 | slot for every word of every text (texts are folded: single spaces)."""
+    words = " ".join(texts).split()
+    ids = list(map(vget, words))
+    if None in ids:  # new words get the next ids, so list(vocab) maps id -> token
+        for w in words:
+            if w not in vocab:
+                vocab[w] = len(vocab)
+        ids = list(map(vget, words))
+    counts = np.fromiter((t.count(" ") + 1 if t else 0 for t in texts), np.int64, len(texts))
+    slots = np.repeat(np.arange(start, start + len(texts), dtype=np.int64), counts)
+    return (np.array(ids, np.int64) << 32) | slots
+
+
+def _csr(chunks: list[np.ndarray], n_tok: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-major postings: offsets (n_tok+1) and slots, each token's slots ascending, no repeats."""
+    keys = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    keys.sort()  # sort-based dedup: np.unique's hash path is several times slower here
+    if len(keys):
+        keep = np.empty(len(keys), bool)
+        keep[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+        keys = keys[keep]
+    tok = (keys >> 32).astype(np.int32)
+    docs = (keys & 0xFFFFFFFF).astype(np.int32)
+    del keys
+    off = np.zeros(n_tok + 1, np.int64)
+    np.cumsum(np.bincount(tok, minlength=n_tok), out=off[1:])
+    return off, docs
