@@ -133,3 +133,29 @@ async def test_403_blocked_chat_becomes_unreachable(tg, clock: Clock):
         states = {n.status for n in (await s.execute(select(Notification))).scalars()}
     assert states == {NotificationStatus.SENT, NotificationStatus.SKIPPED}
     assert [r.card_number for r in await reminders.unreachable_chats(app.db, None)] == ["HS001"]
+
+
+async def test_end_to_end_with_the_telegram_adapter_renew_pressed_on_a_reminder(demo_app: App, clock: Clock):
+    """The running bot (adapter, router, handlers) sends the reminder it swept and handles the
+    Renew press that comes back as a callback query."""
+    from bot import telegram
+
+    async with FakeBotApi() as api, telegram.running(
+            demo_app, token=api.token, base_url=api.base_url, poll_timeout=1, backoff=(0.05, 0.1)):
+        assert "telegram" in demo_app.deps.outbound                     # the adapter registered its channel
+        patron = await link(demo_app.db, "HS002", channel="telegram", language="en")
+        async with demo_app.db.transaction() as s:
+            identity = (await s.execute(select(ChatIdentity).where(ChatIdentity.patron_id == patron.id))).scalar_one()
+            identity.chat_id = identity.external_id = "5002"
+        clock.set(at(2026, 12, 1, 9))
+        loan = await lend(demo_app.db, "HS002", date(2026, 12, 3))
+        assert (await sweeper_for(demo_app).sweep()).messages == 1
+        [message] = await api.wait_for_sent(5002)
+        renew = next(b for row in message["reply_markup"]["inline_keyboard"] for b in row if "Renew" in b["text"])
+        before = len(api.calls)
+        api.push_callback(5002, message["message_id"], renew["callback_data"], language_code="en")
+        await api._wait_until(lambda: any(c.method.lower() == "answercallbackquery" for c in api.calls[before:]), 5.0)
+        async with demo_app.db.session() as s:
+            assert (await s.get(Loan, loan.id)).due_date == date(2026, 12, 17)
+        shown = [c.params.get("text") for c in api.calls[before:] if c.params.get("text")]
+        assert any("Renewed" in text for text in shown), shown
