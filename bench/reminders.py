@@ -145,8 +145,29 @@ class ThinTelegramChannel:
         return Delivery(str(message.message_id))
 
 
-async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock):
-    """The real adapter's channel when it is installed, else the thin one; both on PTB + AIORateLimiter."""
+def wire_gated(limiter_cls, gate: RateLimiter):
+    """A PTB rate limiter that also passes every send through ``gate`` right before the HTTP
+    request, i.e. after everything the channel does first (the adapter checks the database for
+    unreachable chats before each send), so that work's jitter cannot bunch sends into a burst."""
+
+    class WireGated(limiter_cls):
+        async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):
+            if endpoint.lower().startswith("send"):
+                async def gated(*a, **k):
+                    await gate.gate()
+                    return await callback(*a, **k)
+
+                return await super().process_request(gated, args, kwargs, endpoint, data, rate_limit_args)
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+    return WireGated
+
+
+async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: float, wire_gate: bool):
+    """The real adapter's channel when it is installed, else the thin one; both on PTB + AIORateLimiter.
+
+    ``max_retries=0`` for 429s: the sweeper pauses every send for ``retry_after`` and re-queues
+    the notice (PTB's own retry would add an unpaced request on top of the paced ones)."""
     from telegram.ext import AIORateLimiter, ExtBot
     from telegram.request import HTTPXRequest
 
@@ -154,17 +175,16 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock):
     try:
         from bot.telegram import ResilientRateLimiter, TelegramChannel
     except ImportError:
-        # max_retries=0: a 429 surfaces to the sweeper, which pauses every send for retry_after and
-        # re-queues the notice (PTB's own retry would add an unpaced request on top of the paced ones).
-        bot = ExtBot(api.token, base_url=api.base_url, request=request,
-                     rate_limiter=AIORateLimiter(max_retries=0))
-        await bot.initialize()
-        return bot, ThinTelegramChannel(bot), "thin PTB ExtBot channel (bench)"
-    # max_retries=0 for 429s: the sweeper pauses every send for retry_after and re-queues the notice
-    # (PTB's own retry would add an unpaced request on top of the paced ones); 5xx backoff stays.
-    bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=ResilientRateLimiter(max_retries=0))
+        ResilientRateLimiter = TelegramChannel = None
+    limiter_cls = ResilientRateLimiter or AIORateLimiter
+    if wire_gate:
+        limiter_cls = wire_gated(limiter_cls, RateLimiter(per_second=rate))
+    bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=limiter_cls(max_retries=0))
     await bot.initialize()
-    return bot, TelegramChannel(bot, db, clock=clock), "bot.telegram.TelegramChannel"
+    label = " + wire gate" if wire_gate else ""
+    if TelegramChannel is None:
+        return bot, ThinTelegramChannel(bot), "thin PTB ExtBot channel (bench)" + label
+    return bot, TelegramChannel(bot, db, clock=clock), f"bot.telegram.TelegramChannel ({limiter_cls.__name__}){label}"
 
 
 @dataclass
@@ -272,7 +292,7 @@ async def main(args: argparse.Namespace) -> None:
         server = ServerProcess()
         api = await server.start(blocked)
         try:
-            bot, channel, kind = await telegram_channel(api, app.db, clock)
+            bot, channel, kind = await telegram_channel(api, app.db, clock, args.rate, not args.no_wire_gate)
             app.deps.outbound["telegram"] = channel
             sweeper = Sweeper(app.router, worker="bench", limiter=RateLimiter(per_second=args.rate),
                               concurrency=8)
@@ -316,9 +336,14 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    import logging
+
+    logging.getLogger("telegram").setLevel(logging.CRITICAL)   # 429s are counted and printed below
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loans", type=int, default=100_000, help="active loans to create (default 100000)")
     parser.add_argument("--messages", type=int, default=1500, help="messages to send in the window (default 1500)")
     parser.add_argument("--rate", type=float, default=28.0, help="sender-side overall limit, msg/s (default 28)")
+    parser.add_argument("--no-wire-gate", action="store_true",
+                        help="do not gate sends again inside PTB's rate limiter, right before the request")
     parser.add_argument("--postgres", metavar="URL", help="PostgreSQL server URL; a throw-away database is created")
     asyncio.run(main(parser.parse_args()))
