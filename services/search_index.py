@@ -336,15 +336,16 @@ class SearchIndex:
             self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
 
     def compact(self) -> SearchIndex:
-        """Return a freshly built index of the live titles (drops tombstones and deltas)."""
+        """Return a freshly built index of the live titles (drops tombstones and deltas after many edits)."""
         return SearchIndex.build(self.records())
 
     def records(self) -> Iterable[IndexedTitle]:
-        """Live titles; subjects are not kept in memory, so they come back empty."""
+        """Live titles as indexed: authors and subjects come back folded (enough to re-index), no year."""
         for s in range(len(self._ids)):
             if self._alive[s]:
                 isbn = self._isbn[s]
-                yield IndexedTitle(self._ids[s], self._title[s], "", str(isbn) if isbn else None, "", None, self._avail[s])
+                yield IndexedTitle(self._ids[s], self._title[s], self._fauth[s], str(isbn) if isbn else None,
+                                   self._fsubj[s], None, self._avail[s])
 
     # --------------------------------------------------------------- persist
     def save(self, path: str | Path) -> None:

@@ -213,6 +213,11 @@ def test_upsert_and_remove_without_rebuild(rows):
     assert idx.remove(9101)
     assert 9101 not in top_ids(idx, "chi pheo")
     assert len(idx) == n
+    # compacting folds the deltas and tombstones into a fresh build with the same answers
+    fresh = idx.compact()
+    assert len(fresh) == n
+    for q in ("lao hac", "nam cao", "truyeenj kieeuf", "0439023483", "rowling harry"):
+        assert top_ids(fresh, q) == top_ids(idx, q)
 
 
 def test_duplicate_ids_in_build_keep_last():
