@@ -278,7 +278,7 @@ def run_pg(rows, queries, truth, dsn_base: str, n_queries: int):
             if not fq:
                 return []
             return [x[0] for x in c.execute(
-                "SELECT id FROM titles WHERE %s <% doc ORDER BY word_similarity(%s, doc) DESC, id LIMIT 5", (fq, fq))]
+                "SELECT id FROM titles WHERE %s <%% doc ORDER BY word_similarity(%s, doc) DESC, id LIMIT 5", (fq, fq))]
 
         sub = queries[:n_queries]
         note = "ISBN queries use an equality lookup on an isbn13 column"
@@ -313,7 +313,9 @@ def main() -> None:
 
     t = time.perf_counter()
     real = load_real(data)
-    rows = pad_with_variants(real, args.rows, rng) if args.rows > len(real) else real[: args.rows]
+    if args.rows < len(real):
+        real = real[: args.rows]
+    rows = pad_with_variants(real, args.rows, rng) if args.rows > len(real) else real
     print(f"loaded {len(real):,} real rows, {len(rows):,} indexed ({time.perf_counter() - t:.1f}s)", flush=True)
 
     groups: dict[str, set[int]] = defaultdict(set)
@@ -353,7 +355,7 @@ def main() -> None:
     print(_fmt_row(res), flush=True)
 
     if not args.skip_brute:
-        nb = args.brute_queries or (200 if len(rows) <= 300_000 else 60)
+        nb = args.brute_queries or (100 if len(rows) <= 300_000 else 30)
         choices = [f"{fold(r.title)} {fold(r.authors)}".strip() for r in rows]
         ids = [r.id for r in rows]
         sub = queries[:nb]
