@@ -46,8 +46,8 @@ MAX_QUERY_CHARS = 200
 MAX_QUERY_WORDS = 12
 MAX_FUZZY_PER_WORD = 8
 MAX_PREFIX_PER_WORD = 12
-GEN_BUDGET = 40_000  # postings read to generate candidates
-PRESCORE_KEEP = 1_500  # candidates kept after the first, IDF-only scoring
+GEN_BUDGET = 20_000  # postings read to generate candidates
+PRESCORE_KEEP = 1_000  # candidates kept after the first, IDF-only scoring
 RERANK_KEEP = 80  # candidates scored with rapidfuzz
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
 
@@ -607,13 +607,16 @@ class SearchIndex:
         mq = fold_keep_marks(q)
         if mq:
             mq_words = set(mq.split())
+            ascii_q = mq.isascii()
             kth = np.partition(score, len(score) - min(limit, len(score)))[len(score) - min(limit, len(score))]
             for i in np.nonzero(score >= kth - 3.01)[0].tolist():
+                if ascii_q and titles[i] != fq and titles[i] != fq_alt:
+                    continue  # an unmarked query can only equal an unmarked title with the same fold
                 raw = self._title[slots[i]]
                 mt = titles[i] if raw.isascii() else fold_keep_marks(raw)
                 if mt == mq:
                     score[i] += 3.0
-                elif not mq.isascii():
+                elif not ascii_q:
                     score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
         score = np.round(score, 3)
         avail = np.frombuffer(self._avail, np.int32)[cands]
