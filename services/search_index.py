@@ -479,8 +479,9 @@ class SearchIndex:
         for w, dec in zip(words, decode_words(words), strict=True):
             fd = fold(dec) if dec else None
             alts.append(fd if fd and fd != w and " " not in fd else None)
-        fq = " ".join(words)
-        fq_alt = " ".join(a or w for w, a in zip(words, alts, strict=True)) if any(alts) else None
+        # groups use distinct words; the scored query string keeps them all ("harry potter ... harry potter 1")
+        alt_of = {w: a for w, a in zip(words, alts, strict=True) if a}
+        fq_alt = " ".join(alt_of.get(w, w) for w in fq.split()) if alt_of else None
         groups = self._groups(words, alts)
         if not groups:
             return SearchResult([], 0, None, kind)

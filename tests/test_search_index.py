@@ -99,6 +99,14 @@ def test_english_typos(index, rows, query):
     assert title_of(rows, first.id).startswith("Harry Potter and the Sorcerer's Stone")
 
 
+def test_exact_title_with_repeated_words_gets_exact_bonus(index, rows):
+    title = "Harry Potter and the Sorcerer's Stone (Harry Potter, #1)"
+    hit = index.search(title, limit=1).hits[0]
+    assert title_of(rows, hit.id) == title
+    second = index.search(title, limit=2).hits[1]
+    assert hit.score - second.score >= 4.0  # the exact-title bonus applied
+
+
 def test_author_plus_title_word(index, rows):
     ids = top_ids(index, "rowling harry")
     assert ids and all("Rowling" in next(r.authors for r in rows if r.id == i) for i in ids)
