@@ -38,7 +38,14 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from services.textfold import decode_words, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
+from services.textfold import (
+    decode_words,
+    fold,
+    fold_keep_marks,
+    looks_like_isbn,
+    normalize_isbn,
+    strip_invisible,
+)
 
 __all__ = ["IndexedTitle", "Hit", "SearchResult", "SearchIndex"]
 
@@ -460,7 +467,8 @@ class SearchIndex:
         """Best matches for a free-text or ISBN query; never raises on odd input, bounded work."""
         limit = max(0, min(int(limit), 100))
         offset = max(0, min(int(offset), 400))
-        q = (query or "")[:MAX_QUERY_CHARS]
+        # invisible characters are dropped before cutting, so they cannot use up the budget
+        q = strip_invisible((query or "")[: MAX_QUERY_CHARS * 10])[:MAX_QUERY_CHARS]
         if looks_like_isbn(q):
             isbn = normalize_isbn(q)
             slots = self._isbn_lookup(int(isbn)) if isbn else []

@@ -144,6 +144,10 @@ def test_every_vietnamese_loc_title_found_without_diacritics(index, rows):
     assert missed == []
 
 
+def test_invisible_padding_does_not_hide_the_query(index):
+    assert top_ids(index, "\u200b" * 1000 + "truyện\u200d kiều", 1) == [9001]
+
+
 def test_user_diacritics_rank_first(index):
     assert top_ids(index, "hòa", 1) == [9007]
     assert top_ids(index, "hoà", 1) == [9007]  # old tone placement
