@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot.app import App, build_app
 from bot.config import Settings
-from services import accounts, circulation, demo, patrons, rules
+from services import accounts, catalog, circulation, demo, patrons, rules
 from services.common import DomainError
 from services.db import upgrade_async
 
@@ -379,7 +379,7 @@ async def cmd_search(app: App, args: argparse.Namespace) -> int:
     search = app.deps.extras["search"]
     library_id = None
     if args.library_code:
-        library_id = await _library_id(app, args.library_code)
+        library_id = await catalog.library_id(app.db, args.library_code)
         if library_id is None:
             print(f"no library {args.library_code}", file=sys.stderr)
             return 2
@@ -406,15 +406,6 @@ async def cmd_search(app: App, args: argparse.Namespace) -> int:
         if results.hits:
             print(f"about {results.total} matches, {took_ms} ms")
     return 0
-
-
-async def _library_id(app: App, code: str) -> int | None:
-    from sqlalchemy import select
-
-    from services.models import Library
-
-    async with app.db.session() as s:
-        return await s.scalar(select(Library.id).where(Library.code == code))
 
 
 # -- parser --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from datetime import date
 from handlers.core import Context, Router
 from handlers.i18n import N_
 from handlers.messages import Button, Incoming, Reply
+from handlers.text import short
 from services import accounts, conversations
 from services import circulation as circ
 from services.common import DomainError
@@ -39,10 +40,6 @@ def refusal(ctx: Context, err: DomainError) -> Reply:
     return Reply(ctx.t(err.key, **params))
 
 
-def short(text: str, limit: int = 28) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 # -- students ------------------------------------------------------------------------------------
 
 async def loans(event: Incoming, ctx: Context) -> Reply:
@@ -58,7 +55,7 @@ async def loans(event: Incoming, ctx: Context) -> Reply:
             line += " " + t("loans.overdue", days=v.overdue_days)
         lines.append(line)
         if v.renewals_left:
-            buttons.append([ctx.button(t("loans.renew_button", n=i, title=short(v.title)), "renew",
+            buttons.append([ctx.button(t("loans.renew_button", n=i, title=short(v.title, 28)), "renew",
                                        v.loan_id, v.renewals)])
     return Reply("\n".join(lines), buttons=buttons)
 
@@ -92,7 +89,7 @@ async def holds(event: Incoming, ctx: Context) -> Reply:
             lines.append(t("holds.line_ready", n=i, title=v.title, deadline=t.date(v.pickup_deadline)))
         else:
             lines.append(t("holds.line_waiting", n=i, title=v.title, position=v.position))
-        buttons.append([ctx.button(t("holds.cancel_button", n=i, title=short(v.title)), "hcancel", v.hold_id)])
+        buttons.append([ctx.button(t("holds.cancel_button", n=i, title=short(v.title, 28)), "hcancel", v.hold_id)])
     return Reply("\n".join(lines), buttons=buttons)
 
 

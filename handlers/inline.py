@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from handlers.core import Context, Router, deep_link_payload, deep_link_url
 from handlers.messages import Button
-from handlers.search import engine
-from services.textfold import fold
+from handlers.search import engine, query_problem
+from handlers.text import short
 
 PAGE = 10
 MAX_OFFSET = 400      # the search service pages no deeper
@@ -31,16 +31,12 @@ class InlineResult:
     buttons: list[list[Button]] = field(default_factory=list)
 
 
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 async def inline_books(ctx: Context, query: str, offset: str) -> tuple[list[InlineResult], str]:
     """A page of books for ``query`` (availability in the asker's library), and the next offset."""
     t = ctx.t
     query = " ".join(query.split())
     start = int(offset) if offset.isdigit() and int(offset) <= MAX_OFFSET else 0
-    if len(fold(query).replace(" ", "")) < 2:
+    if query_problem(query) is not None:
         return ([] if start else [_hint(ctx)]), ""
     results = await engine(ctx).search(query, limit=PAGE, offset=start, library_id=ctx.actor.library_id)
     items = []
@@ -51,15 +47,15 @@ async def inline_books(ctx: Context, query: str, offset: str) -> tuple[list[Inli
             state = t("inline.available", available=hit.available, copies=hit.copies)
         else:
             state = t("inline.all_out", copies=hit.copies)
-        byline = " · ".join(x for x in (_short(hit.authors, 60), str(hit.year) if hit.year else "") if x)
-        text = [f"📖 {_short(hit.title, 300)}"]
+        byline = " · ".join(x for x in (short(hit.authors, 60), str(hit.year) if hit.year else "") if x)
+        text = [f"📖 {short(hit.title, 300)}"]
         if byline:
             text.append(byline)
         if hit.call_number:
             text.append(t("inline.call_number", call_number=hit.call_number))
         items.append(InlineResult(
             id=f"t{hit.id}",
-            title=_short(hit.title, 120),
+            title=short(hit.title, 120),
             description=" — ".join(x for x in (byline, state) if x),
             text="\n".join(text),
             buttons=_open_button(ctx, t("inline.open_book"), deep_link_payload("t", hit.id)),

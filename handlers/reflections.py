@@ -2,7 +2,10 @@
 
 Students: /reflect (/camnhan) → pick a book (current and recent loans, or search) → optional
 prompt → write in one or several messages (and an optional photo) → Done → rate 1–5 → preview
-with the word count → submit. /drafts resumes. /campaigns, /join, /progress (certificate when
+with the word count → submit. The conversation's steps: "book" (text searches the catalog),
+"write" (text is added to the draft) and "review" (from «Done» on: text is never added, the
+student is pointed to the buttons, so a search typed later cannot end up in the reflection or
+take a submitted one out of the queue). /drafts resumes. /campaigns, /join, /progress (certificate when
 complete), /leaderboard. Moderators (teachers, librarians, admins): /moderate. Librarians:
 /newcampaign (a short guided flow), /shortlist (with exports), /prompts, /flagwords.
 Book cards get "Reflect" and "Reflections (n)" buttons.
@@ -18,10 +21,12 @@ from typing import Any
 from handlers.core import Context, Router
 from handlers.i18n import N_
 from handlers.messages import Attachment, Button, Incoming, Reply
+from handlers.search import engine, query_problem, run_search
+from handlers.text import short
 from services import campaigns, patrons, reflections
 from services.common import DomainError
 from services.models import ReflectionStatus
-from services.reflections import BookChoice, ReflectionView
+from services.reflections import EDITABLE, BookChoice, ReflectionView
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ FLOW_REFLECT = "reflect"
 FLOW_MOD_NOTE = "reflect_mod_note"
 FLOW_NEW_CAMPAIGN = "newcampaign"
 CHUNK = 3500            # long texts are shown in several messages, each under Telegram's limit
+BOOK_HITS = 6           # books offered for a search inside /reflect
+MAX_SKIP = 500          # how deep paging buttons go (queue, a book's reflections)
 LINKED = {"student", "teacher", "librarian", "admin"}
 MODERATORS = {"teacher", "librarian", "admin"}
 STAFF = {"librarian", "admin"}
@@ -79,31 +86,25 @@ def _stars(rating: int | None) -> str:
 # -- choosing the book -------------------------------------------------------------------------
 
 async def _search_books(ctx: Context, query: str) -> list[BookChoice]:
-    """The shared search index when configured (typo-tolerant), else a plain title match."""
-    search = ctx.deps.extras.get("search")
-    if search is not None:
-        try:
-            result = await search.search(query, limit=6, offset=0)
-            hits = getattr(result, "hits", None) or getattr(result, "results", None) or result
-            choices = []
-            for hit in list(hits)[:6]:
-                get = hit.get if isinstance(hit, dict) else (lambda k, d=None, h=hit: getattr(h, k, d))
-                title_id = get("title_id") or get("id")
-                if title_id is not None:
-                    name = get("title") or await reflections.title_name(ctx.db, int(title_id)) or "?"
-                    choices.append(BookChoice(int(title_id), str(name), False))
-            return choices
-        except (TypeError, AttributeError, ValueError):
-            log.exception("search index gave an unexpected result; falling back to title match")
-    return await reflections.find_titles(ctx.db, query)
+    """The catalog search (the same service and rules as plain-text search), keeping the books
+    the student's own library holds: those are the ones they can have read from it."""
+    library_id = ctx.actor.library_id
+    results = await engine(ctx).search(query, limit=BOOK_HITS * 3 if library_id else BOOK_HITS, offset=0,
+                                       library_id=library_id)
+    hits = [h for h in results.hits if library_id is None or h.copies]
+    return [BookChoice(h.id, h.title, False) for h in hits[:BOOK_HITS]]
 
 
 def _book_buttons(ctx: Context, books: list[BookChoice]) -> list[list[Button]]:
     rows = []
     for book in books:
-        label = ("📖 " if book.on_loan else "") + book.title[:48]
+        label = ("📖 " if book.on_loan else "") + short(book.title, 48)
         rows.append([ctx.button(label, "rfb", book.title_id)])
     return rows
+
+
+def _close_row(ctx: Context) -> list[Button]:
+    return [ctx.button(ctx.t("reflections.btn_close"), "rfx")]
 
 
 async def reflect(event: Incoming, ctx: Context) -> list[Reply] | Reply:
@@ -113,19 +114,23 @@ async def reflect(event: Incoming, ctx: Context) -> list[Reply] | Reply:
     drafts = await reflections.my_open(ctx.db, ctx.actor)
     books = await reflections.books_to_reflect_on(ctx.db, ctx.actor, ctx.clock)
     draft_titles = {d.title_id for d in drafts}
-    rows = [[ctx.button(t("reflections.btn_resume", title=d.title[:40]), "rfo", d.id)] for d in drafts[:3]]
+    rows = [[ctx.button(t("reflections.btn_resume", title=short(d.title, 40)), "rfo", d.id)] for d in drafts[:3]]
     rows += _book_buttons(ctx, [b for b in books if b.title_id not in draft_titles])
     await ctx.set_flow(FLOW_REFLECT, step="book")
     text = t("reflections.choose_book") if rows else t("reflections.choose_book_search_only")
-    return Reply(text, buttons=rows)
+    return Reply(text, buttons=[*rows, _close_row(ctx)])
 
 
 async def _search_reply(ctx: Context, query: str) -> Reply:
-    books = await _search_books(ctx, query)
     await ctx.set_flow(FLOW_REFLECT, step="book")
+    problem = query_problem(query)
+    if problem is not None:     # one letter, only symbols: the catalog search's own replies
+        return Reply(ctx.t(problem), buttons=[_close_row(ctx)])
+    books = await _search_books(ctx, query)
     if not books:
-        return Reply(ctx.t("reflections.search_none", query=query[:60]))
-    return Reply(ctx.t("reflections.search_pick"), buttons=_book_buttons(ctx, books))
+        return Reply(ctx.t("reflections.search_none", query=short(" ".join(query.split()), 60)),
+                     buttons=[_close_row(ctx)])
+    return Reply(ctx.t("reflections.search_pick"), buttons=[*_book_buttons(ctx, books), _close_row(ctx)])
 
 
 async def press_book(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:
@@ -134,11 +139,35 @@ async def press_book(event: Incoming, ctx: Context, args: list[str]) -> list[Rep
 
 
 async def _after_open(ctx: Context, draft: ReflectionView) -> list[Reply] | Reply:
-    """A fresh draft asks for a prompt; one with text shows its preview."""
+    """A fresh draft asks for a prompt, one with a prompt but no text asks for the text, and one
+    with text shows its preview (the review step)."""
     if not draft.body and draft.prompt is None:
         return await _prompt_picker(ctx, draft)
-    await ctx.set_flow(FLOW_REFLECT, step="write", rid=draft.id)
-    return _preview(ctx, draft)
+    if not draft.body:
+        await ctx.set_flow(FLOW_REFLECT, step="write", rid=draft.id)
+        return Reply(_write_now(ctx, draft))
+    return await _review(ctx, draft)
+
+
+async def _review(ctx: Context, draft: ReflectionView, edit: bool = False) -> list[Reply]:
+    await ctx.set_flow(FLOW_REFLECT, step="review", rid=draft.id)
+    return _preview(ctx, draft, edit)
+
+
+def _write_now(ctx: Context, draft: ReflectionView) -> str:
+    t = ctx.t
+    prompt = _prompt_text(ctx, draft.prompt)
+    head = t("reflections.prompt_chosen", prompt=prompt) if prompt else t("reflections.prompt_none")
+    return head + "\n\n" + t("reflections.write_now", min=draft.min_words, max=draft.max_words)
+
+
+async def _not_waiting(ctx: Context, rid: int) -> ReflectionView:
+    """Stale buttons (a rating, a prompt, «Clear») must not take a submitted reflection out of the
+    review queue behind the student's back: only «Write more», which says so, does."""
+    draft = await reflections.get(ctx.db, ctx.actor, rid)
+    if draft.status == ReflectionStatus.SUBMITTED:
+        raise DomainError("reflections.waiting_use_write_more")
+    return draft
 
 
 async def _prompt_picker(ctx: Context, draft: ReflectionView) -> Reply:
@@ -149,7 +178,7 @@ async def _prompt_picker(ctx: Context, draft: ReflectionView) -> Reply:
     for n, p in enumerate(prompts, 1):
         text = ctx.t(p.message_key) if p.message_key else (p.text or "")
         lines.append(f"{n}. {text}")
-        rows.append([ctx.button(f"{n}. {text[:50]}", "rfp", draft.id, p.code)])
+        rows.append([ctx.button(f"{n}. {short(text, 50)}", "rfp", draft.id, p.code)])
     rows.append([ctx.button(t("reflections.btn_no_prompt"), "rfp", draft.id, "-")])
     await ctx.set_flow(FLOW_REFLECT, step="write", rid=draft.id)
     return Reply("\n".join(lines), buttons=rows)
@@ -158,45 +187,72 @@ async def _prompt_picker(ctx: Context, draft: ReflectionView) -> Reply:
 async def press_prompt(event: Incoming, ctx: Context, args: list[str]) -> Reply:
     rid = _int(args, 0)
     code = args[1] if len(args) > 1 and args[1] != "-" else None
+    await _not_waiting(ctx, rid)
     draft = await reflections.set_prompt(ctx.db, ctx.actor, rid, code)
     await ctx.set_flow(FLOW_REFLECT, step="write", rid=rid)
-    t = ctx.t
-    prompt = _prompt_text(ctx, draft.prompt)
-    head = t("reflections.prompt_chosen", prompt=prompt) if prompt else t("reflections.prompt_none")
-    return Reply(head + "\n\n" + t("reflections.write_now", min=draft.min_words, max=draft.max_words),
-                 edit=True)
+    return Reply(_write_now(ctx, draft), edit=True)
 
 
 # -- writing -----------------------------------------------------------------------------------
 
 async def flow_reflect(event: Incoming, ctx: Context) -> list[Reply] | Reply:
     state = await _state(ctx, FLOW_REFLECT)
-    if state.get("step") != "write" or not state.get("rid"):
+    step, rid = state.get("step"), state.get("rid")
+    if step == "review" and rid:
+        return await _nudge(ctx, event, int(rid))
+    if step != "write" or not rid:
         return await _search_reply(ctx, event.text)
-    rid = int(state["rid"])
+    rid = int(rid)
     t = ctx.t
+    withdrawn = False
     if event.photo_ref:
-        await reflections.set_photo(ctx.db, ctx.actor, rid, event.photo_ref)
+        withdrawn = (await reflections.set_photo(ctx.db, ctx.actor, rid, event.photo_ref)).withdrawn
     draft = await reflections.append_text(ctx.db, ctx.actor, rid, event.text)
     text = t("reflections.saved", words=draft.word_count, min=draft.min_words, max=draft.max_words)
-    if draft.withdrawn:
+    if withdrawn or draft.withdrawn:
         text = t("reflections.withdrawn") + "\n\n" + text
     return Reply(text, buttons=[[ctx.button(t("reflections.btn_done"), "rfd", rid)]])
 
 
-async def on_photo(event: Incoming, ctx: Context) -> Reply:
+async def _nudge(ctx: Context, event: Incoming, rid: int) -> list[Reply] | Reply:
+    """Text or a photo in the review step: nothing is added; the buttons say what can be done."""
+    t = ctx.t
+    draft = await reflections.get(ctx.db, ctx.actor, rid)
+    if draft.status not in EDITABLE:   # decided meanwhile: the conversation is over
+        await ctx.clear_flow(FLOW_REFLECT)
+        return await run_search(ctx, event.text) if event.text else Reply(t("reflections.photo_no_draft"))
+    write_more = ctx.button(t("reflections.btn_write_more"), "rfm", draft.id)
+    if draft.status == ReflectionStatus.SUBMITTED:
+        return Reply(t("reflections.review_nudge_waiting", title=draft.title),
+                     buttons=[[write_more], _close_row(ctx)])
+    return Reply(t("reflections.review_nudge", title=draft.title),
+                 buttons=[[ctx.button(t("reflections.btn_submit"), "rfs", draft.id)], [write_more], _close_row(ctx)])
+
+
+async def on_photo(event: Incoming, ctx: Context) -> list[Reply] | Reply:
     state = await _state(ctx, FLOW_REFLECT)
-    if state.get("step") != "write" or not state.get("rid"):
+    step, rid = state.get("step"), state.get("rid")
+    if step == "review" and rid:
+        return await _nudge(ctx, event, int(rid))
+    if step != "write" or not rid:
         return Reply(ctx.t("reflections.photo_no_draft"))
-    rid = int(state["rid"])
-    await reflections.set_photo(ctx.db, ctx.actor, rid, event.photo_ref)
-    return Reply(ctx.t("reflections.photo_saved"), buttons=[[ctx.button(ctx.t("reflections.btn_done"), "rfd", rid)]])
+    rid = int(rid)
+    draft = await reflections.set_photo(ctx.db, ctx.actor, rid, event.photo_ref)
+    text = ctx.t("reflections.photo_saved")
+    if draft.withdrawn:
+        text = ctx.t("reflections.withdrawn") + "\n\n" + text
+    return Reply(text, buttons=[[ctx.button(ctx.t("reflections.btn_done"), "rfd", rid)]])
 
 
 async def press_done(event: Incoming, ctx: Context, args: list[str]) -> Reply | list[Reply]:
+    """Writing is over: from here on, stray text is not added (the review step)."""
     draft = await reflections.get(ctx.db, ctx.actor, _int(args, 0))
+    if draft.status not in EDITABLE:
+        raise DomainError("reflections.locked_approved" if draft.status == ReflectionStatus.APPROVED
+                          else "reflections.locked_rejected")
     if draft.rating is not None:
-        return _preview(ctx, draft)
+        return await _review(ctx, draft)
+    await ctx.set_flow(FLOW_REFLECT, step="review", rid=draft.id)
     return _rating_picker(ctx, draft)
 
 
@@ -206,8 +262,9 @@ def _rating_picker(ctx: Context, draft: ReflectionView) -> Reply:
 
 
 async def press_rating(event: Incoming, ctx: Context, args: list[str]) -> list[Reply]:
+    await _not_waiting(ctx, _int(args, 0))
     draft = await reflections.set_rating(ctx.db, ctx.actor, _int(args, 0), _int(args, 1))
-    return _preview(ctx, draft, edit=True)
+    return await _review(ctx, draft, edit=True)
 
 
 def _preview(ctx: Context, d: ReflectionView, edit: bool = False) -> list[Reply]:
@@ -232,6 +289,7 @@ def _preview(ctx: Context, d: ReflectionView, edit: bool = False) -> list[Reply]
         rows.append([ctx.button(t("reflections.btn_write_more"), "rfm", d.id),
                      ctx.button(t("reflections.btn_rate"), "rfR", d.id)])
         rows.append([ctx.button(t("reflections.btn_clear"), "rfc", d.id)])
+    rows.append(_close_row(ctx))
     return _long("\n".join(lines), rows, edit)
 
 
@@ -248,19 +306,38 @@ async def press_write_more(event: Incoming, ctx: Context, args: list[str]) -> Re
 
 
 async def press_rate_again(event: Incoming, ctx: Context, args: list[str]) -> Reply:
-    return _rating_picker(ctx, await reflections.get(ctx.db, ctx.actor, _int(args, 0)))
+    return _rating_picker(ctx, await _not_waiting(ctx, _int(args, 0)))
 
 
 async def press_clear(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    await _not_waiting(ctx, _int(args, 0))
     draft = await reflections.clear_text(ctx.db, ctx.actor, _int(args, 0))
     await ctx.set_flow(FLOW_REFLECT, step="write", rid=draft.id)
     return Reply(ctx.t("reflections.cleared", min=draft.min_words, max=draft.max_words))
 
 
 async def press_submit(event: Incoming, ctx: Context, args: list[str]) -> Reply:
-    draft = await reflections.submit(ctx.db, ctx.actor, _int(args, 0), ctx.clock)
+    rid = _int(args, 0)
+    try:
+        draft = await reflections.submit(ctx.db, ctx.actor, rid, ctx.clock)
+    except DomainError as refusal:
+        # Not ready yet: say why, with the button that fixes it (stars, or more text).
+        if refusal.key == "reflections.rating_missing":
+            picker = _rating_picker(ctx, await reflections.get(ctx.db, ctx.actor, rid))
+            picker.text = ctx.t(refusal.key) + "\n\n" + picker.text
+            return picker
+        if refusal.key in ("reflections.too_short", "reflections.nothing_written"):
+            return Reply(ctx.t(refusal.key, **refusal.params),
+                         buttons=[[ctx.button(ctx.t("reflections.btn_write_more"), "rfm", rid)]])
+        raise
     await ctx.clear_flow(FLOW_REFLECT)
     return Reply(ctx.t("reflections.submitted", title=draft.title, words=draft.word_count), edit=True)
+
+
+async def press_close(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    """Leave /reflect; whatever was written stays saved as a draft."""
+    await ctx.clear_flow(FLOW_REFLECT)
+    return Reply(ctx.t("reflections.closed"))
 
 
 async def press_open(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:
@@ -279,7 +356,7 @@ async def drafts(event: Incoming, ctx: Context) -> Reply:
     rows = []
     for d in mine:
         lines.append(t("reflections.drafts_line", title=d.title, status=t(STATUS_KEYS[d.status]), words=d.word_count))
-        rows.append([ctx.button(t("reflections.btn_resume", title=d.title[:40]), "rfo", d.id)])
+        rows.append([ctx.button(t("reflections.btn_resume", title=short(d.title, 40)), "rfo", d.id)])
     return Reply("\n".join(lines), buttons=rows)
 
 
@@ -305,7 +382,7 @@ async def press_list(event: Incoming, ctx: Context, args: list[str]) -> list[Rep
     t = ctx.t
     if not ctx.actor.is_linked:
         raise DomainError("link.required")
-    title_id, offset = _int(args, 0), max(0, _int(args, 1))
+    title_id, offset = _int(args, 0), min(max(0, _int(args, 1)), MAX_SKIP)
     items, total = await reflections.approved_for_title(ctx.db, ctx.actor.library_id, title_id, limit=3,
                                                          offset=offset)
     if not items:
@@ -314,7 +391,7 @@ async def press_list(event: Incoming, ctx: Context, args: list[str]) -> list[Rep
     for r in items:
         who = (t("reflections.by_named", name=r.author, class_name=r.class_name or "—") if r.author
                else t("reflections.by_anonymous", class_name=r.class_name or "—"))
-        body = r.body if len(r.body) <= 900 else r.body[:900].rsplit(" ", 1)[0] + " …"
+        body = short(r.body, 900)
         parts.append(f"{_stars(r.rating)} {who}\n{body}")
     rows = []
     if offset + 3 < total:
@@ -356,7 +433,7 @@ async def _queue_reply(ctx: Context, skip: int, prefix: str = "") -> list[Reply]
 
 
 async def press_queue(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:
-    return await _queue_reply(ctx, max(0, _int(args, 0)))
+    return await _queue_reply(ctx, min(max(0, _int(args, 0)), MAX_SKIP))
 
 
 async def press_approve(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:
@@ -374,9 +451,14 @@ async def _ask_note(ctx: Context, args: list[str], decision: str) -> Reply:
         raise DomainError("reflections.own_moderation")
     if d.status != ReflectionStatus.SUBMITTED:
         raise DomainError("reflections.not_in_queue")
-    await ctx.set_flow(FLOW_MOD_NOTE, rid=d.id, decision=decision)
+    await ctx.set_flow(FLOW_MOD_NOTE, rid=d.id, decision=decision, step="note")
+    return _note_question(ctx, d, decision)
+
+
+def _note_question(ctx: Context, d: ReflectionView, decision: str) -> Reply:
     key = "reflections.ask_reject_reason" if decision == "reject" else "reflections.ask_changes"
-    return Reply(ctx.t(key, student=d.author, title=d.title))
+    return Reply(ctx.t(key, student=d.author, title=d.title),
+                 buttons=[[ctx.button(ctx.t("reflections.btn_mod_cancel"), "mx")]])
 
 
 async def press_reject(event: Incoming, ctx: Context, args: list[str]) -> Reply:
@@ -387,20 +469,63 @@ async def press_changes(event: Incoming, ctx: Context, args: list[str]) -> Reply
     return await _ask_note(ctx, args, "changes")
 
 
-async def flow_mod_note(event: Incoming, ctx: Context) -> list[Reply] | Reply:
+async def flow_mod_note(event: Incoming, ctx: Context) -> Reply:
+    """The moderator's reason, then a confirmation: text typed later (a search, a second thought)
+    never becomes a rejection by itself."""
     state = await _state(ctx, FLOW_MOD_NOTE)
-    decision = state.get("decision")
+    if state.get("step") == "confirm":
+        return _confirm_note(ctx, state, nudge=True)
+    # refusals (no words, too long) reach the moderator and leave them here to try again
+    state.update(step="confirm", note=reflections.check_note(str(state.get("decision")), event.text))
+    await ctx.set_flow(FLOW_MOD_NOTE, **state)
+    return _confirm_note(ctx, state)
+
+
+def _confirm_note(ctx: Context, state: dict[str, Any], nudge: bool = False) -> Reply:
+    t = ctx.t
+    reject = state.get("decision") == "reject"
+    text = t("reflections.confirm_reject" if reject else "reflections.confirm_changes", note=state.get("note", ""))
+    if nudge:
+        text = t("reflections.confirm_nudge") + "\n\n" + text
+    rid = int(state.get("rid", 0))
+    return Reply(text, buttons=[
+        [ctx.button(t("reflections.btn_confirm_reject" if reject else "reflections.btn_confirm_changes"), "mok", rid)],
+        [ctx.button(t("reflections.btn_rewrite_note"), "mrw", rid), ctx.button(t("reflections.btn_mod_cancel"), "mx")],
+    ])
+
+
+async def _note_state(ctx: Context, args: list[str], step: str) -> dict[str, Any]:
+    state = await _state(ctx, FLOW_MOD_NOTE)
+    if state.get("step") != step or int(state.get("rid", 0)) != _int(args, 0):
+        raise DomainError("error.button_expired")     # done, cancelled, or another reflection's
+    return state
+
+
+async def press_note_confirm(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:
+    state = await _note_state(ctx, args, "confirm")
+    decision = str(state.get("decision"))
     try:
-        d = await reflections.moderate(ctx.db, ctx.actor, int(state.get("rid", 0)), str(decision), event.text,
+        d = await reflections.moderate(ctx.db, ctx.actor, int(state["rid"]), decision, state.get("note"),
                                        clock=ctx.clock)
-    except DomainError as refusal:
-        if refusal.key.startswith("reflections.reason"):
-            return Reply(ctx.t(refusal.key, **refusal.params))  # stay in the flow: try again
-        await ctx.clear_flow(FLOW_MOD_NOTE)
+    except DomainError:
+        await ctx.clear_flow(FLOW_MOD_NOTE)   # decided by someone else meanwhile, or not allowed
         raise
     await ctx.clear_flow(FLOW_MOD_NOTE)
     key = "reflections.mod_rejected" if decision == "reject" else "reflections.mod_changes_sent"
     return await _queue_reply(ctx, 0, prefix=ctx.t(key, student=d.author, title=d.title))
+
+
+async def press_note_rewrite(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    state = await _note_state(ctx, args, "confirm")
+    d = await reflections.get(ctx.db, ctx.actor, int(state["rid"]))
+    state["step"] = "note"
+    await ctx.set_flow(FLOW_MOD_NOTE, **state)
+    return _note_question(ctx, d, str(state.get("decision")))
+
+
+async def press_note_cancel(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:
+    await ctx.clear_flow(FLOW_MOD_NOTE)
+    return await _queue_reply(ctx, 0, prefix=ctx.t("reflections.mod_note_cancelled"))
 
 
 async def publish(ctx: Context, reflection_id: int) -> bool:
@@ -418,8 +543,10 @@ async def publish(ctx: Context, reflection_id: int) -> bool:
     head = t("reflections.publish_head", title=r.title, who=who, stars=_stars(r.rating))
     prompt = t(r.prompt) if r.prompt in reflections.DEFAULT_PROMPTS else r.prompt
     text = head + ("\n" + t("reflections.preview_prompt", prompt=prompt) if prompt else "") + "\n\n" + r.body
+    replies = _long(text)
+    replies[0].photo = r.photo_ref     # the handwritten page or drawing goes out with the text
     try:
-        for reply in _long(text):
+        for reply in replies:
             await channel.send(pub.chat_id, reply)
     except Exception:  # the approval stands; publishing can be retried later
         log.warning("could not publish reflection %s to %s", reflection_id, pub.chat_id, exc_info=True)
@@ -478,16 +605,23 @@ async def campaigns_cmd(event: Incoming, ctx: Context) -> Reply:
         lines.append(("✅ " if c.joined else "• ") + _campaign_line(ctx, c))
         row = []
         if not c.joined and ctx.actor.role and ctx.actor.role.value == "student":
-            row.append(ctx.button(t("campaigns.btn_join", name=c.name[:30]), "cj", c.id))
+            row.append(ctx.button(t("campaigns.btn_join", name=short(c.name, 30)), "cj", c.id))
         row.append(ctx.button(t("campaigns.btn_leaderboard"), "clb", c.id, "s"))
         rows.append(row)
     return Reply("\n".join(lines), buttons=rows)
 
 
+def _typed_id(arg: str) -> int | None:
+    """A campaign number typed after a command ("/join 3", "#3"); None for anything else
+    (including "³" and numbers too large for the database)."""
+    arg = arg.strip().lstrip("#")
+    return int(arg) if arg.isascii() and arg.isdigit() and len(arg) < 10 else None
+
+
 async def join_cmd(event: Incoming, ctx: Context) -> Reply:
-    arg = event.args.strip().lstrip("#")
-    if arg.isdigit():
-        return await _join(ctx, int(arg))
+    cid = _typed_id(event.args)
+    if cid is not None:
+        return await _join(ctx, cid)
     items = [c for c in await campaigns.list_campaigns(ctx.db, ctx.actor, ctx.clock) if not c.joined]
     if len(items) == 1:
         return await _join(ctx, items[0].id)
@@ -517,7 +651,7 @@ async def progress_cmd(event: Incoming, ctx: Context) -> Reply:
                        reflections=p.reflections, goal_reflections=c.goal_reflections, points=p.points))
         if p.complete:
             lines.append("   " + t("campaigns.progress_complete"))
-            rows.append([ctx.button(t("campaigns.btn_certificate_for", name=c.name[:30]), "cert", c.id)])
+            rows.append([ctx.button(t("campaigns.btn_certificate_for", name=short(c.name, 30)), "cert", c.id)])
     lines.append("")
     if badges:
         lines.append(t("campaigns.badges_title"))
@@ -535,9 +669,9 @@ async def press_certificate(event: Incoming, ctx: Context, args: list[str]) -> R
 
 
 async def _default_campaign(ctx: Context, arg: str) -> int | None:
-    arg = arg.strip().lstrip("#")
-    if arg.isdigit():
-        return int(arg)
+    cid = _typed_id(arg)
+    if cid is not None:
+        return cid
     items = await campaigns.list_campaigns(ctx.db, ctx.actor, ctx.clock)
     joined = [c for c in items if c.joined]
     return (joined or items)[0].id if (joined or items) else None
@@ -621,17 +755,28 @@ NEW_ASK = {
     "words": N_("campaigns.new_ask_words"),
 }
 OPTIONAL = {"theme", "books", "words"}
+# Which question to ask again when the service refuses the finished campaign (by refusal key).
+STEP_OF_REFUSAL = (("campaigns.name", "name"), ("campaigns.dates", "dates"), ("campaigns.goal", "goals"),
+                   ("campaigns.unknown_books", "books"), ("campaigns.words", "words"))
 
 
 async def newcampaign_cmd(event: Incoming, ctx: Context) -> Reply:
     patrons.require_staff(ctx.actor)
     await ctx.set_flow(FLOW_NEW_CAMPAIGN, step="name")
-    return Reply(ctx.t("campaigns.new_intro") + "\n\n" + ctx.t(NEW_ASK["name"]))
+    ask = _ask(ctx, "name")
+    ask.text = ctx.t("campaigns.new_intro") + "\n\n" + ask.text
+    return ask
+
+
+async def press_new_cancel(event: Incoming, ctx: Context, args: list[str]) -> Reply:
+    await ctx.clear_flow(FLOW_NEW_CAMPAIGN)
+    return Reply(ctx.t("cancel.done"))
 
 
 def _ask(ctx: Context, step: str) -> Reply:
-    buttons = [[ctx.button(ctx.t("campaigns.btn_skip"), "ncs", step)]] if step in OPTIONAL else []
-    return Reply(ctx.t(NEW_ASK[step]), buttons=buttons)
+    row = [ctx.button(ctx.t("campaigns.btn_skip"), "ncs", step)] if step in OPTIONAL else []
+    row.append(ctx.button(ctx.t("campaigns.btn_new_cancel"), "ncx"))
+    return Reply(ctx.t(NEW_ASK[step]), buttons=[row])
 
 
 async def flow_newcampaign(event: Incoming, ctx: Context) -> Reply:
@@ -647,16 +792,20 @@ async def flow_newcampaign(event: Incoming, ctx: Context) -> Reply:
         dates = parse_dates(text)
         if dates is None:
             return Reply(t("campaigns.new_bad_dates"))
+        campaigns.check_dates(*dates)   # a refusal is told now, and the question stands
         data["starts_on"], data["ends_on"] = dates[0].isoformat(), dates[1].isoformat()
     elif step == "goals":
         numbers = [int(n) for n in re.findall(r"\d+", text)]
         if len(numbers) != 2:
             return Reply(t("campaigns.new_bad_goals"))
+        campaigns.check_goals(*numbers)
         data["goal_books"], data["goal_reflections"] = numbers
     elif step == "theme":
         data["theme"] = text[:1000]
     elif step == "books":
-        ids = re.findall(r"#(\d+)", text)
+        data.pop("title_ids", None)
+        data.pop("subjects", None)
+        ids = re.findall(r"#(\d{1,9})\b", text)
         if ids:
             data["title_ids"] = [int(i) for i in ids]
         else:
@@ -665,6 +814,7 @@ async def flow_newcampaign(event: Incoming, ctx: Context) -> Reply:
         numbers = [int(n) for n in re.findall(r"\d+", text)]
         if len(numbers) != 2:
             return Reply(t("campaigns.new_bad_words"))
+        campaigns.check_words(*numbers)
         data["min_words"], data["max_words"] = numbers
     return await _next_step(ctx, data, step)
 
@@ -682,7 +832,8 @@ def t_expired(ctx: Context) -> str:
 
 
 async def _next_step(ctx: Context, data: dict[str, Any], step: str) -> Reply:
-    following = NEW_STEPS[NEW_STEPS.index(step) + 1:] if step in NEW_STEPS else ()
+    fixing = data.pop("fixing", False)     # re-answering one refused question: create right away
+    following = NEW_STEPS[NEW_STEPS.index(step) + 1:] if step in NEW_STEPS and not fixing else ()
     if following:
         data["step"] = following[0]
         await ctx.set_flow(FLOW_NEW_CAMPAIGN, **data)
@@ -694,8 +845,18 @@ async def _next_step(ctx: Context, data: dict[str, Any], step: str) -> Reply:
             title_ids=data.get("title_ids"), subjects=data.get("subjects"),
             goal_books=int(data.get("goal_books", 0)), goal_reflections=int(data.get("goal_reflections", 0)),
             min_words=data.get("min_words"), max_words=data.get("max_words"), clock=ctx.clock)
-    finally:
-        await ctx.clear_flow(FLOW_NEW_CAMPAIGN)
+    except DomainError as refusal:
+        # Keep every answer and ask again only the question the refusal is about.
+        again = next((s for prefix, s in STEP_OF_REFUSAL if refusal.key.startswith(prefix)), None)
+        if again is None:
+            await ctx.clear_flow(FLOW_NEW_CAMPAIGN)
+            raise
+        data.update(step=again, fixing=True)
+        await ctx.set_flow(FLOW_NEW_CAMPAIGN, **data)
+        ask = _ask(ctx, again)
+        ask.text = ctx.t(refusal.key, **refusal.params) + "\n\n" + ask.text
+        return ask
+    await ctx.clear_flow(FLOW_NEW_CAMPAIGN)
     return Reply(ctx.t("campaigns.created", id=c.id) + "\n" + _campaign_line(ctx, c))
 
 
@@ -716,7 +877,7 @@ async def _shortlist(ctx: Context, cid: int) -> list[Reply] | Reply:
         mark = "★" if r.shortlisted else "☆"
         lines.append(t("campaigns.shortlist_line", mark=mark, student=r.student, class_name=r.class_name or "—",
                        book=r.book, words=r.word_count, stars=_stars(r.rating)))
-        label = t("campaigns.btn_unpick" if r.shortlisted else "campaigns.btn_pick", student=r.student[:24])
+        label = t("campaigns.btn_unpick" if r.shortlisted else "campaigns.btn_pick", student=short(r.student, 24))
         buttons.append([ctx.button(label, "csl", cid, r.reflection_id, 0 if r.shortlisted else 1)])
     if not rows:
         lines.append(t("campaigns.shortlist_empty"))
@@ -818,7 +979,8 @@ def register(router: Router) -> None:
     for action, fn in {
         "rfb": press_book, "rfp": press_prompt, "rfd": press_done, "rfr": press_rating, "rfR": press_rate_again,
         "rfs": press_submit, "rfm": press_write_more, "rfc": press_clear, "rfo": press_open, "rfl": press_list,
-        "mq": press_queue, "ma": press_approve, "mj": press_reject, "mc": press_changes,
+        "rfx": press_close, "mq": press_queue, "ma": press_approve, "mj": press_reject, "mc": press_changes,
+        "mok": press_note_confirm, "mrw": press_note_rewrite, "mx": press_note_cancel, "ncx": press_new_cancel,
         "cj": press_join, "clb": press_leaderboard, "chn": press_hide_name, "cert": press_certificate,
         "csl": press_shortlist, "cex": press_export, "ncs": press_skip, "prx": press_remove_prompt,
     }.items():

@@ -12,6 +12,7 @@ import logging
 from handlers.core import Context, Router
 from handlers.i18n import N_
 from handlers.messages import Button, Incoming, Reply
+from handlers.text import short
 from services import catalog
 from services.common import NotFound
 from services.models import CopyStatus
@@ -40,8 +41,18 @@ def engine(ctx: Context) -> CatalogSearch:
     return found
 
 
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+def query_problem(query: str) -> str | None:
+    """Why ``query`` cannot be searched, as a message key (nothing typed, only symbols, under 2
+    letters), or None. Every place students search the catalog applies the same rules."""
+    query = " ".join(query.split())
+    if not query:
+        return N_("search.ask")
+    folded = fold(query[:MAX_QUERY])
+    if not folded:
+        return N_("search.no_words")
+    if len(folded.replace(" ", "")) < 2:
+        return N_("search.too_short")
+    return None
 
 
 def _int(value: str) -> int | None:
@@ -64,15 +75,11 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
     """One page of results, or a friendly word about why there is nothing to search for."""
     t = ctx.t
     query = " ".join(query.split())
-    if not query:
-        return Reply(t("search.ask"))
-    folded = fold(query[:MAX_QUERY])
-    if not folded:
-        return Reply(t("search.no_words"))
-    if len(folded.replace(" ", "")) < 2:
-        return Reply(t("search.too_short"))
+    problem = query_problem(query)
+    if problem is not None:
+        return Reply(t(problem))
     results = await engine(ctx).search(query, limit=PAGE, offset=offset, library_id=ctx.actor.library_id)
-    shown = _short(results.query, 60)
+    shown = short(results.query, 60)
     lines: list[str] = []
     if results.truncated:
         lines.append(t("search.truncated", limit=MAX_QUERY))
@@ -80,7 +87,7 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
         lines += [t("search.none", query=shown), t("search.none_tips")]
         return Reply("\n".join(lines), edit=edit)
     if results.suggestion and offset == 0:
-        lines.append(t("search.did_you_mean", title=_short(results.suggestion, 80)))
+        lines.append(t("search.did_you_mean", title=short(results.suggestion, 80)))
     lines.append(t("search.results", first=offset + 1, last=offset + len(results.hits),
                    total=max(results.total, offset + len(results.hits)), query=shown))
     buttons: list[list[Button]] = []
@@ -91,10 +98,10 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
             state = t("search.line_available", available=hit.available, copies=hit.copies)
         else:
             state = t("search.line_out", copies=hit.copies)
-        byline = f" — {_short(hit.authors, 40)}" if hit.authors else ""
+        byline = f" — {short(hit.authors, 40)}" if hit.authors else ""
         year = f" ({hit.year})" if hit.year else ""
-        lines.append(f"{n}. {_short(hit.title, 100)}{byline}{year} · {state}")
-        buttons.append([ctx.button(f"{n}. {_short(hit.title, 40)}", "book", hit.id)])
+        lines.append(f"{n}. {short(hit.title, 100)}{byline}{year} · {state}")
+        buttons.append([ctx.button(f"{n}. {short(hit.title, 40)}", "book", hit.id)])
     paging: list[Button] = []
     if offset > 0 or results.has_more:
         query_id = await remember_query(ctx.db, results.query)
@@ -208,9 +215,9 @@ async def shelf(ctx: Context, location_id: int, offset: int, *, edit: bool = Fal
     lines = [t("search.place_header", name=place.name, count=len(place.items))]
     buttons: list[list[Button]] = []
     for n, item in enumerate(page, offset + 1):
-        lines.append(t("search.place_line", n=n, title=_short(item.title, 90), available=item.available,
+        lines.append(t("search.place_line", n=n, title=short(item.title, 90), available=item.available,
                        copies=item.copies))
-        buttons.append([ctx.button(f"{n}. {_short(item.title, 40)}", "book", item.title_id)])
+        buttons.append([ctx.button(f"{n}. {short(item.title, 40)}", "book", item.title_id)])
     paging = []
     if offset > 0:
         paging.append(ctx.button(t("search.prev"), "loc", location_id, max(0, offset - SHELF_PAGE)))

@@ -174,6 +174,29 @@ async def _tz(s: AsyncSession, library_id: int) -> str:
 
 # -- creating and joining --------------------------------------------------------------------
 
+# The rules for a campaign's answers, public so the chat can check each answer as it is given.
+def check_dates(starts_on: date, ends_on: date) -> None:
+    if ends_on < starts_on:
+        raise DomainError("campaigns.dates_order")
+    if (ends_on - starts_on).days > 366:
+        raise DomainError("campaigns.dates_too_long")
+
+
+def check_goals(goal_books: int, goal_reflections: int) -> None:
+    for goal in (goal_books, goal_reflections):
+        if not 0 <= goal <= MAX_GOAL:
+            raise DomainError("campaigns.goal_range", max=MAX_GOAL)
+    if goal_books == 0 and goal_reflections == 0:
+        raise DomainError("campaigns.goal_required")
+
+
+def check_words(min_words: int | None, max_words: int | None) -> None:
+    if min_words is not None and max_words is not None and min_words > max_words:
+        raise DomainError("campaigns.words_order")
+    if (min_words is not None and not 1 <= min_words <= 5000) or (max_words is not None and not 1 <= max_words <= 5000):
+        raise DomainError("campaigns.words_range")
+
+
 async def create(db: Database, actor: Actor, *, name: str, starts_on: date, ends_on: date,
                  theme: str | None = None, title_ids: list[int] | None = None,
                  subjects: list[str] | None = None, goal_books: int = 0, goal_reflections: int = 0,
@@ -187,19 +210,9 @@ async def create(db: Database, actor: Actor, *, name: str, starts_on: date, ends
     if len(name) > 200:
         raise DomainError("campaigns.name_too_long", limit=200)
     theme = unicodedata.normalize("NFC", theme.strip())[:1000] if theme and theme.strip() else None
-    if ends_on < starts_on:
-        raise DomainError("campaigns.dates_order")
-    if (ends_on - starts_on).days > 366:
-        raise DomainError("campaigns.dates_too_long")
-    for goal in (goal_books, goal_reflections):
-        if not 0 <= goal <= MAX_GOAL:
-            raise DomainError("campaigns.goal_range", max=MAX_GOAL)
-    if goal_books == 0 and goal_reflections == 0:
-        raise DomainError("campaigns.goal_required")
-    if min_words is not None and max_words is not None and min_words > max_words:
-        raise DomainError("campaigns.words_order")
-    if (min_words is not None and not 1 <= min_words <= 5000) or (max_words is not None and not 1 <= max_words <= 5000):
-        raise DomainError("campaigns.words_range")
+    check_dates(starts_on, ends_on)
+    check_goals(goal_books, goal_reflections)
+    check_words(min_words, max_words)
     subjects = list(dict.fromkeys(s.strip()[:100] for s in (subjects or []) if s.strip()))[:30]
     title_ids = list(dict.fromkeys(title_ids or []))[:200]
     now = (clock or Clock()).now()

@@ -61,6 +61,12 @@ class ShelfList:
     items: list[ShelfItem]
 
 
+async def library_id(db: Database, code: str) -> int | None:
+    """The id of the library with this code, or None."""
+    async with db.session() as s:
+        return await s.scalar(select(Library.id).where(Library.code == code))
+
+
 async def get_title_card(db: Database, title_id: int, library_id: int | None = None) -> TitleCard:
     """A title with its copies (in ``library_id``, or in every library when None) and its hold queue."""
     async with db.session() as s:

@@ -159,6 +159,7 @@ class PublicReflection:
     prompt: str | None
     word_count: int
     approved_at: datetime | None
+    photo_ref: str | None = None   # the platform's file id of the student's photo, if any
 
 
 @dataclass(frozen=True)
@@ -436,6 +437,19 @@ DECISIONS = {
 }
 
 
+def check_note(decision: str, note: str | None) -> str | None:
+    """The moderator's note as it will be stored, or the refusal: a reason is required to reject
+    or ask for changes, and has a length limit. (The chat checks it before asking to confirm.)"""
+    if decision not in DECISIONS:
+        raise DomainError("reflections.decision_unknown")
+    note = unicodedata.normalize("NFC", (note or "").strip()) or None
+    if decision != "approve" and not note:
+        raise DomainError("reflections.reason_required")
+    if note and len(note) > MAX_NOTE_CHARS:
+        raise DomainError("reflections.reason_too_long", limit=MAX_NOTE_CHARS)
+    return note
+
+
 async def moderate(db: Database, actor: Actor, reflection_id: int, decision: str, note: str | None = None,
                    clock: Clock | None = None) -> ReflectionView:
     """Approve, reject (with a reason) or ask for changes (with what to change).
@@ -444,14 +458,8 @@ async def moderate(db: Database, actor: Actor, reflection_id: int, decision: str
     writing, and only while it is submitted: a second moderator's late tap is refused politely.
     The student is told through the notification outbox.
     """
-    if decision not in DECISIONS:
-        raise DomainError("reflections.decision_unknown")
     now = (clock or Clock()).now()
-    note = unicodedata.normalize("NFC", (note or "").strip()) or None
-    if decision != "approve" and not note:
-        raise DomainError("reflections.reason_required")
-    if note and len(note) > MAX_NOTE_CHARS:
-        raise DomainError("reflections.reason_too_long", limit=MAX_NOTE_CHARS)
+    note = check_note(decision, note)
     status, kind = DECISIONS[decision]
     async with db.transaction() as s:
         r = await _lock(s, reflection_id)
@@ -487,7 +495,7 @@ def _public(r: Reflection, title: Title, patron: Patron, library: Library) -> Pu
     return PublicReflection(
         id=r.id, title_id=r.title_id, title=title.title, author=public_author(patron, library),
         class_name=patron.class_name, body=r.body, rating=r.rating, prompt=r.prompt,
-        word_count=r.word_count or 0, approved_at=aware(r.moderated_at),
+        word_count=r.word_count or 0, approved_at=aware(r.moderated_at), photo_ref=r.photo_ref,
     )
 
 
@@ -563,18 +571,6 @@ async def books_to_reflect_on(db: Database, actor: Actor, clock: Clock | None = 
         if title_id not in seen:
             seen[title_id] = BookChoice(title_id, title, returned_at is None)
     return list(seen.values())[:limit]
-
-
-async def find_titles(db: Database, query: str, limit: int = 6) -> list[BookChoice]:
-    """A plain substring match on titles: the fallback when no search index is configured."""
-    query = unicodedata.normalize("NFC", query.strip())[:100]
-    if not query:
-        return []
-    async with db.session() as s:
-        rows = (await s.execute(select(Title.id, Title.title)
-                                .where(func.lower(Title.title).contains(query.lower()))
-                                .order_by(Title.title).limit(limit))).all()
-    return [BookChoice(i, t, False) for i, t in rows]
 
 
 async def title_name(db: Database, title_id: int) -> str | None:

@@ -38,7 +38,14 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from services.textfold import decode_words, fold, fold_keep_marks, looks_like_isbn, normalize_isbn
+from services.textfold import (
+    decode_words,
+    fold,
+    fold_keep_marks,
+    looks_like_isbn,
+    normalize_isbn,
+    strip_invisible,
+)
 
 __all__ = ["IndexedTitle", "Hit", "SearchResult", "SearchIndex"]
 
@@ -46,8 +53,8 @@ MAX_QUERY_CHARS = 200
 MAX_QUERY_WORDS = 12
 MAX_FUZZY_PER_WORD = 8
 MAX_PREFIX_PER_WORD = 12
-GEN_BUDGET = 40_000  # postings read to generate candidates
-PRESCORE_KEEP = 1_500  # candidates kept after the first, IDF-only scoring
+GEN_BUDGET = 20_000  # postings read to generate candidates
+PRESCORE_KEEP = 1_000  # candidates kept after the first, IDF-only scoring
 RERANK_KEEP = 80  # candidates scored with rapidfuzz
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
 
@@ -336,15 +343,16 @@ class SearchIndex:
             self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
 
     def compact(self) -> SearchIndex:
-        """Return a freshly built index of the live titles (drops tombstones and deltas)."""
+        """Return a freshly built index of the live titles (drops tombstones and deltas after many edits)."""
         return SearchIndex.build(self.records())
 
     def records(self) -> Iterable[IndexedTitle]:
-        """Live titles; subjects are not kept in memory, so they come back empty."""
+        """Live titles as indexed: authors and subjects come back folded (enough to re-index), no year."""
         for s in range(len(self._ids)):
             if self._alive[s]:
                 isbn = self._isbn[s]
-                yield IndexedTitle(self._ids[s], self._title[s], "", str(isbn) if isbn else None, "", None, self._avail[s])
+                yield IndexedTitle(self._ids[s], self._title[s], self._fauth[s], str(isbn) if isbn else None,
+                                   self._fsubj[s], None, self._avail[s])
 
     # --------------------------------------------------------------- persist
     def save(self, path: str | Path) -> None:
@@ -459,7 +467,8 @@ class SearchIndex:
         """Best matches for a free-text or ISBN query; never raises on odd input, bounded work."""
         limit = max(0, min(int(limit), 100))
         offset = max(0, min(int(offset), 400))
-        q = (query or "")[:MAX_QUERY_CHARS]
+        # invisible characters are dropped before cutting, so they cannot use up the budget
+        q = strip_invisible((query or "")[: MAX_QUERY_CHARS * 10])[:MAX_QUERY_CHARS]
         if looks_like_isbn(q):
             isbn = normalize_isbn(q)
             slots = self._isbn_lookup(int(isbn)) if isbn else []
@@ -478,8 +487,9 @@ class SearchIndex:
         for w, dec in zip(words, decode_words(words), strict=True):
             fd = fold(dec) if dec else None
             alts.append(fd if fd and fd != w and " " not in fd else None)
-        fq = " ".join(words)
-        fq_alt = " ".join(a or w for w, a in zip(words, alts, strict=True)) if any(alts) else None
+        # groups use distinct words; the scored query string keeps them all ("harry potter ... harry potter 1")
+        alt_of = {w: a for w, a in zip(words, alts, strict=True) if a}
+        fq_alt = " ".join(alt_of.get(w, w) for w in fq.split()) if alt_of else None
         groups = self._groups(words, alts)
         if not groups:
             return SearchResult([], 0, None, kind)
@@ -606,13 +616,16 @@ class SearchIndex:
         mq = fold_keep_marks(q)
         if mq:
             mq_words = set(mq.split())
+            ascii_q = mq.isascii()
             kth = np.partition(score, len(score) - min(limit, len(score)))[len(score) - min(limit, len(score))]
             for i in np.nonzero(score >= kth - 3.01)[0].tolist():
+                if ascii_q and titles[i] != fq and titles[i] != fq_alt:
+                    continue  # an unmarked query can only equal an unmarked title with the same fold
                 raw = self._title[slots[i]]
                 mt = titles[i] if raw.isascii() else fold_keep_marks(raw)
                 if mt == mq:
                     score[i] += 3.0
-                elif not mq.isascii():
+                elif not ascii_q:
                     score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
         score = np.round(score, 3)
         avail = np.frombuffer(self._avail, np.int32)[cands]

@@ -16,6 +16,7 @@ __all__ = [
     "fold_keep_marks",
     "telex_decode",
     "decode_words",
+    "strip_invisible",
     "normalize_isbn",
     "isbn10_to_13",
     "looks_like_isbn",
@@ -61,6 +62,11 @@ _STRIP_MARKS = _strip_marks_table()
 # the same, as regexes: re.sub is much faster than str.translate with a dict on long text
 _INVISIBLE_RE = re.compile("[" + "".join(chr(c) for c in _INVISIBLE) + "]")
 _MARKS_RE = re.compile("[" + "".join(chr(c) for c, v in _STRIP_MARKS.items() if v is None) + "]+")
+
+
+def strip_invisible(s: str) -> str:
+    """Drop zero-width characters, bidi controls and BOMs (they carry no letters)."""
+    return _INVISIBLE_RE.sub("", s) if not s.isascii() else s
 
 
 def fold(s: str) -> str:

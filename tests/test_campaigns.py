@@ -165,6 +165,41 @@ async def test_newcampaign_flow_and_bad_input(demo_app, link_chat):
     assert "quyền" in student.text.lower() or "không" in student.text.lower()
 
 
+async def test_newcampaign_checks_each_answer_keeps_them_on_a_refusal_and_can_be_cancelled(demo_app, link_chat):
+    app = demo_app
+    lib = await link_chat("l1", "TT001")
+    await lib.say("/newcampaign")
+    await lib.say("Mùa đọc")
+    await lib.say("31/01/2027 - 01/12/2026")          # backwards: told now, not after five questions
+    assert "Ngày kết thúc phải sau ngày bắt đầu" in lib.text
+    await lib.say("01/12/2026 - 31/01/2027")
+    await lib.say("0 0")
+    assert "Cần ít nhất một mục tiêu" in lib.text
+    await lib.say("3 2")
+    await lib.press("Bỏ qua")                          # theme
+    await lib.say("#999999 #1")                        # a book that does not exist
+    await lib.say("100 800")
+    # refused at the end: only the books are asked again, every other answer is kept
+    assert "Không có sách số: 999999" in lib.text and "Giới hạn theo sách" in lib.text
+    [first] = await some_titles(app.db, 1)
+    await lib.say(f"#{first}")
+    assert "Đã tạo chiến dịch" in lib.text
+    [c] = await campaigns.list_campaigns(app.db, await actor_for(app.db, "l1", "TT001"), app.deps.clock)
+    assert (c.name, c.goal_books, c.goal_reflections) == ("Mùa đọc", 3, 2)
+    async with app.db.session() as s:
+        from services.models import Campaign
+
+        row = await s.get(Campaign, c.id)
+    assert row.title_ids == [first] and (row.min_words, row.max_words) == (100, 800)
+    # a librarian who walks away can leave with a button; later text is a plain search again
+    await lib.say("/newcampaign")
+    await lib.press("Hủy")
+    assert "Đã huỷ" in lib.text
+    await lib.say("truyen kieu")
+    assert "Từ ngày nào" not in lib.text
+    assert len(await campaigns.list_campaigns(app.db, await actor_for(app.db, "l1", "TT001"), app.deps.clock)) == 1
+
+
 async def test_done_when_reflection_to_leaderboard_and_export(demo_app, link_chat, tmp_path, monkeypatch):
     """The issue's "done when", through the chat layer: write with a prompt, approve, notified,
     on the book card and the leaderboard, and in the export (CLI, all three formats)."""

@@ -26,6 +26,7 @@ from services.models import (
     Copy,
     Hold,
     HoldStatus,
+    Library,
     Loan,
     Notification,
     Patron,
@@ -41,6 +42,7 @@ LIBRARIAN, AN, PAO = 7001, 5001, 5003      # Telegram user ids = their private c
 OUTPUTS = ("sendmessage", "senddocument", "sendphoto", "editmessagetext")
 BOOK = "Nỗi cô đơn còn lại : tiểu thuyết"     # one copy in the demo library
 PHOTO = "AgACAgUAAxkBAAIBZ2handwritten"         # a Telegram file_id the student's photo arrived as
+SCHOOL_CHANNEL = -1001234567890                 # where the school publishes approved reflections
 
 
 class TgUser:
@@ -290,10 +292,12 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         await lib.say(f"/return {barcode}")
         assert f'Em đã tham gia "{campaign}"' in await an.say("/join")
         await an.say("/reflect")
-        assert an.buttons() == [BOOK]                        # the book just read
+        assert an.buttons() == [BOOK, "✖️ Thoát (giữ bản nháp)"]   # the book just read
         prompts = await an.press(BOOK)
         first_prompt = "Điều gì trong cuốn sách làm em xúc động nhất? Vì sao?"
         assert f"1. {first_prompt}" in prompts
+        # long prompts are shortened on a word boundary, with an ellipsis
+        assert "1. Điều gì trong cuốn sách làm em xúc động nhất? Vì…" in an.buttons()
         chosen = await an.press("1. ")                       # the prompt picker is edited in place
         assert chosen.startswith(f"Gợi ý: {first_prompt}") and "từ 20 đến 300 chữ" in chosen
         part1 = "Cuốn tiểu thuyết kể về nỗi cô đơn của những người lính trở về sau chiến tranh."
@@ -306,8 +310,13 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         preview = await an.press("5⭐")
         assert preview == (f"📖 Cảm nhận về: {BOOK}\n💬 {first_prompt}\n\n{part1}\n\n{part2}\n\n"
                            "📷 Có ảnh đính kèm\n43 chữ (cần 20–300) · ★★★★★ · bản nháp")
+        # text typed after the preview (a search, say) is not added to the reflection
+        nudge = await an.say("tat den")
+        assert "chưa thêm tin nhắn vừa rồi" in nudge and "📨 Nộp bài" in an.buttons()
         submitted = await an.press("Nộp bài")
         assert submitted.startswith(f'📨 Đã nộp bài cảm nhận về "{BOOK}" (43 chữ)')
+        async with db.transaction() as s:      # the school's channel, set up by the operator
+            (await s.execute(select(Library))).scalar_one().publish_chat_id = str(SCHOOL_CHANNEL)
 
         # The librarian approves it from the moderation queue.
         queue = await lib.say("/moderate", replies=2)
@@ -319,6 +328,11 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         approved = await lib.press("Duyệt")
         assert approved.startswith(f'✅ Đã duyệt bài của Nguyễn Văn An về "{BOOK}"')
         assert approved.endswith("Không có bài nào chờ duyệt. 🎉")
+        # published to the school's channel: the photo, then the text (first name and class only)
+        [published_photo] = [c for c in api.calls_to("sendPhoto") if c.chat_id == SCHOOL_CHANNEL]
+        assert published_photo.params["photo"] == PHOTO
+        post = api.last_sent(SCHOOL_CHANNEL)["text"]
+        assert "An, lớp 10A1" in post and part2 in post and "Nguyễn Văn An" not in post
 
         # The student is told. The outbox holds the notice; until the reminders sender (issue 6)
         # lands, this test plays its part: render the notice for the student and push it.

@@ -252,6 +252,7 @@ async def test_reflect_flow_in_chat_moderation_card_and_publication(demo_app, li
     await student.say(TEXT_60[:120])
     assert "Đã lưu" in student.text
     await student.say(TEXT_60)
+    await app.router.dispatch(Incoming(channel="test", chat_id="s1", user_id="s1", photo_ref="AgAC-drawing"))
     await student.press("Xong")
     assert "mấy sao" in student.text
     await student.press("4⭐")
@@ -276,6 +277,7 @@ async def test_reflect_flow_in_chat_moderation_card_and_publication(demo_app, li
     assert "Published" in teacher.text
     [(chat_id, post)] = channel.sent
     assert chat_id == "-100123" and "An, lớp 10A1" in post.text and "Nguyễn Văn" not in post.text
+    assert post.photo == "AgAC-drawing"                  # the drawing is published with the text
 
     # the book card shows "Reflections (1)" and lists it
     ctx = await app.router.context_for(Incoming(channel="test", chat_id="s2", user_id="s2"))
@@ -302,10 +304,32 @@ async def test_moderator_reject_and_changes_through_chat(demo_app, link_chat):
     await librarian.say("/moderate")
     await librarian.press("Yêu cầu sửa")
     assert "cần sửa gì" in librarian.text
+    await librarian.say("Em hãy kể thêm.")
+    assert "Gửi góp ý này" in librarian.text and "«Em hãy kể thêm.»" in librarian.text
+    # the note waits for a confirmation: text typed now (a search) decides nothing
+    await librarian.say("truyen kieu")
+    assert "chưa làm gì" in librarian.text and "«Em hãy kể thêm.»" in librarian.text
+    assert (await reflections.get(app.db, student, d.id)).status == ReflectionStatus.SUBMITTED
+    await librarian.press("Viết lại")
     await librarian.say("Em hãy kể thêm về nhân vật chính.")
+    confirm = librarian.find_button("Gửi góp ý")
+    await librarian.press(confirm)
     assert "Đã gửi góp ý" in librarian.text
     view = await reflections.get(app.db, student, d.id)
-    assert view.status == ReflectionStatus.CHANGES_REQUESTED and "nhân vật chính" in view.moderation_note
+    assert view.status == ReflectionStatus.CHANGES_REQUESTED and view.moderation_note == "Em hãy kể thêm về nhân vật chính."
+    await librarian.press(confirm)                      # a double tap
+    assert "hết hạn" in librarian.text
+    # a rejection (final) can be called off before it is confirmed
+    d2 = await reflections.submit(app.db, student, (await written(app, student, (await some_titles(app.db, 2))[1])).id,
+                                  app.deps.clock)
+    await librarian.say("/moderate")
+    await librarian.press("Từ chối")
+    await librarian.say("Bài chép mạng.")
+    assert "Xác nhận từ chối" in " ".join(b.label for r in librarian.last for row in r.buttons for b in row)
+    await librarian.press("Hủy")
+    assert "Đã hủy, bài vẫn chờ duyệt" in librarian.text
+    await librarian.say("truyen kieu")                  # the chat is free again: a plain search
+    assert (await reflections.get(app.db, student, d2.id)).status == ReflectionStatus.SUBMITTED
     # guests and students cannot open the queue
     guest = type(librarian)(app, user="guest")
     await guest.say("/moderate")
@@ -332,3 +356,105 @@ async def test_photo_goes_to_the_open_draft(demo_app, link_chat):
 def test_dates_of_loans_are_utc(clock):
     # the fixed test clock is Monday 1 Dec 2026, 09:00 in Lào Cai
     assert clock.today() == date(2026, 12, 1) and clock.now().tzinfo == UTC
+
+
+def reply_labels(driver) -> list[str]:
+    return [b.label for r in driver.last for row in r.buttons for b in row]
+
+
+async def test_text_after_the_preview_is_never_added_nor_withdraws_a_submitted_one(demo_app, link_chat):
+    """After «Done» the chat is in the review step: stray text (a search typed later) gets a short
+    reply with the buttons; only «Write more» goes back to writing."""
+    app = demo_app
+    [title] = await some_titles(app.db, 1)
+    me = await actor_for(app.db, "s1", "HS001")
+    student = await link_chat("s1", "HS001")
+    await student.say("/camnhan")
+    await student.press(app.router.encode("s1", "rfb", title))
+    await student.press("Tự viết")
+    await student.say(TEXT_60)
+    await student.press("Xong")
+    stars = student.find_button("4⭐")
+    await student.say("de men phieu luu ky")            # while the stars are shown
+    assert "chưa thêm tin nhắn" in student.text
+    assert {"📨 Nộp bài", "✍️ Viết thêm", "✖️ Thoát (giữ bản nháp)"} <= set(reply_labels(student))
+    await student.press("Nộp bài")                       # no stars yet: asked for them, not refused flatly
+    assert "chấm sao" in student.text and "4⭐" in reply_labels(student)
+    await student.press(stars)
+    assert "★★★★☆" in student.text
+    await student.say("de men phieu luu ky")            # after the preview
+    assert "chưa thêm tin nhắn" in student.text
+    [draft] = await reflections.my_open(app.db, me)
+    assert draft.body == TEXT_60
+    await student.press("Viết thêm")                     # back to writing, on purpose
+    await student.say("Thêm một câu nữa.")
+    assert "Đã lưu" in student.text
+    await student.press("Xong")                          # rated already: straight to the preview
+    submit = student.find_button("Nộp bài")
+    await student.press(submit)
+    assert "Đã nộp" in student.text
+    await student.press(submit)                          # a double tap
+    assert "đã được nộp" in student.text
+    await student.say("de men phieu luu ky")            # the chat is free again: a catalog search
+    assert "chưa thêm" not in student.text and "Nộp bài" not in reply_labels(student)
+    # resuming the submitted one, then stray text, or a stale star button: it stays in the queue
+    await student.say("/drafts")
+    await student.press("Viết tiếp")
+    await student.say("de men phieu luu ky")
+    assert "đang chờ thầy cô duyệt" in student.text and "Nộp bài" not in reply_labels(student)
+    await student.press(stars)
+    assert "không dùng được nữa" in student.text
+    view = await reflections.get(app.db, me, draft.id)
+    assert view.status == ReflectionStatus.SUBMITTED and view.body.endswith("Thêm một câu nữa.")
+    assert view.rating == 4
+    await student.press(app.router.encode("s1", "rfx"))
+    assert "/bannhap" in student.text
+
+
+async def test_book_search_in_reflect_uses_the_catalog_rules_and_the_students_library(demo_app, link_chat):
+    app = demo_app
+    async with app.db.session() as s:
+        title_id = (await s.execute(select(Title.id).where(Title.title == "Nỗi cô đơn còn lại : tiểu thuyết"))
+                    ).scalar_one()
+    student = await link_chat("s1", "HS001", language="en")
+    await student.say("/reflect")
+    await student.say("n")
+    assert "at least 2 characters" in student.text and not [b for b in reply_labels(student) if "Nỗi" in b]
+    await student.say("😀!!")
+    assert "not by symbols" in student.text
+    await student.say("noi co don con lai")              # no diacritics: the catalog search finds it
+    assert "Nỗi cô đơn còn lại : tiểu thuyết" in reply_labels(student)
+    # once the library's only copy belongs to another school, it is not offered here
+    async with app.db.transaction() as s:
+        other = Library(code="other", name="Trường khác", settings={})
+        s.add(other)
+        await s.flush()
+        for copy in (await s.execute(select(Copy).where(Copy.title_id == title_id))).scalars():
+            copy.library_id = other.id
+    await student.say("noi co don con lai")
+    assert "Nỗi cô đơn còn lại : tiểu thuyết" not in reply_labels(student)
+
+
+def test_labels_are_shortened_on_a_word_boundary():
+    from handlers.text import short
+
+    prompt = "Điều gì trong cuốn sách làm em xúc động nhất? Vì sao?"
+    assert short(prompt, 40) == "Điều gì trong cuốn sách làm em xúc động…"
+    assert short(prompt, 100) == prompt
+    assert short("Nỗi cô đơn còn lại : tiểu thuyết", 24) == "Nỗi cô đơn còn lại…"
+    assert short("Supercalifragilistic", 8) == "Superca…"     # one long word: cut inside it
+    assert all(len(short(prompt, n)) <= n for n in range(2, 60))
+
+
+async def test_prompt_buttons_end_with_an_ellipsis(demo_app, link_chat):
+    app = demo_app
+    librarian = await actor_for(app.db, "l1", "TT001")
+    long_prompt = "Nếu được gặp tác giả, em muốn hỏi điều gì về đoạn kết của cuốn sách này và vì sao?"
+    await reflections.add_prompt(app.db, librarian, long_prompt)
+    [title] = await some_titles(app.db, 1)
+    student = await link_chat("s1", "HS001")
+    await student.say("/camnhan")
+    await student.press(app.router.encode("s1", "rfb", title))
+    [label] = [b for b in reply_labels(student) if b.startswith("5. ")]
+    assert label.endswith("…") and long_prompt.startswith(label[3:-1])
+    assert long_prompt[len(label) - 3 - 1] == " "         # the cut fell between two words

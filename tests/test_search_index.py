@@ -99,6 +99,14 @@ def test_english_typos(index, rows, query):
     assert title_of(rows, first.id).startswith("Harry Potter and the Sorcerer's Stone")
 
 
+def test_exact_title_with_repeated_words_gets_exact_bonus(index, rows):
+    title = "Harry Potter and the Sorcerer's Stone (Harry Potter, #1)"
+    hit = index.search(title, limit=1).hits[0]
+    assert title_of(rows, hit.id) == title
+    second = index.search(title, limit=2).hits[1]
+    assert hit.score - second.score >= 4.0  # the exact-title bonus applied
+
+
 def test_author_plus_title_word(index, rows):
     ids = top_ids(index, "rowling harry")
     assert ids and all("Rowling" in next(r.authors for r in rows if r.id == i) for i in ids)
@@ -134,6 +142,10 @@ def test_every_vietnamese_loc_title_found_without_diacritics(index, rows):
         if not same & set(top_ids(index, fold(r.title), 5)):
             missed.append(r.title)
     assert missed == []
+
+
+def test_invisible_padding_does_not_hide_the_query(index):
+    assert top_ids(index, "\u200b" * 1000 + "truyện\u200d kiều", 1) == [9001]
 
 
 def test_user_diacritics_rank_first(index):
@@ -213,6 +225,11 @@ def test_upsert_and_remove_without_rebuild(rows):
     assert idx.remove(9101)
     assert 9101 not in top_ids(idx, "chi pheo")
     assert len(idx) == n
+    # compacting folds the deltas and tombstones into a fresh build with the same answers
+    fresh = idx.compact()
+    assert len(fresh) == n
+    for q in ("lao hac", "nam cao", "truyeenj kieeuf", "0439023483", "rowling harry"):
+        assert top_ids(fresh, q) == top_ids(idx, q)
 
 
 def test_duplicate_ids_in_build_keep_last():
