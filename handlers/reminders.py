@@ -14,6 +14,7 @@ from typing import Any
 from handlers.core import Context, Router
 from handlers.i18n import N_
 from handlers.messages import Button, Incoming, Reply
+from handlers.text import short
 from services import reminders
 from services.common import DomainError
 
@@ -54,12 +55,7 @@ def _days(ctx: Context, iso: Any) -> int:
 
 
 def _title(payload: dict[str, Any]) -> str:
-    title = str(payload.get("title") or "…")
-    return title if len(title) <= 120 else title[:119] + "…"
-
-
-def _short(label: str, limit: int = 40) -> str:
-    return label if len(label) <= limit else label[: limit - 1] + "…"
+    return short(str(payload.get("title") or "…"), 120)
 
 
 def _renew(ctx: Context, payload: dict[str, Any], label: str) -> Button | None:
@@ -140,7 +136,7 @@ async def render_digest(ctx: Context, payload: dict[str, Any]) -> Reply:
                        days=abs(_days(ctx, when))))
         if len(buttons) < MAX_BUTTON_ROWS:
             label = t("reminders.btn_renew_title" if kind != "pickup_tomorrow" else "reminders.btn_cancel_title",
-                      title=_short(_title(item), 28))
+                      title=short(_title(item), 28))
             button = _cancel(ctx, item, label) if kind == "pickup_tomorrow" else _renew(ctx, item, label)
             if button is not None:
                 buttons.append([button])
