@@ -169,7 +169,8 @@ async def _settings(ctx: Context, *, edit: bool = False, note: str | None = None
     state = await reminders.preferences(ctx.db, ctx.actor)
     buttons = [[ctx.button(t("reminders.on" if on else "reminders.off", kind=t(KIND_LABELS[kind])), "rset", kind)]
                for kind, on in state.items()]
-    text = t("reminders.settings_title")
+    start, end = await reminders.quiet_hours(ctx.db, ctx.actor)
+    text = t("reminders.settings_title", start=start.strftime("%H:%M"), end=end.strftime("%H:%M"))
     return Reply(f"{note}\n\n{text}" if note else text, buttons=buttons, edit=edit)
 
 

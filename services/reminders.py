@@ -171,6 +171,15 @@ async def preferences(db: Database, actor: Actor) -> dict[str, bool]:
     return {kind: enabled(prefs, kind) for kind in allowed_kinds(actor.role)}
 
 
+async def quiet_hours(db: Database, actor: Actor) -> tuple[time, time]:
+    """When the actor's library sends nothing (school time)."""
+    require_linked(actor)
+    async with db.session() as s:
+        library = await s.get(Library, actor.library_id)
+    rules = Rules.of(library) if library is not None else Rules()
+    return rules.quiet_start, rules.quiet_end
+
+
 async def set_enabled(db: Database, actor: Actor, kind: str, on: bool) -> bool:
     """Switch one kind on or off for the actor themselves. Returns the new state."""
     require_linked(actor)

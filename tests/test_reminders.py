@@ -264,6 +264,7 @@ async def test_reminders_settings_command_toggles(rapp: App):
     chat = ChatDriver(rapp, user="HS002", channel=CHANNEL)
     await chat.say("/reminders")
     assert "Your reminders" in chat.text and len(chat.last[0].buttons) == 6
+    assert "between 20:00 and 07:00" in chat.text                 # the library's quiet hours
     await chat.press("Overdue")
     assert chat.last[0].edit and "🔕 Overdue" in [b.label for row in chat.last[0].buttons for b in row]
     await chat.press("Overdue")
