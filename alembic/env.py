@@ -4,9 +4,9 @@ import asyncio
 import os
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy.engine import Connection
 
-from alembic import context
 from services import models  # noqa: F401  (registers every table on Base.metadata)
 from services.db import Base, create_engine
 

@@ -1,13 +1,12 @@
 """accounts and circulation: closed days, link codes, rate counters
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0003"

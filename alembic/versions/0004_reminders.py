@@ -1,17 +1,16 @@
 """reminders: delivery bookkeeping on the notification outbox
 
 Revision ID: 0004
-Revises: 0005 (branched from 0001; chained after the features merged before it)
+Revises: 0003
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
