@@ -145,24 +145,6 @@ class ThinTelegramChannel:
         return Delivery(str(message.message_id))
 
 
-def wire_gated(limiter_cls, gate: RateLimiter):
-    """A PTB rate limiter that also passes every send through ``gate`` right before the HTTP
-    request, i.e. after everything the channel does first (the adapter checks the database for
-    unreachable chats before each send), so that work's jitter cannot bunch sends into a burst."""
-
-    class WireGated(limiter_cls):
-        async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):
-            if endpoint.lower().startswith("send"):
-                async def gated(*a, **k):
-                    await gate.gate()
-                    return await callback(*a, **k)
-
-                return await super().process_request(gated, args, kwargs, endpoint, data, rate_limit_args)
-            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
-
-    return WireGated
-
-
 async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: float, wire_gate: bool):
     """The real adapter's channel when it is installed, else the thin one; both on PTB + AIORateLimiter.
 
@@ -177,9 +159,9 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: fl
     except ImportError:
         ResilientRateLimiter = TelegramChannel = None
     limiter_cls = ResilientRateLimiter or AIORateLimiter
-    if wire_gate:
-        limiter_cls = wire_gated(limiter_cls, RateLimiter(per_second=rate))
-    bot = ExtBot(api.token, base_url=api.base_url, request=request, rate_limiter=limiter_cls(max_retries=0))
+    options = {"gate": RateLimiter(per_second=rate)} if wire_gate and ResilientRateLimiter else {}
+    bot = ExtBot(api.token, base_url=api.base_url, request=request,
+                 rate_limiter=limiter_cls(max_retries=0, **options))
     await bot.initialize()
     label = " + wire gate" if wire_gate else ""
     if TelegramChannel is None:

@@ -65,6 +65,7 @@ from telegram.ext import (
 )
 
 from bot.app import App
+from bot.scheduler import RateLimiter
 from handlers.core import Router, clean_text
 from handlers.i18n import LANGUAGES, Translator
 from handlers.messages import (
@@ -124,16 +125,30 @@ def outcome(error: BaseException) -> str:
     return "failed"          # a 5xx status from the Bot API
 
 
+MESSAGE_ENDPOINTS = ("send", "edit", "copy", "forward")
+
+
 class ResilientRateLimiter(AIORateLimiter):
     """PTB's AIORateLimiter (flood limits, 429 + ``retry_after``), plus backoff retries for
     5xx and network failures — only where repeating the call cannot duplicate a message."""
 
     def __init__(self, *, max_retries: int = 3, backoff: tuple[float, ...] = (0.5, 2.0, 5.0),
-                 **kwargs: Any) -> None:
+                 gate: RateLimiter | None = None, **kwargs: Any) -> None:
         super().__init__(max_retries=max_retries, **kwargs)
         self.backoff = tuple(backoff)
+        # AIORateLimiter's leaky bucket lets short bursts through; Telegram counts messages in any
+        # one-second window. The gate, applied right before each message request leaves, keeps
+        # at most its window per second (replies and pushed reminders share it).
+        self.gate = gate
 
     async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):
+        if self.gate is not None and endpoint.lower().startswith(MESSAGE_ENDPOINTS):
+            inner, gate = callback, self.gate
+
+            async def callback(*a: Any, **k: Any) -> Any:
+                await gate.gate()
+                return await inner(*a, **k)
+
         for attempt in range(len(self.backoff) + 1):
             try:
                 return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
@@ -349,7 +364,8 @@ class TelegramAdapter:
             .token(token or app.settings.telegram_token or "")
             .base_url(base_url)
             .base_file_url(file_base_url(base_url))
-            .rate_limiter(ResilientRateLimiter(max_retries=max_retries, backoff=backoff))
+            .rate_limiter(ResilientRateLimiter(max_retries=max_retries, backoff=backoff,
+                                               gate=RateLimiter(per_second=28)))
             .concurrent_updates(PerChatUpdateProcessor(concurrency))
             .arbitrary_callback_data(False)
         )

@@ -150,7 +150,7 @@ async def mark_unreachable(db: Database, channel: str, chat_id: str, clock: Cloc
 
 async def is_unreachable(db: Database, channel: str, chat_id: str) -> bool:
     """True when delivery to this chat was refused and the person has not written since."""
-    async with db.transaction() as s:
+    async with db.session() as s:  # a plain read: it sits on the sending path of every reminder
         found = (await s.execute(
             select(ChatIdentity.id).where(ChatIdentity.channel == channel, ChatIdentity.chat_id == chat_id,
                                           ChatIdentity.unreachable_at.is_not(None)).limit(1)
