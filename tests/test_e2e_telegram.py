@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import select
 
 from bot import telegram
-from handlers.messages import Incoming
 from services import accounts, rules
 from services.models import (
     AuditEntry,
@@ -35,6 +34,7 @@ from services.models import (
     Title,
 )
 from tests.fake_bot_api import Call, FakeBotApi
+from tests.test_reminders import sweeper_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
@@ -270,7 +270,7 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
     lib, an = TgUser(api, LIBRARIAN, "vi"), TgUser(api, AN, "vi")
     campaign = "Đại sứ văn hoá đọc 2026"
 
-    async with telegram.running(app, **options(api)) as tg:
+    async with telegram.running(app, **options(api)):
         await lib.say(await librarian_code(db, clock))
         await lib.say("/codes 10A1", done=lambda new: any(c.method == "sendDocument" for c in new))
         await an.say(code_for(lib.text, "HS001"))
@@ -334,17 +334,20 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         post = api.last_sent(SCHOOL_CHANNEL)["text"]
         assert "An, lớp 10A1" in post and part2 in post and "Nguyễn Văn An" not in post
 
-        # The student is told. The outbox holds the notice; until the reminders sender (issue 6)
-        # lands, this test plays its part: render the notice for the student and push it.
+        # The student is told: the approval is in the outbox, and one reminder sweep delivers it
+        # through the running Telegram adapter, in the student's language.
         async with db.session() as s:
             an_id = (await s.execute(select(Patron.id).where(Patron.card_number == "HS001"))).scalar_one()
             notice = (await s.execute(select(Notification).where(Notification.kind == "reflection_approved"))
                       ).scalar_one()
         assert notice.patron_id == an_id and notice.payload["title"] == BOOK
-        ctx = await app.router.context_for(Incoming(channel="telegram", chat_id=str(AN), user_id=str(AN),
-                                                    chat_type="private"))
-        await tg.channel.send(str(AN), await app.router.notices[notice.kind](ctx, notice.payload))
-        assert api.last_sent(AN)["text"] == f'🎉 Bài cảm nhận của em về "{BOOK}" đã được duyệt! Cảm ơn em đã chia sẻ.'
+        report = await sweeper_for(app).sweep()
+        assert report.messages >= 1
+        told = f'🎉 Bài cảm nhận của em về "{BOOK}" đã được duyệt! Cảm ơn em đã chia sẻ.'
+        assert [m["text"] for m in api.sent_messages(AN)].count(told) == 1
+        async with db.session() as s:
+            assert (await s.get(Notification, notice.id)).status.value == "sent"
+        assert (await sweeper_for(app).sweep()).messages == 0  # once, never twice
 
         # It shows on the book card (first name and class only) ...
         await an.say(f"/start t{title_id}")
