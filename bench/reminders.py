@@ -34,13 +34,6 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from bot.app import build_app  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from bot.scheduler import RateLimiter, Sweeper  # noqa: E402
-from handlers.messages import (  # noqa: E402
-    ChatUnreachable,
-    Delivery,
-    DeliveryFailed,
-    DeliveryUncertain,
-    Reply,
-)
 from services import reminders  # noqa: E402
 from services.common import Clock  # noqa: E402
 from services.db import Database, create_engine, upgrade_async  # noqa: E402
@@ -118,55 +111,23 @@ async def seed(db: Database, loans: int, rng: random.Random) -> tuple[int, list[
     return patrons, ids
 
 
-class ThinTelegramChannel:
-    """Until bot/telegram.py's TelegramChannel is on main: the same error mapping on a PTB ExtBot."""
-
-    name = "telegram"
-
-    def __init__(self, bot) -> None:
-        self.bot = bot
-
-    async def send(self, chat_id: str, reply: Reply) -> Delivery:
-        from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-        from telegram.error import Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
-
-        markup = InlineKeyboardMarkup([[InlineKeyboardButton(b.label, callback_data=b.payload) for b in row]
-                                       for row in reply.buttons]) if reply.buttons else None
-        try:
-            message = await self.bot.send_message(int(chat_id), reply.text, reply_markup=markup)
-        except Forbidden as exc:
-            raise ChatUnreachable(chat_id) from exc
-        except RetryAfter as exc:
-            raise DeliveryFailed(f"rate limited: {exc}") from exc
-        except TimedOut as exc:
-            raise DeliveryUncertain(str(exc)) from exc
-        except (NetworkError, TelegramError) as exc:
-            raise DeliveryFailed(str(exc)) from exc
-        return Delivery(str(message.message_id))
-
-
 async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: float, wire_gate: bool):
-    """The real adapter's channel when it is installed, else the thin one; both on PTB + AIORateLimiter.
+    """The adapter's own channel (``TelegramChannel``) on a PTB bot with the adapter's rate limiter.
 
     ``max_retries=0`` for 429s: the sweeper pauses every send for ``retry_after`` and re-queues
     the notice (PTB's own retry would add an unpaced request on top of the paced ones)."""
-    from telegram.ext import AIORateLimiter, ExtBot
+    from telegram.ext import ExtBot
     from telegram.request import HTTPXRequest
 
+    from bot.telegram import ResilientRateLimiter, TelegramChannel
+
     request = HTTPXRequest(connection_pool_size=16)
-    try:
-        from bot.telegram import ResilientRateLimiter, TelegramChannel
-    except ImportError:
-        ResilientRateLimiter = TelegramChannel = None
-    limiter_cls = ResilientRateLimiter or AIORateLimiter
-    options = {"gate": RateLimiter(per_second=rate)} if wire_gate and ResilientRateLimiter else {}
+    options = {"gate": RateLimiter(per_second=rate)} if wire_gate else {}
     bot = ExtBot(api.token, base_url=api.base_url, request=request,
-                 rate_limiter=limiter_cls(max_retries=0, **options))
+                 rate_limiter=ResilientRateLimiter(max_retries=0, **options))
     await bot.initialize()
     label = " + wire gate" if wire_gate else ""
-    if TelegramChannel is None:
-        return bot, ThinTelegramChannel(bot), "thin PTB ExtBot channel (bench)" + label
-    return bot, TelegramChannel(bot, db, clock=clock), f"bot.telegram.TelegramChannel ({limiter_cls.__name__}){label}"
+    return bot, TelegramChannel(bot, db, clock=clock), f"bot.telegram.TelegramChannel (ResilientRateLimiter){label}"
 
 
 @dataclass

@@ -7,18 +7,11 @@ from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import select
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-from telegram.error import Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import AIORateLimiter, ExtBot
 
 from bot.app import App
 from handlers.messages import (
-    ChatUnreachable,
-    Delivery,
-    DeliveryFailed,
-    DeliveryUncertain,
     Incoming,
-    Reply,
 )
 from services import reminders
 from services.common import Clock
@@ -29,37 +22,11 @@ from tests.test_reminders import at, lend, link, sweeper_for
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
 
-class PTBChannel:
-    """Pushes through a PTB ExtBot with AIORateLimiter, mapping errors like the Telegram adapter."""
-
-    name = "telegram"
-
-    def __init__(self, bot: ExtBot) -> None:
-        self.bot = bot
-
-    async def send(self, chat_id: str, reply: Reply) -> Delivery:
-        markup = InlineKeyboardMarkup([[InlineKeyboardButton(b.label, callback_data=b.payload) for b in row]
-                                       for row in reply.buttons]) if reply.buttons else None
-        try:
-            message = await self.bot.send_message(int(chat_id), reply.text, reply_markup=markup)
-        except Forbidden as exc:
-            raise ChatUnreachable(chat_id) from exc
-        except RetryAfter as exc:
-            raise DeliveryFailed(f"rate limited: {exc}") from exc
-        except TimedOut as exc:
-            raise DeliveryUncertain(str(exc)) from exc
-        except (NetworkError, TelegramError) as exc:
-            raise DeliveryFailed(str(exc)) from exc
-        return Delivery(str(message.message_id))
-
-
 def telegram_channel(api: FakeBotApi, app: App):
-    """The real adapter's channel once bot/telegram.py is installed; else the equivalent above."""
+    """The adapter's own channel on a PTB ExtBot; ``max_retries=0`` so a 429 reaches the sweeper."""
+    from bot.telegram import TelegramChannel
+
     bot = ExtBot(api.token, base_url=api.base_url, rate_limiter=AIORateLimiter(max_retries=0))
-    try:
-        from bot.telegram import TelegramChannel
-    except ImportError:
-        return bot, PTBChannel(bot)
     return bot, TelegramChannel(bot, app.db, clock=app.deps.clock)
 
 
