@@ -149,8 +149,9 @@ async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None
     now = clock.now()
     async with db.transaction() as s:
         query = select(Patron).where(Patron.library_id == actor.library_id, Patron.active.is_(True))
-        if class_name:
-            query = query.where(func.upper(Patron.class_name) == class_name.strip().upper())
+        if class_name:  # a class's slips are for its students; a homeroom teacher gets their own
+            query = query.where(func.upper(Patron.class_name) == class_name.strip().upper(),
+                                Patron.role == Role.STUDENT)
         if patron_ids:
             query = query.where(Patron.id.in_(patron_ids))
         people = list((await s.execute(query.order_by(Patron.full_name, Patron.id))).scalars())

@@ -160,7 +160,8 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         # The librarian links their own chat with the code the operator printed, then asks for codes.
         assert "Đã liên kết! Chào Hoàng Minh Tuấn" in await lib.say(await librarian_code(db, clock))
         await lib.say("/codes 10A1", done=lambda new: any(c.method == "sendDocument" for c in new))
-        assert "Mã liên kết lớp 10A1: 3 học sinh" in lib.text
+        assert "Mã liên kết lớp 10A1: 2 học sinh" in lib.text          # students only, not the homeroom teacher
+        assert "GV001" not in lib.text
         assert "https://t.me/docsach_test_bot?start=k" in lib.text      # the QR deep link on each slip
         [slips] = [c for c in api.calls_to("sendDocument") if c.chat_id == LIBRARIAN]
         assert slips.files["document"].data.startswith(b"%PDF") and slips.files["document"].filename.endswith(".pdf")
