@@ -45,6 +45,9 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
 async def cmd_run(app: App, args: argparse.Namespace) -> int:
     await _prepare(app, load_demo=not args.no_demo)
     scheduler = None
+    from bot.sip2 import start_sip2_server
+
+    kiosk_server = await start_sip2_server(app, app.settings)   # None unless DOCSACH_SIP2_LISTEN is set
     if app.settings.reminders_enabled:
         from bot.scheduler import start_scheduler
 
@@ -62,6 +65,8 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if kiosk_server is not None:
+            await kiosk_server.close()
 
 
 async def cmd_chat(app: App, args: argparse.Namespace) -> int:
@@ -117,6 +122,10 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
               "or set TELEGRAM_BOT_TOKEN so it can be asked.", file=sys.stderr)
         return 2
     username = username.lstrip("@")
+    if args.door:
+        from bot.sip2_cli import door_label
+
+        return await door_label(app, args, username)
     what = next(kind for kind in KINDS if getattr(args, kind))
     try:
         title_ids = [int(x) for x in args.title_ids.split(",") if x.strip()] if args.title_ids else None
@@ -468,6 +477,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     which.add_argument("--titles", action="store_true", help="one label per title the library holds")
     which.add_argument("--copies", action="store_true", help="one label per copy (with its barcode)")
     which.add_argument("--shelves", action="store_true", help="one label per shelf and classroom corner")
+    which.add_argument("--door", action="store_true", help="the library door's check-in QR (a visit per reader per day)")
     p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
     p.add_argument("--location", metavar="CODE", help="only what is on this shelf/in this classroom (e.g. KE-B)")
     p.add_argument("--title-ids", metavar="IDS", help="only these titles, comma-separated ids")
@@ -491,6 +501,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--requeue-uncertain", action="store_true",
                    help="send again the notices whose delivery was uncertain (a deliberate human decision)")
     handlers["remind"] = cmd_remind
+    from bot import sip2_cli
+
+    sip2_cli.add_parser(sub, handlers)
 
 
     p = sub.add_parser("export", help="export data (reflections of a campaign)",

@@ -39,6 +39,11 @@ class Settings:
     search_snapshot: str | None = None
     reminders_enabled: bool = True
     reminder_interval_minutes: float = 5.0
+    # Self-check kiosks (SIP2): HOST:PORT to listen on (off when empty), optional TLS, text encoding.
+    sip2_listen: str | None = None
+    sip2_tls_cert: str | None = None
+    sip2_tls_key: str | None = None
+    sip2_encoding: str = "utf-8"
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -60,6 +65,10 @@ class Settings:
             search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
             reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
             reminder_interval_minutes=float(_env("DOCSACH_REMINDER_INTERVAL_MINUTES", "5") or 5),
+            sip2_listen=_env("DOCSACH_SIP2_LISTEN"),
+            sip2_tls_cert=_env("DOCSACH_SIP2_TLS_CERT"),
+            sip2_tls_key=_env("DOCSACH_SIP2_TLS_KEY"),
+            sip2_encoding=_env("DOCSACH_SIP2_ENCODING", "utf-8"),
         )
         if secret:
             settings.secret_key = secret.encode()

@@ -58,6 +58,9 @@ from services.patrons import Actor, require_linked, require_staff
 from services.rules import Rules, SchoolCalendar, load_calendar, rules_for
 
 T = TypeVar("T")
+# Runs inside a loan change's own transaction, after the change (e.g. a kiosk's chat receipt):
+# whatever it writes is committed exactly when the change is.
+Within = Callable[[AsyncSession, "CheckoutResult | CheckinResult | RenewResult"], Awaitable[None]]
 MAX_ATTEMPTS = 8
 ACTIVE_HOLD = (HoldStatus.WAITING, HoldStatus.READY)
 LENDABLE = (CopyStatus.AVAILABLE, CopyStatus.ON_LOAN, CopyStatus.ON_HOLD_SHELF, CopyStatus.IN_REPAIR)
@@ -539,7 +542,7 @@ async def expire_holds(db: Database, *, clock: Clock, library_id: int | None = N
 # -- loans -------------------------------------------------------------------------------------------
 
 async def check_out(db: Database, actor: Actor, copy_ref: int | str, patron_ref: int | str, *,
-                    clock: Clock) -> CheckoutResult:
+                    clock: Clock, within: Within | None = None) -> CheckoutResult:
     """Lend a copy to a patron of the staff member's library. Fulfils that patron's hold on the title."""
     require_staff(actor)
 
@@ -599,13 +602,17 @@ async def check_out(db: Database, actor: Actor, copy_ref: int | str, patron_ref:
                 freed = await s.get(Copy, freed_copy_id)
                 if freed is not None and freed.status == CopyStatus.ON_HOLD_SHELF:
                     await _release(s, sc, freed, actor=actor)
-        return CheckoutResult(loan.id, copy.id, copy.barcode, title.title, patron.id, patron.full_name,
-                              patron.card_number, due, fulfilled, open_loans + 1, rules.max_loans)
+        result = CheckoutResult(loan.id, copy.id, copy.barcode, title.title, patron.id, patron.full_name,
+                                patron.card_number, due, fulfilled, open_loans + 1, rules.max_loans)
+        if within is not None:
+            await within(s, result)
+        return result
 
     return await run_tx(db, work)
 
 
-async def check_in(db: Database, actor: Actor, copy_ref: int | str, *, clock: Clock) -> CheckinResult:
+async def check_in(db: Database, actor: Actor, copy_ref: int | str, *, clock: Clock,
+                   within: Within | None = None) -> CheckinResult:
     """Take a copy back. If someone is waiting for the title, the copy is set aside for them."""
     require_staff(actor)
 
@@ -634,23 +641,30 @@ async def check_in(db: Database, actor: Actor, copy_ref: int | str, *, clock: Cl
         ready = await _release(s, sc, copy, actor=actor)
         mine = next((h for h in ready if h.copy_id == copy.id), None)
         if mine is None:
-            return CheckinResult(loan.id, copy.id, copy.barcode, title.title, patron.full_name,
-                                 patron.card_number, overdue)
-        holder = await s.get(Patron, mine.patron_id)
-        return CheckinResult(loan.id, copy.id, copy.barcode, title.title, patron.full_name, patron.card_number,
-                             overdue, mine.id, holder.full_name, holder.card_number, mine.pickup_deadline)
+            result = CheckinResult(loan.id, copy.id, copy.barcode, title.title, patron.full_name,
+                                   patron.card_number, overdue)
+        else:
+            holder = await s.get(Patron, mine.patron_id)
+            result = CheckinResult(loan.id, copy.id, copy.barcode, title.title, patron.full_name,
+                                   patron.card_number, overdue, mine.id, holder.full_name, holder.card_number,
+                                   mine.pickup_deadline)
+        if within is not None:
+            await within(s, result)
+        return result
 
     return await run_tx(db, work)
 
 
 async def renew_loan(db: Database, actor: Actor, loan_id: int, *, clock: Clock,
-                     expected_renewals: int | None = None) -> RenewResult:
+                     expected_renewals: int | None = None, within: Within | None = None) -> RenewResult:
     """Extend a loan by the loan period (from the later of today and the due date).
 
     Refused when someone is waiting for the title, the renewal limit is reached or the loan is
     too overdue. ``expected_renewals`` (from the button that was pressed) makes a double tap a no-op.
+    Staff (and kiosks, which act as staff of their library) need no linked card of their own.
     """
-    require_linked(actor)
+    if not actor.is_staff:
+        require_linked(actor)
 
     async def work(s: AsyncSession) -> RenewResult:
         loan = await s.get(Loan, loan_id)
@@ -685,7 +699,11 @@ async def renew_loan(db: Database, actor: Actor, loan_id: int, *, clock: Clock,
         audit.record(s, "loan.renew", "loan", loan.id, actor_patron_id=actor.patron_id,
                      library_id=loan.library_id, channel=actor.channel, due_date=due.isoformat(),
                      previous_due=loan.due_date.isoformat())
-        return RenewResult(loan.id, title.title, due, loan.renewals + 1, max(0, rules.max_renewals - loan.renewals - 1))
+        result = RenewResult(loan.id, title.title, due, loan.renewals + 1,
+                             max(0, rules.max_renewals - loan.renewals - 1))
+        if within is not None:
+            await within(s, result)
+        return result
 
     return await run_tx(db, work)
 

@@ -1,0 +1,74 @@
+"""What the chat says about the library's self-check kiosks and its door.
+
+- ``kiosk_receipt`` notices (services.kiosks): the reader's receipt for what went through a kiosk,
+  one line for one book, a digest for several in one session. Students read "em"; teachers and
+  staff read a neutral form.
+- The door QR (``docsach qr --door``) opens ``/start v<library id>``: a linked reader's visit today.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from handlers.core import Context, Router
+from handlers.messages import Incoming, Reply
+from handlers.text import short
+from services import visits
+from services.common import DomainError
+from services.models import Role
+
+DOOR_PREFIX = "v"
+ACTIONS = ("checkout", "renew", "return")
+
+
+def _form(ctx: Context) -> str:
+    """Students are "em"; anyone else gets the neutral wording."""
+    return "student" if ctx.actor.role in (None, Role.STUDENT) else "staff"
+
+
+def _date(ctx: Context, iso: Any) -> str:
+    try:
+        return ctx.t.date(date.fromisoformat(str(iso)))
+    except ValueError:
+        return str(iso or "?")
+
+
+async def render_receipt(ctx: Context, payload: dict[str, Any]) -> Reply:
+    t = ctx.t
+    form = _form(ctx)
+    items = [i for i in payload.get("items") or [] if i.get("action") in ACTIONS]
+    if len(items) == 1:
+        item = items[0]
+        return Reply(t(f"sip2.receipt_{item['action']}_{form}", title=short(str(item.get("title") or "…"), 120),
+                       date=_date(ctx, item.get("due_date"))))
+    lines = [t(f"sip2.receipt_digest_{form}", count=len(items))]
+    for item in items:
+        lines.append(t(f"sip2.receipt_line_{item['action']}", title=short(str(item.get("title") or "…"), 80),
+                       date=_date(ctx, item.get("due_date"))))
+    due = sorted(str(i.get("due_date")) for i in items if i.get("action") != "return" and i.get("due_date"))
+    if due:
+        lines.append(t(f"sip2.receipt_digest_footer_{form}", date=_date(ctx, due[0])))
+    return Reply("\n".join(lines))
+
+
+async def door_check_in(event: Incoming, ctx: Context) -> Reply:
+    """``/start v<library id>`` from the QR code at the library door."""
+    t = ctx.t
+    raw = (event.args or "")[len(DOOR_PREFIX):]
+    if not raw.isdigit():
+        return Reply(t("start.bad_link"))
+    if not ctx.actor.is_linked:
+        return Reply(t("sip2.door_link_first"))
+    try:
+        result = await visits.check_in_at_door(ctx.db, ctx.actor, int(raw), clock=ctx.clock)
+    except DomainError as refusal:
+        return Reply(t(refusal.key, **refusal.params))
+    form = _form(ctx)
+    key = f"sip2.door_welcome_{form}" if result.recorded else f"sip2.door_again_{form}"
+    return Reply(t(key, name=ctx.actor.full_name or "", library=result.library_name))
+
+
+def register(router: Router) -> None:
+    router.notice("kiosk_receipt", render_receipt)
+    router.deep_link(DOOR_PREFIX, door_check_in)
