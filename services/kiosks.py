@@ -28,7 +28,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, notifications
+from services import audit, outbox
 from services.common import Clock, DomainError, NotFound
 from services.db import Database, insert_for
 from services.models import (
@@ -399,7 +399,7 @@ class Receipts:
                 return
         part = self.part + 1
         key = f"kiosk:{self.session}:{self.patron_id}:{part}"
-        await notifications.enqueue(s, patron_id=self.patron_id, kind=RECEIPT_KIND, key=key,
+        await outbox.enqueue(s, patron_id=self.patron_id, kind=RECEIPT_KIND, key=key,
                                     send_after=now + RECEIPT_QUIET,
                                     payload={"items": [entry], "kiosk": self.kiosk.name,
                                              "library_id": self.kiosk.library_id})
