@@ -28,6 +28,7 @@ from services.patrons import pick_language
 from services.sip2 import Reply, Request, count4, flag, sip_datetime, sip_due
 
 log = logging.getLogger(__name__)
+Patronish = PatronView | kiosks.PatronBrief   # what a reply needs of the reader: id and language
 
 MAX_LINE = 8192              # a real SIP2 message is far shorter; longer lines are dropped
 IDLE_SECONDS = 1800          # kiosks poll with SC Status; a silent connection is closed
@@ -106,6 +107,7 @@ class Session:
     visited: set[int] = field(default_factory=set)
     enabled_checked: float = 0.0
     closing: bool = False
+    brief: kiosks.PatronBrief | None = None
 
 
 class Sip2Server:
@@ -241,7 +243,7 @@ class Sip2Server:
         lang = pick_language(language, default=self.deps.default_language)
         return self.deps.catalogs.translator(lang, self._zone(session))
 
-    def _tp(self, session: Session, patron: PatronView | None, req: Request | None = None) -> Translator:
+    def _tp(self, session: Session, patron: Patronish | None, req: Request | None = None) -> Translator:
         """The patron's language: their own setting, else what the kiosk asked for, else the default."""
         asked = sip2.language_from_code(req.fixed.get("language", "")) if req is not None else None
         return self._t(session, (patron.language if patron else None) or asked)
@@ -277,7 +279,7 @@ class Sip2Server:
             if session.patron_id is not None:
                 await session.receipts.end(self.db, session.patron_id)
         if card != session.patron_card:
-            session.patron_card, session.patron_id = card, None
+            session.patron_card, session.patron_id, session.brief = card, None, None
 
     async def _visit(self, session: Session, patron: PatronView) -> None:
         if patron.patron_id in session.visited or not patron.active:
@@ -379,6 +381,19 @@ class Sip2Server:
         session.patron_id = patron.patron_id
         return patron
 
+    async def _brief(self, req: Request, session: Session) -> kiosks.PatronBrief | None:
+        """Who is borrowing: looked up once per patron session (limits are checked by circulation)."""
+        card = req.get("AA").strip()
+        await self._patron_session(session, card)
+        if session.brief is not None and session.brief.card_number.upper() == card.upper():
+            return session.brief
+        try:
+            session.brief = await kiosks.find_patron_brief(self.db, session.kiosk, card)
+        except DomainError:
+            return None
+        session.patron_id = session.brief.patron_id
+        return session.brief
+
     async def _patron_status(self, req: Request, session: Session) -> Reply:
         patron = await self._find_patron(req, session)
         t = self._tp(session, patron, req)
@@ -469,7 +484,7 @@ class Sip2Server:
 
     async def _checkout(self, req: Request, session: Session) -> Reply:
         card, barcode = req.get("AA").strip(), req.get("AB").strip()
-        patron = await self._find_patron(req, session) if card else None
+        patron = await self._brief(req, session) if card else None
         t = self._tp(session, patron)
         if patron is None or not barcode:
             key = "sip2.screen_card_unknown" if patron is None else "sip2.screen_item_unknown"
@@ -494,7 +509,7 @@ class Sip2Server:
             reply.add("AG", line)
         return reply
 
-    async def _already_yours(self, req: Request, session: Session, patron: PatronView, barcode: str,
+    async def _already_yours(self, req: Request, session: Session, patron: Patronish, barcode: str,
                              t: Translator) -> Reply:
         """Scanned again by the reader who has it: renew when the kiosk's policy allows, else say so."""
         loan = await kiosks.loan_of(self.db, session.kiosk, patron.patron_id, barcode=barcode)
@@ -524,19 +539,25 @@ class Sip2Server:
             return self._refusal(req, session, t("sip2.screen_item_unknown", ref=""))
         actor = session.kiosk.actor(t.lang)
         book = session.receipts
+        receipt = book.hook("return")
+        found: dict[str, str | None] = {}
+
+        async def within(s, result) -> None:   # the receipt, and the shelf to name, in the same transaction
+            await receipt(s, result)
+            found["location"] = await kiosks.copy_location(s, result.copy_id)
+
         try:
-            result = await circulation.check_in(self.db, actor, barcode, clock=self.clock,
-                                                within=book.hook("return"))
+            result = await circulation.check_in(self.db, actor, barcode, clock=self.clock, within=within)
         except DomainError as refusal:
             book.rolled_back()
             return self._refusal(req, session, self._screen(session, refusal, t))
         book.committed()
-        item = await kiosks.find_item(self.db, session.kiosk, result.barcode)
+        location = found.get("location")
         held = result.held_for_hold_id is not None
         reply = Reply("10", "1" + flag(not held) + "N" + flag(held) + self._now(session))
         reply.add("AO", self._institution(session, req), always=True)
         reply.add("AB", result.barcode, always=True)
-        reply.add("AQ", item.location or session.kiosk.library_code, always=True)
+        reply.add("AQ", location or session.kiosk.library_code, always=True)
         reply.add("AJ", result.title)
         reply.add("AA", result.card_number)
         reply.add("CK", "001")
@@ -556,7 +577,7 @@ class Sip2Server:
 
     async def _renew(self, req: Request, session: Session) -> Reply:
         card = req.get("AA").strip()
-        patron = await self._find_patron(req, session) if card else None
+        patron = await self._brief(req, session) if card else None
         t = self._tp(session, patron)
         if patron is None:
             return self._refusal(req, session, t("sip2.screen_card_unknown", ref=card[:32]))
@@ -568,7 +589,7 @@ class Sip2Server:
             return self._refusal(req, session, t("sip2.screen_not_yours", ref=(barcode or title)[:40]))
         return await self._renew_loan(req, session, patron, loan, t, code="30")
 
-    async def _renew_loan(self, req: Request, session: Session, patron: PatronView, loan: kiosks.ItemLine,
+    async def _renew_loan(self, req: Request, session: Session, patron: Patronish, loan: kiosks.ItemLine,
                           t: Translator, *, code: str) -> Reply:
         actor = session.kiosk.actor(t.lang)
         book = session.receipts
@@ -633,7 +654,7 @@ class Sip2Server:
         if patron_id is not None:
             with contextlib.suppress(DomainError):
                 language = (await kiosks.find_patron(self.db, session.kiosk, card, clock=self.clock)).language
-        session.patron_card = session.patron_id = None
+        session.patron_card = session.patron_id = session.brief = None
         t = self._t(session, language)
         reply = Reply("36", "Y" + self._now(session))
         reply.add("AO", self._institution(session, req), always=True)

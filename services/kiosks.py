@@ -258,6 +258,38 @@ class PatronView:
         return self.active and not self.blocked_overdue and not self.at_loan_limit
 
 
+@dataclass(frozen=True)
+class PatronBrief:
+    """Enough to lend to someone (the checks themselves are circulation's)."""
+
+    patron_id: int
+    card_number: str
+    full_name: str
+    language: str | None
+    active: bool
+
+
+async def find_patron_brief(db: Database, kiosk: KioskInfo, card: str) -> PatronBrief:
+    """One query: the patron of this card in the kiosk's library (another library's card: not found)."""
+    card = " ".join((card or "").split())[:32]
+    async with db.session() as s:
+        cols = (Patron.id, Patron.card_number, Patron.full_name, Patron.language, Patron.active)
+        row = (await s.execute(select(*cols).where(Patron.library_id == kiosk.library_id,
+                                                   Patron.card_number == card))).first() if card else None
+        if row is None and card:
+            row = (await s.execute(select(*cols).where(Patron.library_id == kiosk.library_id,
+                                                       func.upper(Patron.card_number) == card.upper()))).first()
+    if row is None:
+        raise NotFound("circulation.patron_not_found", ref=card)
+    return PatronBrief(*row)
+
+
+async def copy_location(s: AsyncSession, copy_id: int) -> str | None:
+    """The shelf a returned copy belongs on (inside the caller's transaction)."""
+    return await s.scalar(select(Location.name).join(Copy, Copy.location_id == Location.id)
+                          .where(Copy.id == copy_id))
+
+
 async def find_patron(db: Database, kiosk: KioskInfo, card: str, *, clock: Clock) -> PatronView:
     """A patron of the kiosk's library by card number, with loans and holds. Another library's
     card is simply not found."""
