@@ -22,7 +22,7 @@ def _setup_logging(settings: Settings, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic"):
+    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic", "fontTools"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -47,7 +47,12 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
     scheduler = None
     from bot.sip2 import start_sip2_server
 
-    kiosk_server = await start_sip2_server(app, app.settings)   # None unless DOCSACH_SIP2_LISTEN is set
+    try:
+        kiosk_server = await start_sip2_server(app, app.settings)   # None unless DOCSACH_SIP2_LISTEN is set
+    except DomainError as refusal:
+        print(app.deps.catalogs.translator(app.settings.default_language)(refusal.key, **refusal.params),
+              file=sys.stderr)
+        return 2
     if app.settings.reminders_enabled:
         from bot.scheduler import start_scheduler
 

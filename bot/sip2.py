@@ -13,6 +13,7 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -725,15 +726,30 @@ def _item_text(item: kiosks.ItemLine) -> str:
 
 
 async def start_sip2_server(app, settings) -> Sip2Server | None:
-    """Start the kiosk server when ``DOCSACH_SIP2_LISTEN`` is set (called by ``docsach run``)."""
+    """Start the kiosk server when ``DOCSACH_SIP2_LISTEN`` is set (called by ``docsach run``).
+
+    A setting that cannot work is refused with ``DomainError("sip2.config_…")`` before anything
+    listens, so ``docsach run`` can say which one in a sentence."""
     if not settings.sip2_listen:
         return None
-    host, port = parse_listen(settings.sip2_listen)
+    try:
+        host, port = parse_listen(settings.sip2_listen)
+    except ValueError:
+        raise DomainError("sip2.config_listen", value=settings.sip2_listen[:60]) from None
+    try:
+        codecs.lookup(settings.sip2_encoding)
+    except LookupError:
+        raise DomainError("sip2.config_encoding", value=settings.sip2_encoding[:40]) from None
     context = None
     if settings.sip2_tls_cert or settings.sip2_tls_key:
         if not (settings.sip2_tls_cert and settings.sip2_tls_key):
-            raise ValueError("TLS for SIP2 needs both DOCSACH_SIP2_TLS_CERT and DOCSACH_SIP2_TLS_KEY")
-        context = tls_context(settings.sip2_tls_cert, settings.sip2_tls_key)
-    codecs.lookup(settings.sip2_encoding)   # LookupError for a misspelt encoding, before kiosks connect
+            raise DomainError("sip2.config_tls_pair")
+        try:
+            context = tls_context(settings.sip2_tls_cert, settings.sip2_tls_key)
+        except (OSError, ssl.SSLError):
+            raise DomainError("sip2.config_tls", cert=settings.sip2_tls_cert, keyfile=settings.sip2_tls_key) from None
     config = Config(host=host, port=port, ssl_context=context, encoding=settings.sip2_encoding)
-    return await Sip2Server(app.deps, config).start()
+    try:
+        return await Sip2Server(app.deps, config).start()
+    except OSError as exc:
+        raise DomainError("sip2.config_port", value=settings.sip2_listen[:60], reason=os.strerror(exc.errno) if exc.errno else str(exc)) from None

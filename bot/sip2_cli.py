@@ -64,10 +64,9 @@ async def cmd_kiosk(app, args: argparse.Namespace) -> int:
 
 
 async def door_label(app, args: argparse.Namespace, username: str) -> int:
-    """One large QR for the library door: scanning it opens the bot on ``/start v<library id>``."""
+    """An A4 poster for the library door: scanning its QR opens the bot on ``/start v<library id>``."""
     from handlers.core import deep_link_url
     from handlers.kiosk import DOOR_PREFIX
-    from services.labels import Label, render_label_sheet
 
     t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
     door = await visits.door(app.db, args.library)
@@ -75,10 +74,45 @@ async def door_label(app, args: argparse.Namespace, username: str) -> int:
         print(t("sip2.no_library", library=args.library), file=sys.stderr)
         return 2
     library_id, name = door
-    label = Label(deep_link_url(username, f"{DOOR_PREFIX}{library_id}"),
-                  [name, t("sip2.label_door_title"), t("sip2.label_door_scan")])
-    pdf = await asyncio.to_thread(render_label_sheet, [label], columns=1, rows=2, title=name)
+    url = deep_link_url(username, f"{DOOR_PREFIX}{library_id}")
+    pdf = await asyncio.to_thread(door_poster, url, name, t("sip2.label_door_title"), t("sip2.label_door_scan"))
     out = Path(args.out)
     await asyncio.to_thread(out.write_bytes, pdf)
     print(t("sip2.cli_door_written", library=name, path=out))
     return 0
+
+
+def door_poster(url: str, library: str, heading: str, instruction: str) -> bytes:
+    """One page, readable from the corridor: the school, a big heading, a QR a phone reads from a
+    metre away, and the instruction."""
+    import unicodedata
+
+    from fpdf import FPDF
+
+    from services.labels import FONTS, _draw_qr
+
+    pdf = FPDF(orientation="P", unit="mm", format="A4")
+    pdf.set_auto_page_break(False)
+    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
+    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    pdf.set_creator("docsach")
+    pdf.set_title(f"{library} — {heading}")
+    pdf.add_page()
+    nfc = lambda text: unicodedata.normalize("NFC", text)  # noqa: E731
+    pdf.set_font("DejaVu", "", 20)
+    pdf.set_xy(15, 22)
+    pdf.multi_cell(180, 9, nfc(library), align="C")
+    pdf.set_font("DejaVu", "B", 34)
+    pdf.set_xy(15, pdf.get_y() + 6)
+    pdf.multi_cell(180, 14, nfc(heading), align="C")
+    side = 150.0
+    top = pdf.get_y() + 8
+    _draw_qr(pdf, url, (210 - side) / 2, top, side)
+    pdf.set_font("DejaVu", "", 22)
+    pdf.set_xy(15, top + side + 8)
+    pdf.multi_cell(180, 10, nfc(instruction), align="C")
+    pdf.set_font("DejaVu", "", 9)
+    pdf.set_text_color(110, 110, 110)
+    pdf.set_xy(15, 282)
+    pdf.cell(180, 5, url, align="C")
+    return bytes(pdf.output())

@@ -539,3 +539,36 @@ async def test_kiosk_accounts(libs: Libraries):
         assert getattr(refused.value, "key", None) == key
     assert [k.name for k in await kiosks.list_kiosks(db, "demo")] == ["K9"]
     assert not (await kiosks.set_enabled(db, "k9", False)).enabled
+
+
+async def test_kiosk_and_door_commands(libs: Libraries, monkeypatch, tmp_path, capsys):
+    import pypdfium2
+    import zxingcpp
+
+    from bot import cli
+
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
+    monkeypatch.setenv("DOCSACH_DEFAULT_LANGUAGE", "vi")
+    monkeypatch.chdir(tmp_path)
+    assert await cli._main(["kiosk", "add", "K1", "--library", "demo"]) == 0
+    out = capsys.readouterr().out
+    password = out.rsplit(": ", 1)[1].strip()
+    assert "Đã thêm máy tự mượn K1" in out and len(password) >= 12
+    assert await cli._main(["kiosk", "add", "K1", "--library", "demo", "--password", "whatever-1"]) == 2
+    assert capsys.readouterr().err.strip() == "Đã có máy tên «K1». Hãy chọn tên khác."
+    assert await cli._main(["kiosk", "add", "K2", "--library", "nowhere", "--password", "whatever-1"]) == 2
+    assert "Không có thư viện mã «nowhere»" in capsys.readouterr().err
+    assert await cli._main(["kiosk", "disable", "K1"]) == 0
+    assert await cli._main(["kiosk", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split("\t")[:3] == ["K1", "demo", "tắt"]
+    async with libs.db.session() as s:
+        stored = (await s.execute(select(Kiosk.password_hash))).scalar_one()
+    assert kiosks.verify_password(password, stored)
+
+    assert await cli._main(["qr", "--door", "--library", "demo", "--bot-username", "docsach_bot",
+                            "--out", "door.pdf"]) == 0
+    lib = await libs.actor("TT001")
+    page = pypdfium2.PdfDocument(str(tmp_path / "door.pdf"))[0]
+    [code] = zxingcpp.read_barcodes(page.render(scale=2).to_pil(), formats=zxingcpp.BarcodeFormat.QRCode)
+    assert code.text == f"https://t.me/docsach_bot?start=v{lib.library_id}"
+    assert "Điểm danh đến thư viện" in page.get_textpage().get_text_range()
