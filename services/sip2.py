@@ -17,7 +17,9 @@ a date field that is plainly absent is skipped, and a checksum of 1–4 hex digi
 
 from __future__ import annotations
 
+import codecs
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
@@ -120,7 +122,7 @@ def parse(raw: bytes, encoding: str = "utf-8") -> Request:
     raw = raw.rstrip(b"\r\n")
     if b"\x00" in raw:
         raise BadMessage("binary data")
-    text = raw.decode(encoding, errors="replace")
+    text = unicodedata.normalize("NFC", raw.decode(encoding, errors="replace"))
     if len(text) < 2 or not text[:2].isdigit():
         raise BadMessage("no message code")
     code = text[:2]
@@ -179,8 +181,31 @@ class Reply:
         text = self.code + self.fixed + "".join(f"{c}{v}|" for c, v in self.fields)
         if sequence is not None:
             text += f"AY{sequence}"
-        head = (text + "AZ").encode(encoding, errors="replace")
+        head = (for_encoding(text, encoding) + "AZ").encode(encoding, errors="replace")
         return head + checksum(head).encode("ascii") + b"\r"
+
+
+_TONES = frozenset("\u0300\u0301\u0303\u0309\u0323")   # grave, acute, tilde, hook above, dot below
+
+
+def for_encoding(text: str, encoding: str) -> str:
+    """Text the kiosk's encoding can carry. Windows-1258 (Vietnamese kiosks that cannot do UTF-8)
+    has "ê", "ơ", "ă"… but writes the five tones as combining marks: "ệ" becomes "ê" + dot below.
+    Anything still impossible becomes "?"."""
+    if codecs.lookup(encoding).name.startswith("utf"):
+        return text
+    out = []
+    for ch in text:
+        try:
+            ch.encode(encoding)
+            out.append(ch)
+            continue
+        except UnicodeEncodeError:
+            pass
+        parts = unicodedata.normalize("NFD", ch)
+        base = unicodedata.normalize("NFC", "".join(p for p in parts if p not in _TONES))
+        out.append(base + "".join(p for p in parts if p in _TONES))
+    return "".join(out)
 
 
 def resend_request() -> bytes:

@@ -572,3 +572,23 @@ async def test_kiosk_and_door_commands(libs: Libraries, monkeypatch, tmp_path, c
     [code] = zxingcpp.read_barcodes(page.render(scale=2).to_pil(), formats=zxingcpp.BarcodeFormat.QRCode)
     assert code.text == f"https://t.me/docsach_bot?start=v{lib.library_id}"
     assert "Điểm danh đến thư viện" in page.get_textpage().get_text_range()
+
+
+async def test_a_windows_1258_kiosk_reads_vietnamese(libs: Libraries):
+    """DOCSACH_SIP2_ENCODING=cp1258: names and titles arrive as the kiosk's encoding writes them."""
+    import unicodedata
+
+    await kiosks.add_kiosk(libs.db, "demo", "K1", PASSWORD)
+    server = await Sip2Server(libs.app.deps, Config(port=0, encoding="cp1258")).start()
+    try:
+        raw = await Raw.open(server.config.port)
+        assert (await raw.login()).startswith("941")
+        head = f"63001{stamp()}          AOdemo|AAHS001|AC|AY1AZ".encode("cp1258")
+        await raw.send(head + codec.checksum(head).encode() + b"\r")
+        reply = await raw.reply()
+        assert (sum(reply[:-5]) + int(reply[-5:-1], 16)) & 0xFFFF == 0
+        text = unicodedata.normalize("NFC", reply.decode("cp1258"))
+        assert "|AENguyễn Văn An|" in text and "?" not in text
+        raw.close()
+    finally:
+        await server.close()
