@@ -55,6 +55,8 @@ async def render_receipt(ctx: Context, payload: dict[str, Any]) -> Reply:
 async def door_check_in(event: Incoming, ctx: Context) -> Reply:
     """``/start v<library id>`` from the QR code at the library door."""
     t = ctx.t
+    if event.chat_type != "private":   # a visit names the reader: never in a group
+        return Reply(t("error.private_only"))
     raw = (event.args or "")[len(DOOR_PREFIX):]
     if not raw.isdigit():
         return Reply(t("start.bad_link"))

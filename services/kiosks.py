@@ -486,10 +486,15 @@ class ReceiptBook:
         self._touched = []
         return within
 
+    MAX_OPEN = 500   # readers whose returns went through one connection and who never ended a session
+
     def committed(self) -> None:
         for receipts in self._touched:
             receipts.committed()
-            self.open[receipts.patron_id] = receipts
+            self.open.pop(receipts.patron_id, None)
+            self.open[receipts.patron_id] = receipts      # most recent last
+        while len(self.open) > self.MAX_OPEN:            # the oldest has long been sent or will be: a
+            self.open.pop(next(iter(self.open)))         # later item just starts a new receipt
         self._touched = []
 
     def rolled_back(self) -> None:

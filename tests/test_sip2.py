@@ -290,6 +290,12 @@ async def test_door_check_in_and_kiosk_patron_status_count_one_visit_a_day(kiosk
     await chat.say(door)
     assert "đã được ghi nhận" in chat.text
 
+    from handlers.messages import Incoming
+
+    [in_group] = await app.router.dispatch(Incoming(channel="test", chat_id="-100", user_id="u-an", text=door,
+                                                    chat_type="group"))
+    assert "Nguyễn" not in in_group.text and "ghi nhận" not in in_group.text
+
     guest = ChatDriver(app, user="u-guest")
     await guest.say(door)
     assert "liên kết thẻ" in guest.text
