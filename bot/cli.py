@@ -450,7 +450,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
     p = sub.add_parser("run", help="migrate, load the demo library if empty, and start the bot",
                        description="Start the bot: Telegram when TELEGRAM_BOT_TOKEN is set, "
-                                   "otherwise a chat in this terminal.")
+                                   "otherwise a chat in this terminal; with DOCSACH_SIP2_LISTEN=HOST:PORT also "
+                                   "the SIP2 server for self-check kiosks.")
     _add_chat_options(p)
     p.add_argument("--webhook", action="store_true", help="Telegram: receive updates by webhook, not polling")
     p.add_argument("--listen", default="127.0.0.1:8080", help="webhook: HOST:PORT to listen on")
