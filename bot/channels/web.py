@@ -282,10 +282,10 @@ class WebChatAdapter:
         t = self.app.deps.catalogs.translator(lang, self.app.deps.timezone)
         start = request.query.get("start", "")
         first: list[str] = []
+        if request.query.get("lang") in ("vi", "en"):     # a choice: the chat follows it
+            first.append(f"/language {request.query['lang']}")
         if start and len(start) <= 64 and start.replace("_", "").replace("-", "").isalnum():
             first.append(f"/start {start}")
-        if request.query.get("lang") in ("vi", "en"):
-            first.append(f"/language {request.query['lang']}")
         response = webkit.render(request, "chat.html", {
             "t": t, "lang": lang, "csrf": webkit.csrf_token(self.secret, session.id),
             "first": json.dumps(first), "other_lang": "en" if lang == "vi" else "vi",
