@@ -63,9 +63,9 @@ async def cmd_kiosk(app, args: argparse.Namespace) -> int:
     return 0
 
 
-async def door_label(app, args: argparse.Namespace, username: str) -> int:
-    """An A4 poster for the library door: scanning its QR opens the bot on ``/start v<library id>``."""
-    from handlers.core import deep_link_url
+async def door_label(app, args: argparse.Namespace) -> int:
+    """An A4 poster for the library door: scanning its QR opens ``/start v<library id>`` in the bot
+    (a visit needs a linked chat), or in the web chat when only DOCSACH_PUBLIC_URL is set."""
     from handlers.kiosk import DOOR_PREFIX
 
     t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
@@ -74,12 +74,25 @@ async def door_label(app, args: argparse.Namespace, username: str) -> int:
         print(t("sip2.no_library", library=args.library), file=sys.stderr)
         return 2
     library_id, name = door
-    url = deep_link_url(username, f"{DOOR_PREFIX}{library_id}")
+    url = door_link(app.deps, f"{DOOR_PREFIX}{library_id}")
+    if url is None:
+        print(t("sip2.door_no_link"), file=sys.stderr)
+        return 2
     pdf = await asyncio.to_thread(door_poster, url, name, t("sip2.label_door_title"), t("sip2.label_door_scan"))
     out = Path(args.out)
     await asyncio.to_thread(out.write_bytes, pdf)
     print(t("sip2.cli_door_written", library=name, path=out))
     return 0
+
+
+def door_link(deps, payload: str) -> str | None:
+    """A messaging app's deep link first (the reader's chat is linked there), else the web chat."""
+    for profile in deps.channels.values():
+        if profile.link_base and profile.printable:
+            return profile.link(payload)
+    if deps.public_url:
+        return f"{deps.public_url.rstrip('/')}/chat?start={payload}"
+    return None
 
 
 def door_poster(url: str, library: str, heading: str, instruction: str) -> bytes:
