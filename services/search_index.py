@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import math
 import pickle
+import time
 import zlib
 from array import array
 from collections.abc import Iterable
@@ -463,8 +464,13 @@ class SearchIndex:
         return groups
 
     # ---------------------------------------------------------------- search
-    def search(self, query: str, limit: int = 10, offset: int = 0) -> SearchResult:
-        """Best matches for a free-text or ISBN query; never raises on odd input, bounded work."""
+    def search(self, query: str, limit: int = 10, offset: int = 0,
+               timings: dict[str, float] | None = None) -> SearchResult:
+        """Best matches for a free-text or ISBN query; never raises on odd input, bounded work.
+
+        ``timings``, if given, receives the seconds each stage took (for ``bench/search.py --profile``).
+        """
+        lap = _Laps(timings)
         limit = max(0, min(int(limit), 100))
         offset = max(0, min(int(offset), 400))
         # invisible characters are dropped before cutting, so they cannot use up the budget
@@ -475,10 +481,12 @@ class SearchIndex:
             if slots:
                 slots.sort(key=lambda s: (-self._avail[s], s))
                 hits = [Hit(self._ids[s], 100.0, "isbn") for s in slots]
+                lap("isbn lookup")
                 return SearchResult(hits[offset : offset + limit], len(hits), None, "isbn")
             kind = "isbn"
         else:
             kind = "text"
+        lap("isbn lookup")
         fq = fold(q)
         if not fq:
             return SearchResult([], 0, None, "empty")
@@ -490,19 +498,24 @@ class SearchIndex:
         # groups use distinct words; the scored query string keeps them all ("harry potter ... harry potter 1")
         alt_of = {w: a for w, a in zip(words, alts, strict=True) if a}
         fq_alt = " ".join(alt_of.get(w, w) for w in fq.split()) if alt_of else None
+        lap("fold + telex decode")
         groups = self._groups(words, alts)
+        lap("word expansion (exact, fuzzy, prefix)")
         if not groups:
             return SearchResult([], 0, None, kind)
         cands, pre, total = self._candidates(groups)
+        lap("candidates (postings, pre-score)")
         if len(cands) == 0:
             return SearchResult([], 0, None, kind)
-        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1))
+        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1),
+                              lap)
         hits = ranked[offset : offset + limit]
         suggestion = None
         # "did you mean": a query word was not in the catalog's vocabulary, or the best match is weak
         corrected = any(self._vocab.get(w) is None and self._vocab.get(a or "") is None for w, a in zip(words, alts, strict=True))
         if ranked and (corrected or ranked[0].score < WEAK_SCORE):
             suggestion = self._title[self._slot_of(ranked[0].id)]
+        lap("result shaping (matched field, suggestion)")
         return SearchResult(hits, max(total, len(hits) + offset), suggestion, kind)
 
     def _isbn_lookup(self, key: int) -> list[int]:
@@ -592,7 +605,8 @@ class SearchIndex:
         return "title+author"
 
     def _rerank(self, q: str, fq: str, fq_alt: str | None, cands: np.ndarray, cov: np.ndarray, keep: int,
-                limit: int) -> list[Hit]:
+                limit: int, lap=None) -> list[Hit]:
+        lap = lap or _Laps(None)
         if len(cands) > keep:
             top = np.argpartition(-cov, keep)[:keep]
             cands, cov = cands[top], cov[top]
@@ -605,6 +619,7 @@ class SearchIndex:
         srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
         tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        lap("rerank: rapidfuzz")
         exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
         # IDF-weighted word coverage over title, authors and subjects (typo-aware, from the
         # pre-score) stands in for token_set_ratio on those fields, which costs 3x more.
@@ -627,14 +642,32 @@ class SearchIndex:
                     score[i] += 3.0
                 elif not ascii_q:
                     score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
+        lap("rerank: scores, diacritics bonus")
         score = np.round(score, 3)
         avail = np.frombuffer(self._avail, np.int32)[cands]
         # best score first; equal scores: titles with copies on the shelf, then more copies
         order = np.lexsort((cands, -avail, avail <= 0, -score))[:limit]
+        lap("availability + order")
         hits = []
         for i in order.tolist():
             hits.append(Hit(self._ids[slots[i]], float(score[i]), self._matched(queries, slots[i], full[i], srt[i], tset[i], asrt[i])))
         return hits
+
+
+class _Laps:
+    """Stage stopwatch for ``search(timings=...)``; does nothing when not asked."""
+
+    __slots__ = ("timings", "t")
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.t = time.perf_counter() if timings is not None else 0.0
+
+    def __call__(self, stage: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.t
+            self.t = now
 
 
 def _chunks(records: Iterable, n: int) -> Iterable[list]:
