@@ -28,7 +28,6 @@ import bisect
 import math
 import pickle
 import time
-import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -97,8 +96,35 @@ class _Group:
     size: int = 0
 
 
-def _crc(s: str) -> int:
-    return zlib.crc32(s.encode())
+# Deletion-table keys: a polynomial hash mod 2**32 of the token's bytes, computed vectorised over the
+# whole vocabulary at build (numpy) and per key at query time. A collision only adds a candidate
+# that the edit-distance check then drops.
+_HASH_P = 0x01000193
+_HASH_LEN = 20  # longest token with typo expansion
+_PW = np.array([pow(_HASH_P, j, 2**32) for j in range(_HASH_LEN + 1)], np.uint32)
+_PW_INT = _PW.tolist()
+SNAPSHOT_FORMAT = 2
+
+
+def _hkey(s: str) -> int:
+    return sum(c * p for c, p in zip(s.encode(), _PW_INT, strict=False)) & 0xFFFFFFFF
+
+
+def _hkeys(keys: list[str]) -> np.ndarray:
+    """``_hkey`` of many ASCII strings of at most ``_HASH_LEN`` letters, vectorised."""
+    m = np.frombuffer(b"".join(k.encode().ljust(_HASH_LEN, b"\0") for k in keys), np.uint8)
+    return (m.reshape(len(keys), _HASH_LEN).astype(np.uint32) * _PW[:_HASH_LEN]).sum(axis=1, dtype=np.uint32)
+
+
+class _Vocab(dict):
+    """token -> id, handing out the next id to a new token (one dict lookup per word at build)."""
+
+    def __missing__(self, key: str) -> int:
+        v = self[key] = len(self) - 1  # the row separator holds -1
+        return v
+
+
+_ROW_SEP = "\x01"  # never in folded text
 
 
 def _deletes1(t: str) -> set[str]:
@@ -164,46 +190,38 @@ class SearchIndex:
         If an id repeats, the last row wins.
         """
         idx = cls()
-        vocab = idx._vocab
-        vget = vocab.get
+        vocab = _Vocab({_ROW_SEP: -1})
         pairs_m: list[np.ndarray] = []  # (token id << 32 | slot) per chunk
         pairs_s: list[np.ndarray] = []
         # authors and subject headings repeat across a catalog: fold each distinct one once
         a_cache: dict[str, str] = {}
-        s_cache: dict[str, str] = {}
+        s_cache: dict[str, str] = {"": ""}
         start = 0
         for chunk in _chunks(records, 16384):
-            fts, fas, fss = [], [], []
-            for rec in chunk:
-                r = rec if isinstance(rec, IndexedTitle) else IndexedTitle(*rec)
-                title = r.title or ""
-                fts.append(fold(title))
-                fa = a_cache.get(r.authors)
-                if fa is None:
-                    fa = a_cache[r.authors] = _author_key(r.authors or "")
-                fas.append(fa)
-                fs = s_cache.get(r.subjects)
-                if fs is None:
-                    fs = s_cache[r.subjects] = fold(r.subjects) if r.subjects else ""
-                fss.append(fs)
-                idx._ids.append(int(r.id))
-                idx._title.append(title)
-                isbn = r.isbn13
-                if isbn and not (len(isbn) == 13 and isbn.isdigit()):
-                    isbn = normalize_isbn(isbn)
-                idx._isbn.append(int(isbn) if isbn else 0)
-                idx._avail.append(max(0, int(r.available or 0)))
+            ids, titles, authors, isbns, subjects, avail = _columns(chunk)
+            titles = [t or "" for t in titles]
+            fts = list(map(fold, titles))
+            fas = [a_cache.get(a) or a_cache.setdefault(a, _author_key(a or "")) for a in authors]
+            fss = [s_cache.get(x) or s_cache.setdefault(x, fold(x) if x else "") for x in subjects]
+            idx._ids.extend(map(int, ids))
+            idx._title.extend(titles)
+            idx._isbn.extend([int(i) if i and len(i) == 13 and i.isdigit() else int(normalize_isbn(i) or 0)
+                              if i else 0 for i in isbns])
+            idx._avail.extend([max(0, int(a or 0)) for a in avail])
             idx._ftitle.extend(fts)
             idx._fauth.extend(fas)
             idx._fsubj.extend(fss)
             mains = [f"{t} {a}" if t and a else t or a for t, a in zip(fts, fas, strict=True)]
-            pairs_m.append(_pairs(mains, vocab, vget, start))
-            pairs_s.append(_pairs(fss, vocab, vget, start))
+            pairs_m.append(_pairs(mains, vocab, start))
+            pairs_s.append(_pairs(fss, vocab, start))
             start += len(chunk)
         del a_cache, s_cache
+        del vocab[_ROW_SEP]
+        idx._vocab = dict(vocab)
+        del vocab
         idx._alive = bytearray(b"\x01") * start
         idx._n_alive = start
-        idx._tokens = list(vocab)  # ids were handed out in insertion order
+        idx._tokens = list(idx._vocab)  # ids were handed out in insertion order
         n_tok = len(idx._tokens)
         idx._m_off, idx._m_docs = _csr(pairs_m, n_tok)
         del pairs_m
@@ -259,23 +277,31 @@ class SearchIndex:
         return [tid(t) for t in main], [tid(t) for t in subj]
 
     def _build_deletes(self) -> None:
-        keys = array("I")
-        toks = array("i")
-        crc = zlib.crc32
-        for tid, t in enumerate(self._tokens):
-            if _fuzzy_token(t):
-                b = t.encode()
-                n = len(b) + 1
-                keys.append(crc(b))
-                keys.extend([crc(b[:i] + b[i + 1 :]) for i in range(n - 1)])
-                toks.extend([tid] * n)
-            else:
-                keys.append(crc(t.encode()))
-                toks.append(tid)
-        k = np.frombuffer(keys, np.uint32)
-        order = np.argsort(k, kind="stable")
-        self._del_keys = k[order]
-        self._del_tok = np.frombuffer(toks, np.int32)[order]
+        """Key of every ASCII token of at most 20 letters, and of each 1-deletion of the fuzzy ones,
+        hashed for the whole vocabulary at once (a typo'd query word can only reach these)."""
+        L, W = _HASH_LEN, 65536
+        sel = [(tid, t) for tid, t in enumerate(self._tokens) if len(t) <= L and t.isascii()]
+        parts = []
+        for c in range(0, len(sel), W):
+            part = sel[c : c + W]
+            n = len(part)
+            tids = np.fromiter((tid for tid, _ in part), np.int64, n)
+            lens = np.fromiter((len(t) for _, t in part), np.int64, n)
+            fuzzy = np.fromiter((_fuzzy_token(t) for _, t in part), bool, n)
+            m = np.frombuffer(b"".join(t.encode().ljust(L, b"\0") for _, t in part), np.uint8)
+            m = m.reshape(n, L).astype(np.uint32)
+            pre = np.zeros((n, L + 1), np.uint32)  # pre[:, i]: hash of the first i letters
+            np.cumsum(m * _PW[:L], axis=1, dtype=np.uint32, out=pre[:, 1:])
+            suf = np.zeros((n, L + 1), np.uint32)  # suf[:, k]: letters from k on, each one place down
+            suf[:, 1:L] = np.cumsum((m[:, 1:] * _PW[: L - 1])[:, ::-1], axis=1, dtype=np.uint32)[:, ::-1]
+            full = pre[np.arange(n), lens]
+            dels = pre[:, :L] + suf[:, 1:]  # dels[:, i]: hash of the token without its letter i
+            ok = (np.arange(L)[None, :] < lens[:, None]) & fuzzy[:, None]
+            parts.append((full.astype(np.uint64) << 32) | tids.astype(np.uint64))
+            parts.append((dels[ok].astype(np.uint64) << 32) | np.broadcast_to(tids[:, None], (n, L))[ok].astype(np.uint64))
+        packed = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        self._del_keys = (packed >> 32).astype(np.uint32)
+        self._del_tok = (packed & 0xFFFFFFFF).astype(np.int32)
 
     def _build_id_maps(self) -> None:
         ids = np.frombuffer(self._ids, np.int64)
@@ -338,8 +364,10 @@ class SearchIndex:
         for tid in range(n_before, len(self._tokens)):  # tokens this row brought into the vocabulary
             t = self._tokens[tid]
             bisect.insort(self._sorted_tokens, t)
+            if len(t) > _HASH_LEN or not t.isascii():
+                continue
             for v in _deletes1(t) | {t} if _fuzzy_token(t) else {t}:
-                self._del_delta.setdefault(_crc(v), []).append(tid)
+                self._del_delta.setdefault(_hkey(v), []).append(tid)
         if self._isbn[slot]:
             self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
 
@@ -359,15 +387,20 @@ class SearchIndex:
     def save(self, path: str | Path) -> None:
         """Snapshot to one pickle file (numpy arrays pickle compactly); load with :meth:`load`."""
         with open(path, "wb") as f:
-            pickle.dump({k: getattr(self, k) for k in self.__dict__}, f, protocol=5)
+            pickle.dump({"format": SNAPSHOT_FORMAT, "state": dict(self.__dict__)}, f, protocol=5)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchIndex:
-        """Load a snapshot written by :meth:`save` (trusted files only: it is a pickle)."""
+        """Load a snapshot written by :meth:`save` (trusted files only: it is a pickle).
+
+        Raises ValueError for a snapshot of another format (an older docsach): rebuild then.
+        """
         idx = cls()
         with open(path, "rb") as f:
             state = pickle.load(f)
-        idx.__dict__.update(state)
+        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"search snapshot {path} has another format; rebuild it")
+        idx.__dict__.update(state["state"])
         return idx
 
     # ---------------------------------------------------------------- lookup
@@ -394,7 +427,7 @@ class SearchIndex:
         keys = _deletes1(w) | {w}
         if maxd == 2:
             keys |= {d2 for d1 in list(keys) for d2 in _deletes1(d1)}
-        hs = np.fromiter((_crc(k) for k in keys), np.uint32, len(keys))
+        hs = _hkeys(list(keys))
         lo = np.searchsorted(self._del_keys, hs, "left")
         hi = np.searchsorted(self._del_keys, hs, "right")
         cand: set[int] = set()
@@ -676,18 +709,25 @@ def _chunks(records: Iterable, n: int) -> Iterable[list]:
         yield chunk
 
 
-def _pairs(texts: list[str], vocab: dict[str, int], vget, start: int) -> np.ndarray:
-    """Token id << 32 | slot for every word of every text (texts are folded: single spaces)."""
-    words = " ".join(texts).split()
-    ids = list(map(vget, words))
-    if None in ids:  # new words get the next ids, so list(vocab) maps id -> token
-        for w in words:
-            if w not in vocab:
-                vocab[w] = len(vocab)
-        ids = list(map(vget, words))
-    counts = np.fromiter((t.count(" ") + 1 if t else 0 for t in texts), np.int64, len(texts))
-    slots = np.repeat(np.arange(start, start + len(texts), dtype=np.int64), counts)
-    return (np.array(ids, np.int64) << 32) | slots
+def _columns(chunk: list) -> tuple:
+    """(ids, titles, authors, isbns, subjects, available) of ``IndexedTitle``s or 7-tuples."""
+    if all(type(r) is tuple and len(r) == 7 for r in chunk):
+        ids, titles, authors, isbns, subjects, _years, avail = zip(*chunk, strict=True)
+        return ids, titles, authors, isbns, subjects, avail
+    rs = [_as_record(r) for r in chunk]
+    return ([r.id for r in rs], [r.title for r in rs], [r.authors for r in rs], [r.isbn13 for r in rs],
+            [r.subjects for r in rs], [r.available for r in rs])
+
+
+def _pairs(texts: list[str], vocab: _Vocab, start: int) -> np.ndarray:
+    """Token id << 32 | slot for every word of every text (texts are folded: single spaces).
+    New words get the next ids, so the vocabulary's order maps id -> token."""
+    words = f" {_ROW_SEP} ".join(texts).split()
+    ids = np.fromiter(map(vocab.__getitem__, words), np.int64, len(words))
+    sep = ids < 0
+    slots = np.cumsum(sep) + start
+    keep = ~sep
+    return (ids[keep] << 32) | slots[keep]
 
 
 def _csr(chunks: list[np.ndarray], n_tok: int) -> tuple[np.ndarray, np.ndarray]:
