@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import math
 import pickle
+import re
 import time
 from array import array
 from collections.abc import Iterable
@@ -56,6 +57,14 @@ MAX_PREFIX_PER_WORD = 12
 GEN_BUDGET = 20_000  # postings read to generate candidates
 PRESCORE_KEEP = 1_000  # candidates kept after the first, IDF-only scoring
 RERANK_KEEP = 80  # candidates scored with rapidfuzz
+# A volume in a folded title: "tap 3", "vol 7", "quyen 2", "part 4", "t 2", or a bare number of at most
+# three digits ending the title ("doraemon 12", "... / 7"), but not an edition ("tai ban lan 2").
+_VOLUME = re.compile(
+    r"\b(?:tap|quyen|cuon|phan|vol|volume|book|part|t) (\d{1,3})\b|(?<!\blan )(?<=\w )(\d{1,3})$"
+).search
+_HAS_DIGIT = re.compile(r"\d").search
+NEIGHBOUR_WEIGHT = 0.6  # a known word's one-edit neighbours, vs 1.0 for the word itself
+MIN_NEIGHBOUR_LEN = 4
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
 
 
@@ -478,9 +487,14 @@ class SearchIndex:
             for form in (w, alt):
                 if not form:
                     continue
-                # a word the catalog already uses often is taken as typed when other words
-                # carry the query too; common short words ("the", "of") never expand
+                # a word the catalog already uses often is taken as typed when other words carry
+                # the query too, but a valid word may still be a typo for another one ("thanh"
+                # typed for "thằng"): its neighbours count for less. Short words ("the", "of",
+                # "va") never expand.
                 if exact_df is not None and (exact_df > 50 and len(form) <= 4 or exact_df >= 20 and len(words) >= 2):
+                    if len(form) >= MIN_NEIGHBOUR_LEN:
+                        for tid, _d in self._fuzzy(form, False):
+                            g.variants.setdefault(tid, NEIGHBOUR_WEIGHT)
                     continue
                 for tid, d in self._fuzzy(form, exact_df is None):
                     g.variants.setdefault(tid, 0.85 if d == 1 else 0.7)
@@ -647,10 +661,20 @@ class SearchIndex:
         titles = [self._ftitle[s] for s in slots]
         auths = [self._fauth[s] for s in slots]
         queries = [fq] if fq_alt is None else [fq, fq_alt]
+        # A query that names no volume scores every volume of a series alike (the volume is cut
+        # from the title before comparing); the tie-break below then picks among them.
+        vols = np.ones(len(slots), np.int32)
+        scored = titles
+        if not _HAS_DIGIT(fq):
+            scored = list(titles)
+            for i, t in enumerate(titles):
+                if _HAS_DIGIT(t) and (m := _VOLUME(t)):
+                    vols[i] = max(1, int(m.group(1) or m.group(2)))
+                    scored[i] = f"{t[: m.start()].rstrip()} {t[m.end() :].lstrip()}".strip()
         kw = {"processor": None, "workers": 1, "dtype": np.float32}
-        full = process.cdist(queries, titles, scorer=fuzz.ratio, **kw).max(axis=0)
-        srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
-        tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
+        full = process.cdist(queries, scored, scorer=fuzz.ratio, **kw).max(axis=0)
+        srt = process.cdist(queries, scored, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        tset = process.cdist(queries, scored, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
         lap("rerank: rapidfuzz")
         exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
@@ -678,8 +702,9 @@ class SearchIndex:
         lap("rerank: scores, diacritics bonus")
         score = np.round(score, 3)
         avail = np.frombuffer(self._avail, np.int32)[cands]
-        # best score first; equal scores: titles with copies on the shelf, then more copies
-        order = np.lexsort((cands, -avail, avail <= 0, -score))[:limit]
+        # best score first; equal scores: a title with a copy on the shelf, then the lowest volume
+        # (a title without one counts as the first), then more copies
+        order = np.lexsort((cands, -avail, vols, avail <= 0, -score))[:limit]
         lap("availability + order")
         hits = []
         for i in order.tolist():
