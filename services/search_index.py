@@ -57,11 +57,9 @@ MAX_PREFIX_PER_WORD = 12
 GEN_BUDGET = 20_000  # postings read to generate candidates
 PRESCORE_KEEP = 1_000  # candidates kept after the first, IDF-only scoring
 RERANK_KEEP = 80  # candidates scored with rapidfuzz
-# A volume in a folded title: "tap 3", "vol 7", "quyen 2", "part 4", "t 2", or a bare number of at most
-# three digits ending the title ("doraemon 12", "... / 7"), but not an edition ("tai ban lan 2").
-_VOLUME = re.compile(
-    r"\b(?:tap|quyen|cuon|phan|vol|volume|book|part|t) (\d{1,3})\b|(?<!\blan )(?<=\w )(\d{1,3})$"
-).search
+# A volume in a folded title (see _volume)
+_VOLUME_WORDS = frozenset("tap quyen cuon phan vol volume book part t".split())
+_NUMBER = re.compile(r"\d{1,3}(?![^ ])").finditer
 _HAS_DIGIT = re.compile(r"\d").search
 NEIGHBOUR_WEIGHT = 0.6  # a known word's one-edit neighbours, vs 1.0 for the word itself
 MIN_NEIGHBOUR_LEN = 4
@@ -112,7 +110,7 @@ _HASH_P = 0x01000193
 _HASH_LEN = 20  # longest token with typo expansion
 _PW = np.array([pow(_HASH_P, j, 2**32) for j in range(_HASH_LEN + 1)], np.uint32)
 _PW_INT = _PW.tolist()
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 
 
 def _hkey(s: str) -> int:
@@ -190,6 +188,7 @@ class SearchIndex:
         self._isbn_slots = np.zeros(0, np.int32)
         self._isbn_delta: dict[int, list[int]] = {}
         self._n_base_tokens = 0
+        self._dfs = array("i")  # postings per token (title+author and subject), deltas included
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -237,6 +236,7 @@ class SearchIndex:
         idx._s_off, idx._s_docs = _csr(pairs_s, n_tok)
         del pairs_s
         idx._n_base_tokens = n_tok
+        idx._dfs = array("i", (np.diff(idx._m_off) + np.diff(idx._s_off)).astype(np.int32).tobytes())
         idx._sorted_tokens = sorted(idx._tokens)
         idx._build_deletes()
         idx._build_id_maps()
@@ -366,10 +366,13 @@ class SearchIndex:
         self._slot_delta[int(r.id)] = slot
         n_before = len(self._tokens)
         mt, st = self._row_tokens(slot, r)
+        self._dfs.extend([0] * (len(self._tokens) - len(self._dfs)))
         for tid in mt:
             self._m_delta.setdefault(tid, array("i")).append(slot)
+            self._dfs[tid] += 1
         for tid in st:
             self._s_delta.setdefault(tid, array("i")).append(slot)
+            self._dfs[tid] += 1
         for tid in range(n_before, len(self._tokens)):  # tokens this row brought into the vocabulary
             t = self._tokens[tid]
             bisect.insort(self._sorted_tokens, t)
@@ -423,10 +426,7 @@ class SearchIndex:
         return base
 
     def _df(self, tid: int) -> int:
-        n = 0
-        if tid < self._n_base_tokens:
-            n = int(self._m_off[tid + 1] - self._m_off[tid] + self._s_off[tid + 1] - self._s_off[tid])
-        return n + len(self._m_delta.get(tid, ())) + len(self._s_delta.get(tid, ()))
+        return self._dfs[tid]
 
     def _fuzzy(self, w: str, allow2: bool = True) -> list[tuple[int, int]]:
         """Vocabulary tokens within edit distance 1 (2 for long unknown words) of ``w``: [(token id, distance)]."""
@@ -666,11 +666,12 @@ class SearchIndex:
         vols = np.ones(len(slots), np.int32)
         scored = titles
         if not _HAS_DIGIT(fq):
-            scored = list(titles)
             for i, t in enumerate(titles):
-                if _HAS_DIGIT(t) and (m := _VOLUME(t)):
-                    vols[i] = max(1, int(m.group(1) or m.group(2)))
-                    scored[i] = f"{t[: m.start()].rstrip()} {t[m.end() :].lstrip()}".strip()
+                if _HAS_DIGIT(t) and (v := _volume(t)):
+                    if scored is titles:
+                        scored = list(titles)
+                    vols[i] = v[0]
+                    scored[i] = f"{t[: v[1]].rstrip()} {t[v[2] :].lstrip()}".strip()
         kw = {"processor": None, "workers": 1, "dtype": np.float32}
         full = process.cdist(queries, scored, scorer=fuzz.ratio, **kw).max(axis=0)
         srt = process.cdist(queries, scored, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
@@ -732,6 +733,22 @@ def _chunks(records: Iterable, n: int) -> Iterable[list]:
     it = iter(records)
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+def _volume(t: str) -> tuple[int, int, int] | None:
+    """(volume, start, end of its mention) in a folded title, or None: "tap 3", "vol 7", "t 2", or a
+    number of at most three digits ending the title ("doraemon 12"), but not an edition ("lan 2")."""
+    for m in _NUMBER(t):
+        a, b = m.span()
+        if a and t[a - 1] != " ":
+            continue
+        prev_at = t.rfind(" ", 0, a - 1) + 1 if a else a
+        prev = t[prev_at : a - 1] if a else ""
+        if prev in _VOLUME_WORDS:
+            return max(1, int(m.group())), prev_at, b
+        if b == len(t) and prev and prev != "lan":
+            return max(1, int(m.group())), a, b
+    return None
 
 
 def _columns(chunk: list) -> tuple:
