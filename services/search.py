@@ -151,8 +151,21 @@ class CatalogSearch:
             self._snapshot_task = asyncio.create_task(self._save_snapshot_quietly())
 
     async def _chunk_after(self, last_id: int) -> list[tuple]:
-        async with self.db.session() as s:
-            return list((await s.execute(
+        """The next titles by id. Read through the driver itself (aiosqlite, asyncpg): SQLAlchemy's
+        per-row work was a fifth of the whole start-up, and these are plain columns."""
+        sql = (f"SELECT id, title, authors, isbn13, subjects, year FROM {Title.__tablename__} WHERE id > {{}} "
+               "ORDER BY id LIMIT {}")
+        async with self.db.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if self.db.is_postgres and hasattr(driver, "fetch"):      # asyncpg
+                return await driver.fetch(sql.format("$1", "$2"), last_id, CHUNK)
+            if self.db.is_sqlite and hasattr(driver, "execute"):      # aiosqlite
+                cursor = await driver.execute(sql.format("?", "?"), (last_id, CHUNK))
+                try:
+                    return await cursor.fetchall()
+                finally:
+                    await cursor.close()
+            return list((await conn.execute(
                 select(Title.id, Title.title, Title.authors, Title.isbn13, Title.subjects, Title.year)
                 .where(Title.id > last_id).order_by(Title.id).limit(CHUNK))).all())
 
