@@ -61,6 +61,7 @@ RERANK_KEEP = 80  # candidates scored with rapidfuzz
 _VOLUME_WORDS = frozenset("tap quyen cuon phan vol volume book part t".split())
 _NUMBER = re.compile(r"\d{1,3}(?![^ ])").finditer
 _HAS_DIGIT = re.compile(r"\d").search
+SERIES_WINDOW = 20  # first hits among which volumes of one series are put in order
 NEIGHBOUR_WEIGHT = 0.6  # a known word's one-edit neighbours, vs 1.0 for the word itself
 MIN_NEIGHBOUR_LEN = 4
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
@@ -661,21 +662,10 @@ class SearchIndex:
         titles = [self._ftitle[s] for s in slots]
         auths = [self._fauth[s] for s in slots]
         queries = [fq] if fq_alt is None else [fq, fq_alt]
-        # A query that names no volume scores every volume of a series alike (the volume is cut
-        # from the title before comparing); the tie-break below then picks among them.
-        vols = np.ones(len(slots), np.int32)
-        scored = titles
-        if not _HAS_DIGIT(fq):
-            for i, t in enumerate(titles):
-                if _HAS_DIGIT(t) and (v := _volume(t)):
-                    if scored is titles:
-                        scored = list(titles)
-                    vols[i] = v[0]
-                    scored[i] = f"{t[: v[1]].rstrip()} {t[v[2] :].lstrip()}".strip()
         kw = {"processor": None, "workers": 1, "dtype": np.float32}
-        full = process.cdist(queries, scored, scorer=fuzz.ratio, **kw).max(axis=0)
-        srt = process.cdist(queries, scored, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
-        tset = process.cdist(queries, scored, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
+        full = process.cdist(queries, titles, scorer=fuzz.ratio, **kw).max(axis=0)
+        srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
         lap("rerank: rapidfuzz")
         exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
@@ -703,9 +693,11 @@ class SearchIndex:
         lap("rerank: scores, diacritics bonus")
         score = np.round(score, 3)
         avail = np.frombuffer(self._avail, np.int32)[cands]
-        # best score first; equal scores: a title with a copy on the shelf, then the lowest volume
-        # (a title without one counts as the first), then more copies
-        order = np.lexsort((cands, -avail, vols, avail <= 0, -score))[:limit]
+        # best score first; equal scores: titles with copies on the shelf, then more copies
+        order = np.lexsort((cands, -avail, avail <= 0, -score))
+        if not _HAS_DIGIT(fq):
+            order = _series_in_order(order, titles, avail, limit)
+        order = order[:limit]
         lap("availability + order")
         hits = []
         for i in order.tolist():
@@ -733,6 +725,30 @@ def _chunks(records: Iterable, n: int) -> Iterable[list]:
     it = iter(records)
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+def _series_in_order(order: np.ndarray, titles: list[str], avail: np.ndarray, limit: int) -> np.ndarray:
+    """For a query that names no volume: volumes of one series (titles equal but for the volume)
+    among the first hits keep the places they hold between them, but go in the order a reader
+    wants: a copy on the shelf first, then the lowest volume (the title without a volume first)."""
+    head = order[: max(limit, SERIES_WINDOW)].tolist()
+    key, vol = {}, {}
+    for i in head:
+        t = titles[i]
+        v = _volume(t) if _HAS_DIGIT(t) else None
+        key[i] = f"{t[: v[1]].rstrip()} {t[v[2] :].lstrip()}".strip() if v else t
+        vol[i] = v[0] if v else 0
+    places: dict[str, list[int]] = {}
+    for p, i in enumerate(head):
+        places.setdefault(key[i], []).append(p)
+    moved = False
+    for ps in places.values():
+        if len(ps) > 1 and any(vol[head[p]] for p in ps):
+            members = sorted((head[p] for p in ps), key=lambda i: (avail[i] <= 0, vol[i]))  # stable
+            for p, i in zip(ps, members, strict=True):
+                moved |= head[p] != i
+                head[p] = i
+    return np.array(head + order[len(head) :].tolist()) if moved else order
 
 
 def _volume(t: str) -> tuple[int, int, int] | None:

@@ -301,8 +301,7 @@ def _series(avail: dict[int, int]) -> SearchIndex:
 def test_no_volume_in_query_prefers_first_volume_on_the_shelf():
     idx = _series({3: 1, 1: 1, 12: 2, 2: 1})
     hits = idx.search("doraemon").hits
-    assert [h.id for h in hits] == [101, 102, 103, 112]       # by volume, all scored alike
-    assert len({h.score for h in hits}) == 1
+    assert [h.id for h in hits] == [101, 102, 103, 112]       # by volume
     idx = _series({3: 1, 1: 0, 12: 2, 2: 1})                   # volume 1 is out
     assert [h.id for h in idx.search("doraemon").hits] == [102, 103, 112, 101]
 
@@ -311,6 +310,15 @@ def test_a_named_volume_wins():
     idx = _series({1: 1, 2: 1, 3: 0, 12: 1})
     assert top_ids(idx, "doraemon tap 3", 1) == [103]
     assert top_ids(idx, "doraemon 12", 1) == [112]
+
+
+def test_a_title_without_volume_goes_before_the_volumes_of_the_same_name():
+    idx = SearchIndex.build([
+        IndexedTitle(1, "Luật hấp dẫn, tập 2", "", None, "", None, 3),
+        IndexedTitle(2, "Luật hấp dẫn", "", None, "", None, 1),
+        IndexedTitle(3, "Luật hấp dẫn - Vol. 1", "", None, "", None, 2),
+    ])
+    assert top_ids(idx, "luat hap dn", 3) == [2, 3, 1]        # a typo: no exact-title bonus helps
 
 
 def test_bare_trailing_number_is_a_volume_but_an_edition_is_not():
