@@ -29,6 +29,7 @@ import math
 import pickle
 import re
 import time
+import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ _HASH_P = 0x01000193
 _HASH_LEN = 20  # longest token with typo expansion
 _PW = np.array([pow(_HASH_P, j, 2**32) for j in range(_HASH_LEN + 1)], np.uint32)
 _PW_INT = _PW.tolist()
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 
 
 def _hkey(s: str) -> int:
@@ -188,6 +189,10 @@ class SearchIndex:
         self._isbn_keys = np.zeros(0, np.int64)
         self._isbn_slots = np.zeros(0, np.int32)
         self._isbn_delta: dict[int, list[int]] = {}
+        # crc32 of each folded title -> slots, so a query equal to a title always reaches the rerank
+        self._tkey_keys = np.zeros(0, np.uint32)
+        self._tkey_slots = np.zeros(0, np.int32)
+        self._tkey_delta: dict[int, list[int]] = {}
         self._n_base_tokens = 0
         self._dfs = array("i")  # postings per token (title+author and subject), deltas included
 
@@ -331,6 +336,11 @@ class SearchIndex:
         order = np.argsort(isbn[has], kind="stable")
         self._isbn_slots = has[order].astype(np.int32)
         self._isbn_keys = isbn[self._isbn_slots]
+        crc = zlib.crc32
+        tkeys = np.fromiter((crc(t.encode()) for t in self._ftitle), np.uint32, len(self._ftitle))
+        order = np.argsort(tkeys, kind="stable")
+        self._tkey_keys = tkeys[order]
+        self._tkey_slots = order.astype(np.int32)
 
     # ---------------------------------------------------------- maintenance
     def __len__(self) -> int:
@@ -383,6 +393,7 @@ class SearchIndex:
                 self._del_delta.setdefault(_hkey(v), []).append(tid)
         if self._isbn[slot]:
             self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
+        self._tkey_delta.setdefault(zlib.crc32(self._ftitle[slot].encode()), []).append(slot)
 
     def compact(self) -> SearchIndex:
         """Return a freshly built index of the live titles (drops tombstones and deltas after many edits)."""
@@ -552,6 +563,16 @@ class SearchIndex:
         if not groups:
             return SearchResult([], 0, None, kind)
         cands, pre, total = self._candidates(groups)
+        # titles equal to the query are candidates whatever the budgets dropped ("the rain" among
+        # thousands of titles with both words), ranked first for the rerank's cut
+        exact = self._title_lookup([fq] if fq_alt is None else [fq, fq_alt])
+        if exact:
+            ex = np.unique(np.array(exact, np.int32))
+            pos = np.minimum(np.searchsorted(cands, ex), max(len(cands) - 1, 0))
+            known = cands[pos] == ex if len(cands) else np.zeros(len(ex), bool)
+            pre[pos[known]] = 1.001
+            cands = np.concatenate([cands, ex[~known]])
+            pre = np.concatenate([pre, np.full(int((~known).sum()), 1.001)])
         lap("candidates (postings, pre-score)")
         if len(cands) == 0:
             return SearchResult([], 0, None, kind)
@@ -565,6 +586,18 @@ class SearchIndex:
             suggestion = self._title[self._slot_of(ranked[0].id)]
         lap("result shaping (matched field, suggestion)")
         return SearchResult(hits, max(total, len(hits) + offset), suggestion, kind)
+
+    def _title_lookup(self, ftitles: list[str]) -> list[int]:
+        """Live slots whose folded title is exactly one of these."""
+        out = []
+        for ft in ftitles:
+            key = zlib.crc32(ft.encode())
+            lo = int(np.searchsorted(self._tkey_keys, key, "left"))
+            hi = int(np.searchsorted(self._tkey_keys, key, "right"))
+            for s in self._tkey_slots[lo:hi].tolist() + self._tkey_delta.get(key, []):
+                if self._alive[s] and self._ftitle[s] == ft:
+                    out.append(s)
+        return out
 
     def _isbn_lookup(self, key: int) -> list[int]:
         lo = int(np.searchsorted(self._isbn_keys, key, "left"))

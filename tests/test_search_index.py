@@ -331,3 +331,10 @@ def test_bare_trailing_number_is_a_volume_but_an_edition_is_not():
     assert top_ids(idx, "conan", 2) == [2, 1]
     hits = idx.search("luat hap dan").hits
     assert hits[0].id == 4 and hits[1].id == 3 and hits[0].score > hits[1].score
+
+
+def test_a_title_equal_to_the_query_is_found_among_thousands_with_its_words():
+    crowd = [IndexedTitle(i, f"{w} the rain {i}", "", None, "", None, 1)
+             for i, w in zip(range(1, 2501), ["After", "Before", "Under", "Into", "Songs of"] * 500, strict=True)]
+    idx = SearchIndex.build([*crowd, IndexedTitle(9999, "The rain", "Keith Peterson", None, "", None, 1)])
+    assert top_ids(idx, "The rain", 1) == [9999]
