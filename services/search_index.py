@@ -63,6 +63,7 @@ _VOLUME_WORDS = frozenset("tap quyen cuon phan vol volume book part t".split())
 _NUMBER = re.compile(r"\d{1,3}(?![^ ])").finditer
 _HAS_DIGIT = re.compile(r"\d").search
 SERIES_WINDOW = 20  # first hits among which volumes of one series are put in order
+SERIES_CAP = 2  # of those, places one series may take before other works
 NEIGHBOUR_WEIGHT = 0.6  # a known word's one-edit neighbours, vs 1.0 for the word itself
 MIN_NEIGHBOUR_LEN = 4
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
@@ -761,9 +762,10 @@ def _chunks(records: Iterable, n: int) -> Iterable[list]:
 
 
 def _series_in_order(order: np.ndarray, titles: list[str], avail: np.ndarray, limit: int) -> np.ndarray:
-    """For a query that names no volume: volumes of one series (titles equal but for the volume)
-    among the first hits keep the places they hold between them, but go in the order a reader
-    wants: a copy on the shelf first, then the lowest volume (the title without a volume first)."""
+    """For a query that names no volume. Volumes of one series (titles equal but for the volume)
+    among the first hits go in the order a reader wants: a copy on the shelf first, then the
+    lowest volume (the title without a volume first), in the places the series earned; and a
+    series takes at most SERIES_CAP of those first places, so other works stay in sight."""
     head = order[: max(limit, SERIES_WINDOW)].tolist()
     key, vol = {}, {}
     for i in head:
@@ -774,14 +776,24 @@ def _series_in_order(order: np.ndarray, titles: list[str], avail: np.ndarray, li
     places: dict[str, list[int]] = {}
     for p, i in enumerate(head):
         places.setdefault(key[i], []).append(p)
-    moved = False
-    for ps in places.values():
-        if len(ps) > 1 and any(vol[head[p]] for p in ps):
-            members = sorted((head[p] for p in ps), key=lambda i: (avail[i] <= 0, vol[i]))  # stable
-            for p, i in zip(ps, members, strict=True):
-                moved |= head[p] != i
-                head[p] = i
-    return np.array(head + order[len(head) :].tolist()) if moved else order
+    series = {k for k, ps in places.items() if len(ps) > 1 and any(vol[head[p]] for p in ps)}
+    if not series:
+        return order
+    for k in series:
+        ps = places[k]
+        members = sorted((head[p] for p in ps), key=lambda i: (avail[i] <= 0, vol[i]))  # stable
+        for p, i in zip(ps, members, strict=True):
+            head[p] = i
+    kept, later, seen = [], [], dict.fromkeys(series, 0)
+    for i in head:
+        k = key[i]
+        if k in seen:
+            seen[k] += 1
+            if seen[k] > SERIES_CAP:
+                later.append(i)
+                continue
+        kept.append(i)
+    return np.array(kept + later + order[len(head) :].tolist())
 
 
 def _volume(t: str) -> tuple[int, int, int] | None:

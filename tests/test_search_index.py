@@ -338,3 +338,14 @@ def test_a_title_equal_to_the_query_is_found_among_thousands_with_its_words():
              for i, w in zip(range(1, 2501), ["After", "Before", "Under", "Into", "Songs of"] * 500, strict=True)]
     idx = SearchIndex.build([*crowd, IndexedTitle(9999, "The rain", "Keith Peterson", None, "", None, 1)])
     assert top_ids(idx, "The rain", 1) == [9999]
+
+
+def test_one_series_takes_at_most_two_of_the_first_places():
+    volumes = [IndexedTitle(n, f"Blue helmets : the strategy of UN military operations, tập {n}", "Hillen John",
+                            None, "", None, 1) for n in range(1, 7)]
+    other = IndexedTitle(99, "The Blue Helmets' first war? : use of force by the UN in the Congo", "Findlay Trevor",
+                         None, "", None, 1)
+    idx = SearchIndex.build([*volumes, other])
+    assert top_ids(idx, "blue helmets", 3) == [1, 2, 99]
+    assert top_ids(idx, "blue helmets", 7)[3:] == [3, 4, 5, 6]   # the rest of the series follows, in order
+    assert top_ids(idx, "blue helmets tap 4", 1) == [4]
