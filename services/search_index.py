@@ -62,9 +62,12 @@ RERANK_KEEP = 80  # candidates scored with rapidfuzz
 _VOLUME_WORDS = frozenset("tap quyen cuon phan vol volume book part t".split())
 _NUMBER = re.compile(r"\d{1,3}(?![^ ])").finditer
 _HAS_DIGIT = re.compile(r"\d").search
+_FIELDS = ((False, 1.0), (True, 0.5))  # (subject postings?, weight): subject hits count half
+_FIELDS_MAIN = ((False, 1.0),)
 SERIES_WINDOW = 20  # first hits among which volumes of one series are put in order
 SERIES_CAP = 2  # of those, places one series may take before other works
 NEIGHBOUR_WEIGHT = 0.6  # a known word's one-edit neighbours, vs 1.0 for the word itself
+MAX_NEIGHBOURS = 6  # the most frequent ones
 MIN_NEIGHBOUR_LEN = 4
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
 
@@ -102,6 +105,7 @@ class _Group:
     """One query word: the vocabulary tokens it may stand for, with a weight each."""
 
     variants: dict[int, float] = field(default_factory=dict)
+    neighbours: set[int] = field(default_factory=set)  # a known word's neighbours: title+author only
     idf: float = 0.0
     size: int = 0
 
@@ -506,8 +510,10 @@ class SearchIndex:
                 # "va") never expand.
                 if exact_df is not None and (exact_df > 50 and len(form) <= 4 or exact_df >= 20 and len(words) >= 2):
                     if len(form) >= MIN_NEIGHBOUR_LEN:
-                        for tid, _d in self._fuzzy(form, False):
-                            g.variants.setdefault(tid, NEIGHBOUR_WEIGHT)
+                        for tid, _d in self._fuzzy(form, False)[:MAX_NEIGHBOURS]:
+                            if tid not in g.variants:
+                                g.variants[tid] = NEIGHBOUR_WEIGHT
+                                g.neighbours.add(tid)
                     continue
                 for tid, d in self._fuzzy(form, exact_df is None):
                     g.variants.setdefault(tid, 0.85 if d == 1 else 0.7)
@@ -593,8 +599,9 @@ class SearchIndex:
         out = []
         for ft in ftitles:
             key = zlib.crc32(ft.encode())
-            lo = int(np.searchsorted(self._tkey_keys, key, "left"))
-            hi = int(np.searchsorted(self._tkey_keys, key, "right"))
+            k = np.uint32(key)  # a Python int would make numpy cast the whole array first
+            lo = int(np.searchsorted(self._tkey_keys, k, "left"))
+            hi = int(np.searchsorted(self._tkey_keys, k, "right"))
             for s in self._tkey_slots[lo:hi].tolist() + self._tkey_delta.get(key, []):
                 if self._alive[s] and self._ftitle[s] == ft:
                     out.append(s)
@@ -610,7 +617,7 @@ class SearchIndex:
         """Docs holding any variant of the word, each with its best weight (subject hits count half)."""
         docs, wts = [], []
         for tid, w in sorted(g.variants.items(), key=lambda x: -x[1]):
-            for subject, mul in ((False, 1.0), (True, 0.5)):
+            for subject, mul in _FIELDS_MAIN if tid in g.neighbours else _FIELDS:
                 p = self._postings(tid, subject)
                 if len(p):
                     p = p[:cap]
@@ -660,7 +667,7 @@ class SearchIndex:
         for g in rest:
             gs = np.zeros(len(cands))
             for tid, wt in g.variants.items():
-                for subject, mul in ((False, 1.0), (True, 0.5)):
+                for subject, mul in _FIELDS_MAIN if tid in g.neighbours else _FIELDS:
                     p = self._postings(tid, subject)
                     if len(p) == 0:
                         continue
@@ -767,6 +774,8 @@ def _series_in_order(order: np.ndarray, titles: list[str], avail: np.ndarray, li
     lowest volume (the title without a volume first), in the places the series earned; and a
     series takes at most SERIES_CAP of those first places, so other works stay in sight."""
     head = order[: max(limit, SERIES_WINDOW)].tolist()
+    if not any(_HAS_DIGIT(titles[i]) for i in head):
+        return order  # no volumes among them (most queries)
     key, vol = {}, {}
     for i in head:
         t = titles[i]
