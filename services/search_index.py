@@ -7,13 +7,17 @@ query. Instead we keep
   numpy int32 arrays (no Python object per posting), plus small append-only
   deltas so ``upsert``/``remove`` need no rebuild;
 * a deletion-neighbourhood table over the *vocabulary* (SymSpell style: every
-  token and each of its 1-deletions, hashed with crc32 and sorted) so a typo'd
-  query word finds its intended tokens by binary search, then ``rapidfuzz``
-  verifies the edit distance;
+  token and each of its 1-deletions, hashed and sorted; built vectorised with
+  numpy) so a typo'd query word finds its intended tokens by binary search,
+  then ``rapidfuzz`` verifies the edit distance. A word the catalog knows is
+  taken as typed, but its most frequent one-edit neighbours count for 0.6 (a
+  typo can make another valid syllable: "thanh" typed for "thằng");
 * a token-overlap pre-score (IDF-weighted, vectorised) that narrows the
-  candidates to a few hundred, and only those are scored with rapidfuzz on
-  their folded strings, plus bonuses (exact title, user's own diacritics,
-  available copies break ties).
+  candidates to a few hundred (a title equal to the query always stays), and
+  only those are scored with rapidfuzz on their folded strings, plus bonuses
+  (exact title, user's own diacritics, available copies break ties);
+* when the query names no volume, volumes of one series among the first hits
+  go shelf first, then lowest volume, and take at most two of those places.
 
 All work per query is bounded: the query is cut to 200 characters and 12
 words, each word expands to at most a few vocabulary tokens, and candidate
