@@ -1,11 +1,14 @@
-"""Benchmark docsach's SearchIndex against brute-force rapidfuzz and PostgreSQL pg_trgm.
+"""Benchmark docsach's SearchIndex against Tantivy, PostgreSQL pg_trgm and brute-force rapidfuzz.
 
-    python bench/search.py [--data DIR] [--rows 280000|1000000] [--queries 2000] [--skip-pg]
+    python bench/search.py [--data DIR] [--rows 280000|1000000] [--queries 2000] [--repeat 3]
+                           [--profile] [--skip-tantivy] [--skip-pg] [--skip-brute]
 
 Loads the real catalogs from shared data (LoC Books All 2016 part 01, goodbooks-10k,
 vi_books_all), pads them with generated variants of real rows up to --rows,
 generates perturbed queries with known answers from a seeded RNG, and prints one
-table. Latency is measured single-threaded, one query at a time.
+table. Latency is measured single-threaded, one query at a time; docsach and Tantivy
+run query by query in turn for --repeat rounds and each query counts its best round.
+Pin the process to one core with taskset (``make bench`` does).
 """
 
 from __future__ import annotations
