@@ -246,6 +246,9 @@ class Hold(TimestampMixin, Base):
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     pickup_deadline: Mapped[date | None] = mapped_column(Date)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Added by 0011 (desk): when the librarian put the READY copy on the pickup shelf (None: it is
+    # still on its usual shelf and has to be fetched).
+    set_aside_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     title: Mapped[Title] = relationship(lazy="raise")
 
@@ -465,3 +468,57 @@ class SearchQuery(Base):
     digest: Mapped[str] = mapped_column(String(40), unique=True)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# -- the librarian's desk (issue 12) ------------------------------------------------------------
+
+class DeskSignInLink(Base):
+    """A one-time sign-in link for the web desk, sent to a staff member's own chat (or printed by
+    ``docsach staff-login``). Only the SHA-256 of its token is stored; it works once, for minutes."""
+
+    __tablename__ = "desk_sign_in_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    channel: Mapped[str] = mapped_column(String(16))
+
+
+class DeskSession(Base):
+    """A signed-in desk browser. The cookie carries a random token; only its SHA-256 is stored, so
+    the table lists sessions (and revokes them) without being able to impersonate anyone."""
+
+    __tablename__ = "desk_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))            # link | password
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))   # absolute end
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeskPassword(Base):
+    """An optional desk password (argon2id hash) for staff who prefer it to a chat link."""
+
+    __tablename__ = "desk_passwords"
+
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# What the desk pages filter on (see bench/desk.py): today's checkouts and returns, open loans by
+# due date (overdue), and the pickup shelf.
+Index("ix_loans_library_checked_out", Loan.library_id, Loan.checked_out_at)
+Index("ix_loans_library_returned", Loan.library_id, Loan.returned_at)
+Index("ix_loans_open_library_due", Loan.library_id, Loan.due_date,
+      sqlite_where=text("returned_at IS NULL"), postgresql_where=text("returned_at IS NULL"))
+Index("ix_holds_library_status_deadline", Hold.library_id, Hold.status, Hold.pickup_deadline)
