@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from services.db import Base
@@ -522,3 +523,38 @@ Index("ix_loans_library_returned", Loan.library_id, Loan.returned_at)
 Index("ix_loans_open_library_due", Loan.library_id, Loan.due_date,
       sqlite_where=text("returned_at IS NULL"), postgresql_where=text("returned_at IS NULL"))
 Index("ix_holds_library_status_deadline", Hold.library_id, Hold.status, Hold.pickup_deadline)
+
+
+# -- self-check kiosks and visits (issue 13) ------------------------------------------------------
+
+class Kiosk(TimestampMixin, Base):
+    """A self-check machine's SIP2 login. It acts for its own library only; the password is kept
+    as a salted scrypt hash (see services.kiosks), never in clear."""
+
+    __tablename__ = "kiosks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    # The SIP2 login user id (CN); unique in the deployment because a login names no library.
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Visit(Base):
+    """A reader came to the library (door QR, kiosk, desk): at most one per reader per day, the
+    day counted in the school's time zone. "Visits per day" is the seed's readers-per-day."""
+
+    __tablename__ = "visits"
+    __table_args__ = (
+        UniqueConstraint("patron_id", "day"),
+        Index("ix_visits_library_day", "library_id", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"))
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(8))  # door | sip2 | desk
