@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import account, circulation, inline, reflections, reminders, search, start
+from handlers import account, circulation, desk, inline, reflections, reminders, search, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
 from services import accounts
@@ -20,7 +20,7 @@ from services.search import CatalogSearch
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, search, account, circulation, reflections, reminders, inline]
+FEATURES = [start, search, account, circulation, reflections, reminders, desk, inline]
 
 
 @dataclass
@@ -50,6 +50,8 @@ def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | 
         link_code_key=None if settings.secret_key_is_ephemeral else accounts.code_key(settings.secret_key),
     )
     # One search index per process, derived from the database and kept fresh by polling it.
+    if settings.public_url:
+        deps.extras["public_url"] = settings.public_url  # desk sign-in links (handlers/desk.py)
     deps.extras["search"] = CatalogSearch(db, refresh_every=settings.search_refresh_seconds,
                                           snapshot=settings.search_snapshot)
     router = Router(deps)

@@ -39,6 +39,9 @@ class Settings:
     search_snapshot: str | None = None
     reminders_enabled: bool = True
     reminder_interval_minutes: float = 5.0
+    # Where people reach this deployment's web pages (the desk's sign-in links point here), e.g.
+    # https://thuvien.example.edu.vn; None: the server's listen address.
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -60,6 +63,7 @@ class Settings:
             search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
             reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
             reminder_interval_minutes=float(_env("DOCSACH_REMINDER_INTERVAL_MINUTES", "5") or 5),
+            public_url=(_env("DOCSACH_PUBLIC_URL") or "").rstrip("/") or None,
         )
         if secret:
             settings.secret_key = secret.encode()

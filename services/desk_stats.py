@@ -1,0 +1,255 @@
+"""Statistics for the desk: is reading growing? Over a chosen period, for one library or (admins)
+all of them, school by school.
+
+Public API:
+- ``scope_for(db, actor, wanted) -> Scope``: which libraries the actor may see. Librarians and
+  admins see their own library; an admin may also pick another library or ``"all"``.
+- ``statistics(db, actor, start, end, *, library="own") -> Stats``: every table the page shows.
+- ``TABLES``: table id → (column message keys, function Stats → rows), for CSV/XLSX downloads.
+
+Days are counted in the library's time zone (the deployment's for "all"): a loan at 06:30 in Lào
+Cai is that day's loan even though it is the previous evening in UTC. Grouping happens in SQL, so
+the work per page depends on the period's activity, not on the size of the whole history.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Date, cast, func, or_, select
+
+from services.common import DomainError, PermissionDenied
+from services.db import Database
+from services.models import (
+    Campaign,
+    CampaignMember,
+    Copy,
+    Library,
+    Loan,
+    Patron,
+    Reflection,
+    ReflectionStatus,
+    Role,
+    Title,
+    Visit,
+)
+from services.patrons import Actor, require_staff
+
+MAX_DAYS = 367
+TOP = 10
+
+
+@dataclass(frozen=True)
+class Scope:
+    library_ids: list[int] | None      # None: every library
+    name: str | None                   # the library's name; None for all
+    timezone: str
+    code: str                          # "all" or the library code
+
+
+@dataclass
+class Stats:
+    scope: Scope
+    start: date
+    end: date
+    loans_per_day: list[tuple[date, int]] = field(default_factory=list)
+    loans_per_week: list[tuple[date, int]] = field(default_factory=list)   # week's Monday
+    visits_per_day: list[tuple[date, int]] = field(default_factory=list)
+    overdue_per_day: list[tuple[date, int]] = field(default_factory=list)  # open and overdue at day's end
+    active_by_class: list[tuple[str, int]] = field(default_factory=list)
+    active_by_grade: list[tuple[str, int]] = field(default_factory=list)
+    top_titles: list[tuple[str, int]] = field(default_factory=list)
+    top_subjects: list[tuple[str, int]] = field(default_factory=list)
+    reflections: list[tuple[str, int]] = field(default_factory=list)       # status → submitted in period
+    campaigns: list[tuple[str, int, int]] = field(default_factory=list)    # name, members, completed
+    schools: list[tuple[str, int, int, int, int]] = field(default_factory=list)  # name, loans, readers, visits, overdue
+
+    @property
+    def total_loans(self) -> int:
+        return sum(n for _, n in self.loans_per_day)
+
+    @property
+    def total_visits(self) -> int:
+        return sum(n for _, n in self.visits_per_day)
+
+    @property
+    def active_readers(self) -> int:
+        return sum(n for _, n in self.active_by_class)
+
+
+async def scope_for(db: Database, actor: Actor, wanted: str | None = None) -> Scope:
+    require_staff(actor)
+    wanted = (wanted or "").strip()
+    async with db.session() as s:
+        own = await s.get(Library, actor.library_id)
+        if not wanted or wanted == own.code:
+            return Scope([own.id], own.name, own.timezone, own.code)
+        if actor.role != Role.ADMIN:
+            raise PermissionDenied()
+        if wanted == "all":
+            return Scope(None, None, own.timezone, "all")
+        other = (await s.execute(select(Library).where(Library.code == wanted[:32]))).scalar_one_or_none()
+    if other is None:
+        raise DomainError("rules.library_unknown", library=wanted[:32])
+    return Scope([other.id], other.name, other.timezone, other.code)
+
+
+async def libraries(db: Database, actor: Actor) -> list[tuple[str, str]]:
+    """(code, name) of the libraries an admin may choose; a librarian only has their own."""
+    require_staff(actor)
+    async with db.session() as s:
+        query = select(Library.code, Library.name).order_by(Library.name)
+        if actor.role != Role.ADMIN:
+            query = query.where(Library.id == actor.library_id)
+        return [(c, n) for c, n in (await s.execute(query)).all()]
+
+
+def _local_day(db: Database, column, tz: str):
+    """The column's calendar day in ``tz``, computed by the database."""
+    if db.is_postgres:
+        return cast(func.timezone(tz, column), Date)
+    offset = int(datetime.now(ZoneInfo(tz)).utcoffset().total_seconds() // 60)  # SQLite stores UTC
+    return func.date(column, f"{offset:+d} minutes")
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def _bounds(start: date, end: date, tz: str) -> tuple[datetime, datetime]:
+    zone = ZoneInfo(tz)
+    return (datetime.combine(start, datetime.min.time(), tzinfo=zone),
+            datetime.combine(end + timedelta(days=1), datetime.min.time(), tzinfo=zone))
+
+
+def _days(start: date, end: date) -> list[date]:
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+async def statistics(db: Database, actor: Actor, start: date, end: date, *, library: str | None = None) -> Stats:
+    scope = await scope_for(db, actor, library)
+    if end < start:
+        start, end = end, start
+    if (end - start).days >= MAX_DAYS:
+        raise DomainError("desk.period_too_long", days=MAX_DAYS)
+    stats = Stats(scope, start, end)
+    lo, hi = _bounds(start, end, scope.timezone)
+    ids = scope.library_ids
+
+    def mine(column):
+        return column.in_(ids) if ids is not None else True
+
+    async with db.session() as s:
+        day = _local_day(db, Loan.checked_out_at, scope.timezone).label("day")
+        per_day = {_as_date(d): n for d, n in (await s.execute(
+            select(day, func.count()).where(mine(Loan.library_id), Loan.checked_out_at >= lo, Loan.checked_out_at < hi)
+            .group_by(day))).all()}
+        stats.loans_per_day = [(d, per_day.get(d, 0)) for d in _days(start, end)]
+        weeks: dict[date, int] = defaultdict(int)
+        for d, n in stats.loans_per_day:
+            weeks[d - timedelta(days=d.weekday())] += n
+        stats.loans_per_week = sorted(weeks.items())
+
+        visits = {_as_date(d): n for d, n in (await s.execute(
+            select(Visit.day, func.count()).where(mine(Visit.library_id), Visit.day >= start, Visit.day <= end)
+            .group_by(Visit.day))).all()}
+        stats.visits_per_day = [(d, visits.get(d, 0)) for d in _days(start, end)]
+
+        in_period = (mine(Loan.library_id), Loan.checked_out_at >= lo, Loan.checked_out_at < hi)
+        readers = func.count(func.distinct(Loan.patron_id))
+        by_class = (await s.execute(
+            select(Patron.class_name, readers).join(Patron, Patron.id == Loan.patron_id).where(*in_period)
+            .group_by(Patron.class_name))).all()
+        stats.active_by_class = sorted(((c or "—", n) for c, n in by_class), key=lambda r: (-r[1], r[0]))
+        by_grade = (await s.execute(
+            select(Patron.grade, readers).join(Patron, Patron.id == Loan.patron_id).where(*in_period)
+            .group_by(Patron.grade))).all()
+        stats.active_by_grade = [(str(g) if g is not None else "—", n)
+                                 for g, n in sorted(by_grade, key=lambda r: (r[0] is None, r[0] or 0))]
+
+        per_title = (await s.execute(
+            select(Title.title, Title.subjects, func.count()).join(Copy, Copy.title_id == Title.id)
+            .join(Loan, Loan.copy_id == Copy.id).where(*in_period)
+            .group_by(Title.id, Title.title, Title.subjects).order_by(func.count().desc(), Title.title))).all()
+        stats.top_titles = [(title, n) for title, _, n in per_title[:TOP]]
+        subjects: Counter[str] = Counter()
+        for _, subj, n in per_title:
+            for part in {p.strip() for p in (subj or "").replace("|", ";").split(";") if p.strip()}:
+                subjects[part] += n
+        stats.top_subjects = sorted(subjects.items(), key=lambda r: (-r[1], r[0]))[:TOP]
+
+        # Overdue at the end of each day: open then, and due before that day.
+        spans = (await s.execute(
+            select(Loan.due_date, Loan.returned_at, Loan.checked_out_at)
+            .where(mine(Loan.library_id), Loan.due_date < end, Loan.checked_out_at < hi,
+                   or_(Loan.returned_at.is_(None), Loan.returned_at >= lo)))).all()
+        zone, utc = ZoneInfo(scope.timezone), ZoneInfo("UTC")
+        change: Counter[date] = Counter()   # +1 where a loan starts counting, -1 where it stops
+        for due, returned, _ in spans:
+            first = max(due + timedelta(days=1), start)
+            stop = end + timedelta(days=1)
+            if returned is not None:   # returned that day: not overdue at its end any more
+                stop = min(stop, (returned if returned.tzinfo else returned.replace(tzinfo=utc)).astimezone(zone).date())
+            if first < stop:
+                change[first] += 1
+                change[stop] -= 1
+        running, series = 0, []
+        for d in _days(start, end):
+            running += change.get(d, 0)
+            series.append((d, running))
+        stats.overdue_per_day = series
+
+        refl = (await s.execute(
+            select(Reflection.status, func.count()).where(
+                mine(Reflection.library_id), Reflection.submitted_at >= lo, Reflection.submitted_at < hi)
+            .group_by(Reflection.status))).all()
+        order = [ReflectionStatus.SUBMITTED, ReflectionStatus.APPROVED, ReflectionStatus.CHANGES_REQUESTED,
+                 ReflectionStatus.REJECTED, ReflectionStatus.DRAFT]
+        counts = {ReflectionStatus(st): n for st, n in refl}
+        stats.reflections = [(st.value, counts.get(st, 0)) for st in order if st in counts or st != ReflectionStatus.DRAFT]
+
+        camp = (await s.execute(
+            select(Campaign.name, func.count(CampaignMember.id), func.count(CampaignMember.completed_at))
+            .outerjoin(CampaignMember, CampaignMember.campaign_id == Campaign.id)
+            .where(mine(Campaign.library_id), Campaign.starts_on <= end, Campaign.ends_on >= start)
+            .group_by(Campaign.id, Campaign.name).order_by(Campaign.name).limit(50))).all()
+        stats.campaigns = [(name, members, done) for name, members, done in camp]
+
+        if ids is None:
+            stats.schools = await _schools(s, lo, hi, start, end)
+    return stats
+
+
+async def _schools(s, lo: datetime, hi: datetime, start: date, end: date) -> list[tuple[str, int, int, int, int]]:
+    names = dict((await s.execute(select(Library.id, Library.name))).all())
+    loans = dict((await s.execute(select(Loan.library_id, func.count()).where(
+        Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all())
+    readers = dict((await s.execute(select(Loan.library_id, func.count(func.distinct(Loan.patron_id))).where(
+        Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all())
+    visits = dict((await s.execute(select(Visit.library_id, func.count()).where(
+        Visit.day >= start, Visit.day <= end).group_by(Visit.library_id))).all())
+    overdue = dict((await s.execute(select(Loan.library_id, func.count()).where(
+        Loan.returned_at.is_(None), Loan.due_date < end).group_by(Loan.library_id))).all())
+    rows = [(name, loans.get(i, 0), readers.get(i, 0), visits.get(i, 0), overdue.get(i, 0))
+            for i, name in names.items()]
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
+# Downloads: table id → (column message keys, rows of the Stats).
+TABLES = {
+    "loans_per_day": (("desk.col_day", "desk.col_loans"), lambda st: st.loans_per_day),
+    "loans_per_week": (("desk.col_week", "desk.col_loans"), lambda st: st.loans_per_week),
+    "visits_per_day": (("desk.col_day", "desk.col_visits"), lambda st: st.visits_per_day),
+    "overdue_per_day": (("desk.col_day", "desk.col_overdue"), lambda st: st.overdue_per_day),
+    "active_by_class": (("desk.col_class", "desk.col_readers"), lambda st: st.active_by_class),
+    "active_by_grade": (("desk.col_grade", "desk.col_readers"), lambda st: st.active_by_grade),
+    "top_titles": (("desk.col_title", "desk.col_loans"), lambda st: st.top_titles),
+    "top_subjects": (("desk.col_subject", "desk.col_loans"), lambda st: st.top_subjects),
+    "reflections": (("desk.col_status", "desk.col_reflections"), lambda st: st.reflections),
+    "campaigns": (("desk.col_campaign", "desk.col_members", "desk.col_completed"), lambda st: st.campaigns),
+    "schools": (("desk.col_school", "desk.col_loans", "desk.col_readers", "desk.col_visits", "desk.col_overdue"),
+                lambda st: st.schools),
+}
