@@ -12,7 +12,7 @@ Security, in one place (``_middlewares``):
 - every POST carries a CSRF token (the session's own; before sign-in, a double-submit cookie)
   and must come from this origin when the browser says where it came from;
 - CSP ``default-src 'none'`` with only same-origin scripts, styles and images; no referrer
-  (sign-in links carry a token); pages are never cached.
+  (sign-in links carry a token) outside this origin; pages are never cached.
 """
 
 from __future__ import annotations
@@ -77,8 +77,15 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     return aiohttp_jinja2.render_template(template, request, {**_context(request), **context}, status=status)
 
 
+def say(t: Translator, key: str, params: dict[str, Any]) -> str:
+    """A message with its dates written the reader's way (services hand over ``date`` objects)."""
+    from datetime import date
+
+    return t(key, **{k: t.date(v) if isinstance(v, date) else v for k, v in params.items()})
+
+
 def message_page(request: web.Request, key: str, status: int, **params: Any) -> web.Response:
-    return render(request, "message.html", status=status, text=translator(request)(key, **params))
+    return render(request, "message.html", status=status, text=say(translator(request), key, params))
 
 
 # -- middlewares ----------------------------------------------------------------------------------
@@ -91,7 +98,7 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
     response = await handler(request)
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would make browsers send Origin: null
     response.headers["X-Frame-Options"] = "DENY"
     if not request.path.startswith(f"{PREFIX}/static/"):
         response.headers["Cache-Control"] = "no-store"

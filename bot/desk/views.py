@@ -12,6 +12,7 @@ from bot.desk import (
     USER,
     desk_of,
     message_page,
+    say,
     pre_token,
     render,
     see_other,
@@ -213,7 +214,7 @@ async def _counter_page(request: web.Request, *, scan: desk.Scan | None = None, 
         except DomainError:
             reader = None
     t = translator(request)
-    result_text = t(scan.message_key, **scan.params) if scan else None
+    result_text = say(t, scan.message_key, scan.params) if scan else None
     return render(request, "counter.html", status=status, scan=scan, result_text=result_text, reader=reader,
                   pending=pending or "")
 
