@@ -21,13 +21,12 @@ from services import reflections
 from services.models import Copy, CopyStatus, Library, Loan, Notification, Patron, Role
 from tests.desk_client import desk_server
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="Playwright is not installed")
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() or shutil.which("chromium")),
-                                reason="no Chromium at /usr/bin/chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium")
 
 
 @pytest.fixture
@@ -40,8 +39,7 @@ def shots(tmp_path) -> Path:
 @pytest.fixture
 async def browser():
     async with playwright_api.async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists()
-                                           else shutil.which("chromium"), args=ARGS)
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             yield chromium
         finally:
