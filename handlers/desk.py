@@ -15,7 +15,7 @@ DESK_PATH = "/desk/signin?token="
 
 def desk_base_url(ctx: Context) -> str:
     """DOCSACH_PUBLIC_URL, else the address the web server listens on (set when it starts)."""
-    base = ctx.deps.extras.get("public_url") or ctx.deps.extras.get("listen_url") or "http://127.0.0.1:8080"
+    base = ctx.deps.public_url or ctx.deps.extras.get("server_url") or "http://127.0.0.1:8080"
     return str(base).rstrip("/")
 
 

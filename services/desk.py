@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from services import audit, circulation, notifications
+from services import audit, circulation, outbox
 from services.common import Clock, DomainError, NotFound, aware
 from services.db import Database, insert_for
 from services.models import (
@@ -360,7 +360,7 @@ async def remind(db: Database, actor: Actor, loan_ids: list[int], *, clock: Cloc
             rules = rules_for(library, role)
             overdue_days = (day - due).days
             renewable = renewals < rules.max_renewals and overdue_days <= rules.block_overdue_days
-            added = await notifications.enqueue(
+            added = await outbox.enqueue(
                 s, patron_id=patron_id, kind="overdue", key=_remind_key(loan_id, due), send_after=now,
                 payload={"loan_id": loan_id, "title_id": title_id, "title": title, "renewals": renewals,
                          "renewable": renewable, "due_date": due.isoformat(), "stage": overdue_days,

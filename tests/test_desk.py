@@ -61,6 +61,29 @@ async def _available_barcode(libs, n: int = 0) -> str:
                                      .order_by(Copy.id).limit(n + 1))).scalars())[n]
 
 
+async def test_the_shared_server_serves_the_desk(libs):
+    import aiohttp
+
+    from bot.server import Server
+
+    server = Server(libs.app, "127.0.0.1", 0)
+    server.mount_configured()
+    await server.start()
+    try:
+        assert "desk" in server.mounted
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/desk", allow_redirects=False) as r:
+                assert r.status == 302 and r.headers["Location"] == "/desk/"
+            async with http.get(server.url + "/desk/login") as r:
+                assert r.status == 200 and "Đăng nhập" in await r.text()
+                assert r.headers["X-Frame-Options"] == "DENY" and "script-src 'self'" in r.headers[
+                    "Content-Security-Policy"]
+            async with http.get(server.url + "/desk/static/desk.css") as r:
+                assert r.status == 200 and "--accent" in await r.text()
+    finally:
+        await server.stop()
+
+
 # -- signing in ---------------------------------------------------------------------------------------
 
 async def test_sign_in_link_opens_a_session_once(desk):
@@ -132,7 +155,7 @@ async def test_students_never_get_a_desk_session(desk, libs):
 
 
 async def test_web_command_in_chat_gives_a_working_link(libs, link_chat):
-    libs.app.deps.extras["public_url"] = "http://desk.school.lan:8080"
+    libs.app.deps.public_url = "http://desk.school.lan:8080"
     librarian = await link_chat("lib-chat", "TT001")
     await librarian.say("/web")
     match = re.search(r"http://desk\.school\.lan:8080(/desk/signin\?token=[\w-]+)", librarian.text)
@@ -395,6 +418,24 @@ async def test_moderation_queue_highlights_and_approves_once(desk, libs):
                    ).scalars().all()
         audit = (await s.execute(select(AuditEntry).where(AuditEntry.action == "reflection.approve"))).scalar_one()
     assert r.status == ReflectionStatus.APPROVED and len(notices) == 1 and audit.channel == "web"
+
+
+async def test_the_reflection_photo_is_shown_to_its_moderators_only(desk, second_browser, libs):
+    import segno
+
+    buffer = io.BytesIO()
+    segno.make("docsach").save(buffer, kind="png", scale=4)
+    ref = await libs.app.deps.photos.store(buffer.getvalue())
+    rid = await _submitted_reflection(libs, " ".join(["Bức tranh em vẽ về cuốn sách này."] * 8))
+    async with libs.db.transaction() as s:
+        (await s.get(Reflection, rid)).photo_ref = ref
+    await desk.sign_in("TT001")
+    await desk.get("/desk/reflections")
+    assert f'src="/desk/photos/{ref}"' in desk.last
+    image = await desk.get(f"/desk/photos/{ref}")
+    assert image.status == 200 and image.content_type == "image/png" and await image.read() == buffer.getvalue()
+    await second_browser.sign_in("OT001", "other")
+    assert (await second_browser.get(f"/desk/photos/{ref}")).status == 404
 
 
 async def test_other_library_cannot_moderate(desk, libs):

@@ -49,7 +49,7 @@ async def browser():
 @pytest.fixture
 async def server(libs):
     client = await desk_server(libs.app)
-    libs.app.deps.extras["public_url"] = str(client.make_url("")).rstrip("/")
+    libs.app.deps.public_url = str(client.make_url("")).rstrip("/")
     yield client
     await client.close()
 

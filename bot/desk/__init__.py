@@ -239,6 +239,22 @@ def create_app(app: App, *, base_url: str | None = None, secure_cookies: bool | 
     return desk
 
 
+class DeskPart:
+    """The desk as one of the shared server's HTTP parts (bot/server.py)."""
+
+    name = "desk"
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def mount(self, web_app: web.Application) -> None:
+        mount(web_app, self.app)
+
+
+def desk_part(app: App) -> DeskPart:
+    return DeskPart(app)
+
+
 def mount(root: web.Application, app: App, **kwargs: Any) -> web.Application:
     """Add the desk to the shared server at ``/desk/`` (and ``/desk`` → ``/desk/``)."""
     desk = create_app(app, **kwargs)

@@ -9,7 +9,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from bot.desk import PREFIX, USER, desk_of, render, see_other, signed_in, translator
-from services import campaigns, reflections
+from services import campaigns, photos, reflections
 from services.common import DomainError
 
 DECISIONS = ("approve", "changes", "reject")
@@ -19,6 +19,7 @@ def routes(app: web.Application) -> None:
     app.router.add_get("/reflections", queue)
     app.router.add_post("/reflections/{id:\\d+}", decide)
     app.router.add_get("/campaigns/{id:\\d+}", campaign)
+    app.router.add_get("/photos/{ref:[0-9a-f]{64}}", photo)
 
 
 def highlight(text: str, flags: list[str]) -> Markup:
@@ -42,8 +43,8 @@ async def queue(request: web.Request, *, error: str | None = None, status: int =
     desk = desk_of(request)
     user = request[USER]
     items, total = await reflections.queue(desk.app.db, user.actor, limit=20)
-    photos = desk.app.deps.extras.get("photo_store")
-    views = [(r, highlight(r.body, r.flags), _photo_url(r, photos)) for r in items]
+    views = [(r, highlight(r.body, r.flags),
+              f"{PREFIX}/photos/{r.photo_ref}" if photos.is_ref(r.photo_ref) else None) for r in items]
     notice = None
     done = request.query.get("done")
     if done in DECISIONS:
@@ -51,13 +52,6 @@ async def queue(request: web.Request, *, error: str | None = None, status: int =
     running = await campaigns.list_campaigns(desk.app.db, user.actor, clock=desk.app.deps.clock)
     return render(request, "reflections.html", status=status, items=views, total=total, notice=notice,
                   error=error, campaigns=running)
-
-
-def _photo_url(r: reflections.ReflectionView, photos) -> str | None:
-    if not r.photo_ref or photos is None:
-        return None
-    url = getattr(photos, "url_for", None)
-    return url(r.photo_ref) if url else None
 
 
 @signed_in()
@@ -86,3 +80,16 @@ async def campaign(request: web.Request) -> web.StreamResponse:
     return render(request, "campaign.html", board=board)
 
 
+
+
+@signed_in()
+async def photo(request: web.Request) -> web.StreamResponse:
+    """A reflection's photo, for those who may see it (its library's moderators)."""
+    desk = desk_of(request)
+    ref = request.match_info["ref"]
+    if not await photos.may_view(desk.app.db, request[USER].actor, ref):
+        raise web.HTTPNotFound()
+    found = await desk.app.deps.photos.load(ref)
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.Response(body=found.data, content_type=found.mime_type)
