@@ -60,6 +60,7 @@ class CopyStatus(enum.StrEnum):
     ON_LOAN = "on_loan"
     ON_HOLD_SHELF = "on_hold_shelf"
     IN_REPAIR = "in_repair"
+    DAMAGED = "damaged"        # set aside until someone decides: repair, withdraw or back to the shelf
     LOST = "lost"
     WITHDRAWN = "withdrawn"
 
