@@ -298,44 +298,32 @@ def _remind_key(loan_id: int, due: date) -> str:
 
 async def overdue(db: Database, actor: Actor, *, clock: Clock, class_name: str | None = None,
                   min_days: int = 1, limit: int = MAX_LIST) -> Overdue:
-    require_staff(actor)
+    """The overdue list of ``circulation.overdue_list`` (which checks who may see what), counted by
+    class and by days overdue, filtered, with whether a desk reminder is already queued."""
     min_days = max(1, min(int(min_days), 3650))
-    async with db.session() as s:
-        library = await _library(s, actor)
-        day = clock.today(library.timezone)
-        cutoff = day - timedelta(days=min_days - 1)
-        where = [Loan.library_id == actor.library_id, Loan.returned_at.is_(None), Loan.due_date < cutoff]
-        counts = (await s.execute(
-            select(Patron.class_name, Loan.due_date, func.count()).join(Patron, Patron.id == Loan.patron_id)
-            .where(*where).group_by(Patron.class_name, Loan.due_date))).all()
-        if class_name:
-            where.append(func.coalesce(Patron.class_name, "") == class_name.strip().upper())
-        rows = (await s.execute(
-            select(Loan.id, Loan.patron_id, Patron.full_name, Patron.card_number, Patron.class_name, Title.title,
-                   Copy.barcode, Loan.due_date)
-            .join(Patron, Patron.id == Loan.patron_id).join(Copy, Copy.id == Loan.copy_id)
-            .join(Title, Title.id == Copy.title_id).where(*where)
-            .order_by(Patron.class_name, Patron.full_name, Loan.due_date, Loan.id).limit(limit))).all()
-        keys = [_remind_key(r[0], r[7]) for r in rows]
-        reminded = set((await s.execute(select(Notification.key).where(Notification.key.in_(keys)))).scalars()) \
-            if keys else set()
+    full = await circulation.overdue_list(db, actor, clock=clock)
+    wanted = class_name.strip().upper() if class_name else None
     by_class: dict[str, int] = defaultdict(int)
     by_days: dict[str, int] = {name: 0 for name, _, _ in BUCKETS}
-    total = 0
-    wanted = class_name.strip().upper() if class_name else None
-    for cls, due, n in counts:
-        by_class[cls or ""] += n
-        if wanted is not None and (cls or "") != wanted:
+    chosen = []
+    for line in full.lines:
+        by_class[line.class_name or ""] += 1
+        if wanted is not None and (line.class_name or "") != wanted:
             continue
-        total += n
-        days = (day - due).days
         for name, low, high in BUCKETS:
-            if low <= days <= high:
-                by_days[name] += n
-    lines = [OverdueLine(lid, pid, name, card, cls, title, barcode, due, (day - due).days,
-                         _remind_key(lid, due) in reminded)
-             for lid, pid, name, card, cls, title, barcode, due in rows]
-    return Overdue(day, lines, total, dict(sorted(by_class.items())), by_days)
+            if low <= line.days_overdue <= high:
+                by_days[name] += 1
+        if line.days_overdue >= min_days:
+            chosen.append(line)
+    shown = chosen[:limit]
+    keys = [_remind_key(line.loan_id, line.due_date) for line in shown]
+    async with db.session() as s:
+        reminded = set((await s.execute(select(Notification.key).where(Notification.key.in_(keys)))).scalars()) \
+            if keys else set()
+    lines = [OverdueLine(line.loan_id, line.patron_id, line.full_name, line.card_number, line.class_name,
+                         line.title, line.barcode, line.due_date, line.days_overdue,
+                         _remind_key(line.loan_id, line.due_date) in reminded) for line in shown]
+    return Overdue(full.today, lines, len(chosen), dict(sorted(by_class.items())), by_days)
 
 
 async def remind(db: Database, actor: Actor, loan_ids: list[int], *, clock: Clock) -> tuple[int, int]:
