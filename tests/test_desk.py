@@ -503,3 +503,92 @@ def test_formula_neutralisation():
     assert safe_cell("-x") == "'-x" and safe_cell("\tx") == "'\tx" and safe_cell("Dế Mèn") == "Dế Mèn"
     assert safe_cell(-5) == -5 and safe_cell(date(2026, 12, 1)) == "2026-12-01" and safe_cell(None) == ""
     assert safe_cell(datetime(2026, 12, 1, tzinfo=UTC)).startswith("2026-12-01")
+
+
+# -- catalog ------------------------------------------------------------------------------------------------
+
+async def test_catalog_search_add_a_book_and_change_a_copy(desk, libs):
+    await desk.sign_in("TT001")
+    page = await desk.get("/desk/catalog?q=ngoi chua")   # no accents, as a librarian types in a hurry
+    assert page.status == 200 and "Ngôi chùa" in desk.last
+    added = await desk.post("/desk/catalog", {"title": "Dế Mèn phiêu lưu ký", "authors": "Tô Hoài",
+                                              "year": "1941", "count": "2"})
+    assert added.status == 303
+    title_page = added.headers["Location"]
+    await desk.get(title_page)
+    assert "Dế Mèn phiêu lưu ký" in desk.last and "Đã thêm 2 bản sách." in desk.last
+    barcodes = re.findall(r'/desk/catalog/copies/([^"]+)"', desk.last)
+    assert len(barcodes) == 2
+    more = await desk.post(title_page.split("?")[0] + "/copies", {"count": "1"})
+    assert more.status == 303
+    await desk.get(more.headers["Location"])
+    assert len(re.findall(r'/desk/catalog/copies/([^"]+)"', desk.last)) == 3
+    bad = await desk.post("/desk/catalog", {"title": "", "isbn": "123"})
+    assert bad.status == 400 and 'class="message refused"' in desk.last
+    changed = await desk.post(f"/desk/catalog/copies/{barcodes[0]}/status", {"status": "damaged", "note": "rách bìa"})
+    assert changed.status == 200 and 'id="copy-status">hư hỏng<' in desk.last
+    async with libs.db.session() as s:
+        copy = (await s.execute(select(Copy).where(Copy.barcode == barcodes[0]))).scalar_one()
+        audit = (await s.execute(select(AuditEntry).where(AuditEntry.entity == "copy",
+                                                          AuditEntry.entity_id == copy.id))).scalars().all()
+    assert copy.status == CopyStatus.DAMAGED and audit and all(a.channel == "web" for a in audit)
+    # A lent copy may only be declared lost: anything else is refused with the reason.
+    lent = await _lend(libs, barcodes[1], "HS001")
+    refused = await desk.post(f"/desk/catalog/copies/{lent.barcode}/status", {"status": "in_repair"})
+    assert refused.status == 400 and 'class="message refused"' in desk.last
+    assert (await desk.get(f"/desk/catalog/copies/{lent.barcode}")).status == 200 and "Nguyễn Văn An" in desk.last
+
+
+async def test_catalog_of_another_school_is_out_of_reach(desk, libs):
+    barcode = await _available_barcode(libs)
+    await desk.sign_in("OT001", "other")
+    assert (await desk.get(f"/desk/catalog/copies/{barcode}")).status == 404
+    assert (await desk.post(f"/desk/catalog/copies/{barcode}/status", {"status": "lost"})).status == 404
+    async with libs.db.session() as s:
+        assert (await s.execute(select(Copy.status).where(Copy.barcode == barcode))).scalar_one() == \
+            CopyStatus.AVAILABLE
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+async def test_settings_change_rules_reminders_calendar_words_and_prompts(desk, libs):
+    from services import rules
+
+    await desk.sign_in("TT001")
+    assert (await desk.get("/desk/settings")).status == 200
+    assert (await desk.post("/desk/settings/rule", {"name": "loan_days", "value": "21", "role": "teacher"})).status == 303
+    lib_id = (await libs.actor("TT001")).library_id
+    assert (await rules.get_rules(libs.db, lib_id, "teacher")).loan_days == 21
+    assert (await rules.get_rules(libs.db, lib_id, "student")).loan_days == 14
+    bad = await desk.post("/desk/settings/rule", {"name": "loan_days", "value": "9999"})
+    assert bad.status == 400 and 'id="error"' in desk.last
+    assert (await desk.post("/desk/settings/rule", {"name": "loan_days", "value": "", "role": "teacher"})).status == 303
+    assert (await rules.get_rules(libs.db, lib_id, "teacher")).loan_days == 14
+    saved = await desk.post("/desk/settings/reminders", {"quiet_start": "21:00", "quiet_end": "06:30",
+                                                         "before_days": "1", "overdue_days": "1, 3, 10"})
+    assert saved.status == 303
+    settings = await rules.reminder_settings(libs.db, await libs.actor("TT001"))
+    assert settings.quiet_start.strftime("%H:%M") == "21:00" and settings.overdue_days == (1, 3, 10)
+    never_quiet = await desk.post("/desk/settings/reminders", {"quiet_start": "07:00", "quiet_end": "07:00",
+                                                               "before_days": "1", "overdue_days": "1"})
+    assert never_quiet.status == 400
+    assert (await desk.post("/desk/settings/closed", {"start": "2027-02-05", "end": "2027-02-12",
+                                                      "name": "Nghỉ Tết"})).status == 303
+    await desk.get("/desk/settings")
+    assert "Nghỉ Tết" in desk.last
+    closed_id = re.search(r"/desk/settings/closed/(\d+)/remove", desk.last).group(1)
+    assert (await desk.post(f"/desk/settings/closed/{closed_id}/remove")).status == 303
+    assert (await desk.post("/desk/settings/flagwords", {"words": "lười biếng\nxấu xí"})).status == 303
+    assert (await desk.post("/desk/settings/prompts", {"text": "Em sẽ giới thiệu cuốn sách này cho ai?"})).status == 303
+    await desk.get("/desk/settings")
+    assert "lười biếng" in desk.last and "Em sẽ giới thiệu cuốn sách này cho ai?" in desk.last
+    async with libs.db.session() as s:
+        channels = set((await s.execute(select(AuditEntry.channel).where(
+            AuditEntry.action.in_(("rules.set", "reminders.quiet_hours", "flagwords.set"))))).scalars())
+    assert channels == {"web"}
+
+
+async def test_a_teacher_cannot_change_settings(desk):
+    await desk.sign_in("GV001")
+    assert (await desk.get("/desk/settings")).status == 403
+    assert (await desk.post("/desk/settings/rule", {"name": "loan_days", "value": "30"})).status == 403

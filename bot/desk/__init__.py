@@ -203,11 +203,11 @@ def _nav(user: desk_auth.DeskUser | None) -> list[tuple[str, str]]:
     if user is None:
         return []
     staff = user.role in (Role.LIBRARIAN, Role.ADMIN)
-    items = [("today", "desk.nav_today"), ("counter", "desk.nav_counter"), ("overdue", "desk.nav_overdue")] \
-        if staff else []
+    items = [("today", "desk.nav_today"), ("counter", "desk.nav_counter"), ("overdue", "desk.nav_overdue"),
+             ("catalog", "desk.nav_catalog")] if staff else []
     items.append(("reflections", "desk.nav_reflections"))
     if staff:
-        items.append(("stats", "desk.nav_stats"))
+        items += [("stats", "desk.nav_stats"), ("settings", "desk.nav_settings")]
     items.append(("account", "desk.nav_account"))
     return items
 
