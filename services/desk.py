@@ -35,6 +35,7 @@ from services.models import (
     Loan,
     Location,
     Notification,
+    NotificationStatus,
     Patron,
     Role,
     Title,
@@ -425,3 +426,79 @@ def _fit(pdf, text: str, width: float) -> str:
     while text and pdf.get_string_width(text + "…") > width:
         text = text[:-1]
     return text.rstrip() + "…"
+
+
+# -- notices ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NoticeLine:
+    notice_id: int
+    kind: str
+    title: str | None
+    status: str
+    created_at: datetime | None
+    sent_at: datetime | None
+    channel: str | None
+    attempts: int
+    last_error: str | None
+
+    @property
+    def can_resend(self) -> bool:   # uncertain: maybe delivered; only a person decides to send again
+        return self.status == "uncertain"
+
+    @property
+    def can_cancel(self) -> bool:   # not yet picked up by a sender
+        return self.status == "pending"
+
+
+async def _patron_here(s, actor: Actor, patron_id: int) -> Patron:
+    patron = await s.get(Patron, patron_id)
+    if patron is None or patron.library_id != actor.library_id:
+        raise NotFound("circulation.patron_not_found", ref=str(patron_id))
+    return patron
+
+
+async def notices(db: Database, actor: Actor, patron_id: int, *, limit: int = 50) -> list[NoticeLine]:
+    """What was said to a reader of the library, newest first, with its delivery status."""
+    require_staff(actor)
+    async with db.session() as s:
+        await _patron_here(s, actor, patron_id)
+        rows = (await s.execute(select(Notification).where(Notification.patron_id == patron_id)
+                                .order_by(Notification.id.desc()).limit(limit))).scalars().all()
+    return [NoticeLine(n.id, n.kind, (n.payload or {}).get("title"), getattr(n.status, "value", str(n.status)),
+                       aware(n.created_at), aware(n.sent_at), n.channel, n.attempts or 0,
+                       (n.last_error or "")[:200] or None) for n in rows]
+
+
+async def _notice_here(s, actor: Actor, notice_id: int) -> Notification:
+    row = (await s.execute(select(Notification).join(Patron, Patron.id == Notification.patron_id)
+                           .where(Notification.id == notice_id, Patron.library_id == actor.library_id)
+                           .with_for_update(of=Notification))).scalar_one_or_none()
+    if row is None:
+        raise NotFound("desk.notice_unknown")
+    return row
+
+
+async def resend_notice(db: Database, actor: Actor, notice_id: int, *, clock: Clock) -> None:
+    """Send an *uncertain* notice again: a librarian's deliberate decision (it may arrive twice)."""
+    require_staff(actor)
+    async with db.transaction() as s:
+        row = await _notice_here(s, actor, notice_id)
+        if row.status != NotificationStatus.UNCERTAIN:
+            raise DomainError("desk.notice_not_uncertain")
+        row.status, row.claimed_by, row.claimed_at, row.send_after = (
+            NotificationStatus.PENDING, None, None, clock.now())
+        audit.record(s, "notice.resend", "notification", row.id, actor_patron_id=actor.patron_id,
+                     library_id=actor.library_id, channel=actor.channel)
+
+
+async def cancel_notice(db: Database, actor: Actor, notice_id: int) -> None:
+    """Keep a pending notice from going out (e.g. the book came back at the counter meanwhile)."""
+    require_staff(actor)
+    async with db.transaction() as s:
+        row = await _notice_here(s, actor, notice_id)
+        if row.status != NotificationStatus.PENDING:
+            raise DomainError("desk.notice_not_pending")
+        row.status, row.last_error = NotificationStatus.SKIPPED, "cancelled at the desk"
+        audit.record(s, "notice.cancel", "notification", row.id, actor_patron_id=actor.patron_id,
+                     library_id=actor.library_id, channel=actor.channel)

@@ -592,3 +592,75 @@ async def test_a_teacher_cannot_change_settings(desk):
     await desk.sign_in("GV001")
     assert (await desk.get("/desk/settings")).status == 403
     assert (await desk.post("/desk/settings/rule", {"name": "loan_days", "value": "30"})).status == 403
+
+
+# -- readers and notices -------------------------------------------------------------------------------------
+
+async def test_reader_page_history_holds_notices_slips_and_roster(desk, libs):
+    from services import circulation
+
+    title_id, held_barcodes = await libs.title_with_copies(1)
+    barcode = await _available_barcode(libs, 3)
+    assert barcode not in held_barcodes
+    loan = await _lend(libs, barcode, "HS003", days_ago=5)
+    student = await libs.actor("HS003")
+    hold = await circulation.place_hold(libs.db, student, title_id, clock=libs.app.deps.clock)
+    async with libs.db.transaction() as s:   # now make the loan overdue (a hold is refused when overdue)
+        (await s.get(Loan, loan.loan_id)).due_date = libs.app.deps.clock.today() - timedelta(days=6)
+    await desk.sign_in("TT001")
+    await desk.get("/desk/readers?q=giang a pao")
+    assert "/desk/readers/HS003" in desk.last
+    await desk.post("/desk/overdue/remind", {"loan": loan.loan_id})
+    page = await desk.get("/desk/readers/HS003")
+    assert page.status == 200 and loan.barcode in desk.last and "quá hạn" in desk.last
+    async with libs.db.session() as s:
+        notice_ids = dict((await s.execute(select(Notification.kind, Notification.id).where(
+            Notification.patron_id == student.patron_id))).all())
+    # A pending notice can be stopped; an uncertain one re-sent; neither the other way round.
+    overdue_id = notice_ids["overdue"]
+    assert (await desk.post(f"/desk/notices/{overdue_id}/resend", {"card": "HS003"})).status == 400
+    assert (await desk.post(f"/desk/notices/{overdue_id}/cancel", {"card": "HS003"})).status == 303
+    async with libs.db.transaction() as s:
+        row = await s.get(Notification, overdue_id)
+        assert row.status == "skipped"
+        row.status = "uncertain"
+    assert (await desk.post(f"/desk/notices/{overdue_id}/resend", {"card": "HS003"})).status == 303
+    async with libs.db.session() as s:
+        assert (await s.get(Notification, overdue_id)).status == "pending"
+    cancelled = await desk.post(f"/desk/readers/HS003/holds/{hold.hold_id}/cancel", {"reason": "Sách hỏng"})
+    assert cancelled.status == 200 and 'id="notice"' in desk.last
+    async with libs.db.session() as s:
+        assert (await s.get(Hold, hold.hold_id)).status == "cancelled"
+    slip = await desk.post("/desk/readers/HS003/slip.pdf")
+    assert slip.status == 200 and slip.content_type == "application/pdf"
+    slips = await desk.post("/desk/readers/slips.pdf", {"class": "10A1"})
+    import pypdfium2
+
+    text = pypdfium2.PdfDocument(await slips.read())[0].get_textpage().get_text_range()
+    assert "Nguyễn Văn An" in text and "Lò Thị Hoa" in text and "Giàng A Páo" not in text
+    roster = "Mã HS,Họ và tên,Lớp\nHS900,Vừ Thị Mai,12A1\nHS901,,12A1\n".encode()
+    imported = await desk.post("/desk/readers/import", [("file", roster)])
+    assert imported.status == 200 and 'id="import-report"' in desk.last and "1 mới" in desk.last
+    async with libs.db.session() as s:
+        mai = (await s.execute(select(Patron).where(Patron.card_number == "HS900"))).scalar_one()
+        audit = (await s.execute(select(AuditEntry).where(AuditEntry.action == "patrons.import"))).scalar_one()
+    assert mai.class_name == "12A1" and audit.channel == "web"
+
+
+async def test_readers_of_another_school_are_out_of_reach(desk, libs):
+    loan = await _lend(libs, await _available_barcode(libs), "HS001", days_ago=20)
+    librarian = await libs.actor("TT001")
+    from services import desk as desk_service
+
+    await desk_service.remind(libs.db, librarian, [loan.loan_id], clock=libs.app.deps.clock)
+    async with libs.db.session() as s:
+        notice_id = (await s.execute(select(Notification.id))).scalar_one()
+    await desk.sign_in("OT001", "other")
+    assert (await desk.get("/desk/readers/HS001")).status == 404
+    assert (await desk.post("/desk/readers/HS001/unlink")).status == 404
+    assert (await desk.post("/desk/readers/HS001/slip.pdf")).status == 404
+    assert (await desk.post(f"/desk/notices/{notice_id}/cancel", {"card": "HS001"})).status == 404
+    await desk.get("/desk/readers?q=HS001")
+    assert "/desk/readers/HS001" not in desk.last
+    refused = await desk.post("/desk/readers/slips.pdf", {"class": "10A1"})
+    assert refused.status == 400

@@ -204,7 +204,7 @@ def _nav(user: desk_auth.DeskUser | None) -> list[tuple[str, str]]:
         return []
     staff = user.role in (Role.LIBRARIAN, Role.ADMIN)
     items = [("today", "desk.nav_today"), ("counter", "desk.nav_counter"), ("overdue", "desk.nav_overdue"),
-             ("catalog", "desk.nav_catalog")] if staff else []
+             ("catalog", "desk.nav_catalog"), ("readers", "desk.nav_readers")] if staff else []
     items.append(("reflections", "desk.nav_reflections"))
     if staff:
         items += [("stats", "desk.nav_stats"), ("settings", "desk.nav_settings")]

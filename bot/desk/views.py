@@ -48,9 +48,10 @@ def routes(app: web.Application) -> None:
     r.add_get("/overdue", overdue)
     r.add_post("/overdue/remind", overdue_remind)
     r.add_get("/overdue/slips.pdf", overdue_slips)
-    from bot.desk import catalog, moderation, settings, stats
+    from bot.desk import catalog, moderation, readers, settings, stats
 
     catalog.routes(app)
+    readers.routes(app)
     settings.routes(app)
     moderation.routes(app)
     stats.routes(app)
