@@ -22,11 +22,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Date, cast, func, or_, select
 
 from services.common import DomainError, PermissionDenied
-from services.db import Database
+from services.db import Database, insert_for
 from services.models import (
     Campaign,
     CampaignMember,
     Copy,
+    DeskLoanDay,
     Library,
     Loan,
     Patron,
@@ -65,7 +66,9 @@ class Stats:
     top_subjects: list[tuple[str, int]] = field(default_factory=list)
     reflections: list[tuple[str, int]] = field(default_factory=list)       # status → submitted in period
     campaigns: list[tuple[str, int, int]] = field(default_factory=list)    # name, members, completed
-    schools: list[tuple[str, int, int, int, int]] = field(default_factory=list)  # name, loans, readers, visits, overdue
+    schools: list[tuple[str, int, int, int]] = field(default_factory=list)  # name, loans, visits, overdue now
+    detail: bool = True                 # per class, grade, title and subject (one library's page)
+    today: date | None = None
 
     @property
     def total_loans(self) -> int:
@@ -129,19 +132,23 @@ def _days(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-async def statistics(db: Database, actor: Actor, start: date, end: date, *, library: str | None = None) -> Stats:
+async def statistics(db: Database, actor: Actor, start: date, end: date, *, library: str | None = None,
+                     today: date | None = None) -> Stats:
+    """``today``: the school's today (the caller's clock); finished days before it are cached."""
     scope = await scope_for(db, actor, library)
     if end < start:
         start, end = end, start
     if (end - start).days >= MAX_DAYS:
         raise DomainError("desk.period_too_long", days=MAX_DAYS)
-    stats = Stats(scope, start, end)
+    stats = Stats(scope, start, end, today=today)
     lo, hi = _bounds(start, end, scope.timezone)
     ids = scope.library_ids
 
     def mine(column):
         return column.in_(ids) if ids is not None else True
 
+    if ids is None:
+        return await _province(db, stats, lo, hi)
     async with db.session() as s:
         day = _local_day(db, Loan.checked_out_at, scope.timezone).label("day")
         per_day = {_as_date(d): n for d, n in (await s.execute(
@@ -218,24 +225,94 @@ async def statistics(db: Database, actor: Actor, start: date, end: date, *, libr
             .group_by(Campaign.id, Campaign.name).order_by(Campaign.name).limit(50))).all()
         stats.campaigns = [(name, members, done) for name, members, done in camp]
 
-        if ids is None:
-            stats.schools = await _schools(s, lo, hi, start, end)
     return stats
 
 
-async def _schools(s, lo: datetime, hi: datetime, start: date, end: date) -> list[tuple[str, int, int, int, int]]:
-    names = dict((await s.execute(select(Library.id, Library.name))).all())
-    loans = dict((await s.execute(select(Loan.library_id, func.count()).where(
-        Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all())
-    readers = dict((await s.execute(select(Loan.library_id, func.count(func.distinct(Loan.patron_id))).where(
-        Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all())
-    visits = dict((await s.execute(select(Visit.library_id, func.count()).where(
-        Visit.day >= start, Visit.day <= end).group_by(Visit.library_id))).all())
-    overdue = dict((await s.execute(select(Loan.library_id, func.count()).where(
-        Loan.returned_at.is_(None), Loan.due_date < end).group_by(Loan.library_id))).all())
-    rows = [(name, loans.get(i, 0), readers.get(i, 0), visits.get(i, 0), overdue.get(i, 0))
-            for i, name in names.items()]
-    return sorted(rows, key=lambda r: (-r[1], r[0]))
+async def _loan_days(db: Database, start: date, end: date, tz: str, today: date) -> dict[tuple[int, date], int]:
+    """Loans per (library, day) over the period: finished days from ``desk_loan_days`` (counted
+    once, the first time a page asks), today counted live."""
+    counts: dict[tuple[int, date], int] = {}
+    finished = min(end, today - timedelta(days=1))
+    if start <= finished:
+        async with db.session() as s:
+            known = set((await s.execute(select(DeskLoanDay.day).where(
+                DeskLoanDay.day >= start, DeskLoanDay.day <= finished).distinct())).scalars())
+        missing = [d for d in _days(start, finished) if d not in known]
+        if missing:
+            lo, hi = _bounds(missing[0], missing[-1], tz)
+            day = _local_day(db, Loan.checked_out_at, tz).label("day")
+            async with db.session() as s:
+                found = {(lib, _as_date(d)): n for lib, d, n in (await s.execute(
+                    select(Loan.library_id, day, func.count()).where(Loan.checked_out_at >= lo, Loan.checked_out_at < hi)
+                    .group_by(Loan.library_id, day))).all()}
+                library_ids = list((await s.execute(select(Library.id))).scalars())
+            wanted = set(missing)
+            rows = [{"library_id": lib, "day": d, "loans": found.get((lib, d), 0)}
+                    for lib in library_ids for d in missing if d in wanted]
+            async with db.transaction() as s:
+                stmt = insert_for(s)(DeskLoanDay).on_conflict_do_nothing(index_elements=["library_id", "day"])
+                for i in range(0, len(rows), 5000):
+                    await s.execute(stmt, rows[i:i + 5000])
+        async with db.session() as s:
+            counts.update({(lib, d): n for lib, d, n in (await s.execute(
+                select(DeskLoanDay.library_id, DeskLoanDay.day, DeskLoanDay.loans).where(
+                    DeskLoanDay.day >= start, DeskLoanDay.day <= finished, DeskLoanDay.loans > 0))).all()})
+    if start <= today <= end:
+        lo, hi = _bounds(today, today, tz)
+        async with db.session() as s:
+            for lib, n in (await s.execute(select(Loan.library_id, func.count()).where(
+                    Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all():
+                counts[(lib, today)] = n
+    return counts
+
+
+async def _province(db: Database, stats: Stats, lo: datetime, hi: datetime) -> Stats:
+    """Every library at once, school by school: loans and visits per day, overdue now, reflections
+    and campaigns. The per-class and per-title detail is a school's page (pick the library)."""
+    start, end, tz = stats.start, stats.end, stats.scope.timezone
+    today = datetime.now(ZoneInfo(tz)).date() if stats.today is None else stats.today
+    per = await _loan_days(db, start, end, tz, today)
+    by_day: Counter[date] = Counter()
+    by_library: Counter[int] = Counter()
+    for (lib, d), n in per.items():
+        by_day[d] += n
+        by_library[lib] += n
+    stats.loans_per_day = [(d, by_day.get(d, 0)) for d in _days(start, end)]
+    weeks: dict[date, int] = defaultdict(int)
+    for d, n in stats.loans_per_day:
+        weeks[d - timedelta(days=d.weekday())] += n
+    stats.loans_per_week = sorted(weeks.items())
+    async with db.session() as s:
+        visits = (await s.execute(select(Visit.library_id, Visit.day, func.count()).where(
+            Visit.day >= start, Visit.day <= end).group_by(Visit.library_id, Visit.day))).all()
+        overdue = dict((await s.execute(select(Loan.library_id, func.count()).where(
+            Loan.returned_at.is_(None), Loan.due_date < min(end, today)).group_by(Loan.library_id))).all())
+        names = dict((await s.execute(select(Library.id, Library.name))).all())
+        refl = (await s.execute(select(Reflection.status, func.count()).where(
+            Reflection.submitted_at >= lo, Reflection.submitted_at < hi).group_by(Reflection.status))).all()
+        camp = (await s.execute(
+            select(Campaign.name, func.count(CampaignMember.id), func.count(CampaignMember.completed_at))
+            .outerjoin(CampaignMember, CampaignMember.campaign_id == Campaign.id)
+            .where(Campaign.starts_on <= end, Campaign.ends_on >= start)
+            .group_by(Campaign.id, Campaign.name).order_by(Campaign.name).limit(50))).all()
+    visits_day: Counter[date] = Counter()
+    visits_library: Counter[int] = Counter()
+    for lib, d, n in visits:
+        visits_day[_as_date(d)] += n
+        visits_library[lib] += n
+    stats.visits_per_day = [(d, visits_day.get(d, 0)) for d in _days(start, end)]
+    stats.schools = sorted(((name, by_library.get(i, 0), visits_library.get(i, 0), overdue.get(i, 0))
+                            for i, name in names.items()), key=lambda r: (-r[1], r[0]))
+    counts = {ReflectionStatus(st): n for st, n in refl}
+    stats.reflections = [(st.value, counts.get(st, 0)) for st in _REFLECTION_ORDER
+                         if st in counts or st != ReflectionStatus.DRAFT]
+    stats.campaigns = [(name, members, done) for name, members, done in camp]
+    stats.detail = False
+    return stats
+
+
+_REFLECTION_ORDER = (ReflectionStatus.SUBMITTED, ReflectionStatus.APPROVED, ReflectionStatus.CHANGES_REQUESTED,
+                     ReflectionStatus.REJECTED, ReflectionStatus.DRAFT)
 
 
 # Downloads: table id → (column message keys, rows of the Stats).
@@ -250,6 +327,6 @@ TABLES = {
     "top_subjects": (("desk.col_subject", "desk.col_loans"), lambda st: st.top_subjects),
     "reflections": (("desk.col_status", "desk.col_reflections"), lambda st: st.reflections),
     "campaigns": (("desk.col_campaign", "desk.col_members", "desk.col_completed"), lambda st: st.campaigns),
-    "schools": (("desk.col_school", "desk.col_loans", "desk.col_readers", "desk.col_visits", "desk.col_overdue"),
+    "schools": (("desk.col_school", "desk.col_loans", "desk.col_visits", "desk.col_overdue"),
                 lambda st: st.schools),
 }

@@ -525,9 +525,21 @@ class DeskPassword(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class DeskLoanDay(Base):
+    """Loans made per library and school day, for the province's statistics: a finished day never
+    changes (loans are made "now"), so it is counted once and read back for every later page."""
+
+    __tablename__ = "desk_loan_days"
+
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    loans: Mapped[int] = mapped_column(Integer)
+
+
 # What the desk pages filter on (see bench/desk.py): today's checkouts and returns, open loans by
 # due date (overdue), and the pickup shelf.
 Index("ix_loans_library_checked_out", Loan.library_id, Loan.checked_out_at)
+Index("ix_loans_checked_out_at", Loan.checked_out_at)   # the province's loans of a period
 Index("ix_loans_library_returned", Loan.library_id, Loan.returned_at)
 Index("ix_loans_open_library_due", Loan.library_id, Loan.due_date,
       sqlite_where=text("returned_at IS NULL"), postgresql_where=text("returned_at IS NULL"))

@@ -1,4 +1,4 @@
-"""the librarian's web desk: sign-in links, sessions, passwords, set-aside holds, page indexes
+"""the librarian's web desk: sign-in links, sessions, passwords, set-aside holds, daily loan counts, page indexes
 
 Revision ID: 0011_desk
 Revises: 0008_kiosks_visits
@@ -60,6 +60,16 @@ def upgrade() -> None:
                                 name=op.f("fk_desk_passwords_patron_id_patrons")),
         sa.PrimaryKeyConstraint("patron_id", name=op.f("pk_desk_passwords")),
     )
+    op.create_table(
+        "desk_loan_days",
+        sa.Column("library_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("loans", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["library_id"], ["libraries.id"], ondelete="CASCADE",
+                                name=op.f("fk_desk_loan_days_library_id_libraries")),
+        sa.PrimaryKeyConstraint("library_id", "day", name=op.f("pk_desk_loan_days")),
+    )
+    op.create_index("ix_loans_checked_out_at", "loans", ["checked_out_at"])
     with op.batch_alter_table("holds") as batch:
         batch.add_column(sa.Column("set_aside_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("ix_loans_library_checked_out", "loans", ["library_id", "checked_out_at"])
@@ -76,6 +86,8 @@ def downgrade() -> None:
     op.drop_index("ix_loans_library_checked_out", table_name="loans")
     with op.batch_alter_table("holds") as batch:
         batch.drop_column("set_aside_at")
+    op.drop_index("ix_loans_checked_out_at", table_name="loans")
+    op.drop_table("desk_loan_days")
     op.drop_table("desk_passwords")
     op.drop_index(op.f("ix_desk_sessions_patron_id"), table_name="desk_sessions")
     op.drop_table("desk_sessions")

@@ -23,8 +23,9 @@ async def _load(request: web.Request) -> desk_stats.Stats:
     user = request[USER]
     library = request.query.get("library", "")[:32] or None
     scope = await desk_stats.scope_for(desk.app.db, user.actor, library)
-    start, end = period(request, desk.app.deps.clock.today(scope.timezone))
-    return await desk_stats.statistics(desk.app.db, user.actor, start, end, library=library)
+    today = desk.app.deps.clock.today(scope.timezone)
+    start, end = period(request, today)
+    return await desk_stats.statistics(desk.app.db, user.actor, start, end, library=library, today=today)
 
 
 @signed_in(STAFF)
