@@ -673,3 +673,68 @@ async def test_readers_of_another_school_are_out_of_reach(desk, libs):
     assert "/desk/readers/HS001" not in desk.last
     refused = await desk.post("/desk/readers/slips.pdf", {"class": "10A1"})
     assert refused.status == 400
+
+
+async def _wait_import(desk, location: str) -> dict:
+    import asyncio
+
+    for _ in range(200):
+        progress = await desk.client.get(location + "/progress")
+        view = await progress.json()
+        if view["state"] in ("done", "failed"):
+            return view
+        await asyncio.sleep(0.05)
+    raise AssertionError("the import did not finish")
+
+
+async def test_catalog_import_upload_with_progress_and_rejected_rows(desk, libs):
+    from pathlib import Path
+
+    await desk.sign_in("TT001")
+    data = Path(__file__).with_name("data").joinpath("catalog_sample.csv").read_bytes()
+    data = data.rstrip(b"\n") + '\n999,"=HYPERLINK(""http://x"")",Ai đó,12345,,2020,x\n'.encode()
+    form = aiohttp_form(data, "sach.csv")
+    started = await desk.client.post("/desk/catalog/import", data=form, allow_redirects=False,
+                                     headers={"X-CSRF-Token": desk.csrf})
+    assert started.status == 303
+    location = started.headers["Location"]
+    view = await _wait_import(desk, location)
+    assert view["state"] == "done" and view["percent"] == 100 and view["done"] == view["total"] > 0
+    assert view["rejected"] >= 1
+    page = await desk.get(location)
+    assert page.status == 200 and "100 %" in desk.last
+    rejected = await desk.client.get(location + "/rejected.csv")
+    text = (await rejected.read()).decode("utf-8-sig")
+    assert "'=HYPERLINK" in text
+    async with libs.db.session() as s:
+        audit = (await s.execute(select(AuditEntry).where(AuditEntry.action == "catalog.import"))).scalar_one()
+    assert audit.channel == "web" and audit.details["added"] > 0
+    # Another school's librarian cannot follow it; a broken file changes nothing and says why.
+    other = await desk_server(libs.app)
+    try:
+        from tests.desk_client import Desk
+
+        stranger = Desk(other, libs.app, libs)
+        await stranger.sign_in("OT001", "other")
+        assert (await stranger.get(location)).status == 404
+    finally:
+        await other.close()
+    async with libs.db.session() as s:
+        before = await s.scalar(select(func.count()).select_from(Title))
+    broken = await desk.client.post("/desk/catalog/import", data=aiohttp_form(b"00720nam  2200", "cut.mrc"),
+                                    allow_redirects=False, headers={"X-CSRF-Token": desk.csrf})
+    view = await _wait_import(desk, broken.headers["Location"])
+    assert view["state"] == "failed" and view["text"]
+    async with libs.db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Title)) == before
+    wrong_type = await desk.client.post("/desk/catalog/import", data=aiohttp_form(b"MZ\x90", "virus.exe"),
+                                        allow_redirects=False, headers={"X-CSRF-Token": desk.csrf})
+    assert wrong_type.status == 400
+
+
+def aiohttp_form(data: bytes, filename: str):
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(data), filename=filename, content_type="application/octet-stream")
+    return form

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from bot.desk import PREFIX, USER, desk_of, render, say, see_other, signed_in, translator
 from bot.desk.views import STAFF
-from services import catalog, circulation
+from services import catalog, circulation, desk_import
 from services.common import DomainError
 from services.models import CopyStatus
 
@@ -18,6 +18,10 @@ STATUSES = (CopyStatus.AVAILABLE, CopyStatus.DAMAGED, CopyStatus.IN_REPAIR, Copy
 def routes(app: web.Application) -> None:
     app.router.add_get("/catalog", search)
     app.router.add_post("/catalog", add)
+    app.router.add_post("/catalog/import", import_upload)
+    app.router.add_get("/catalog/import/{job}", import_page)
+    app.router.add_get("/catalog/import/{job}/progress", import_progress)
+    app.router.add_get("/catalog/import/{job}/rejected.csv", import_rejected)
     app.router.add_get("/catalog/titles/{id:\\d+}", title)
     app.router.add_post("/catalog/titles/{id:\\d+}/copies", add_copies)
     app.router.add_get("/catalog/copies/{barcode}", copy)
@@ -117,3 +121,52 @@ async def set_status(request: web.Request) -> web.StreamResponse:
         return await copy(request, error=say(t, refusal.key, refusal.params), status=400)
     return await copy(request, notice=t("desk.status_changed", barcode=result.barcode,
                                         status=t(f"desk.copy_{result.status.value}")))
+
+
+# -- imports with progress --------------------------------------------------------------------------
+
+@signed_in(STAFF)
+async def import_upload(request: web.Request) -> web.StreamResponse:
+    desk = desk_of(request)
+    data = await request.post()
+    upload = data.get("file")
+    t = translator(request)
+    if not hasattr(upload, "file"):
+        return await search(request, error=t("desk.file_needed"), status=400)
+    body = upload.file.read(desk_import.MAX_BYTES + 1)
+    try:
+        started = await desk_import.start(desk.app.db, request[USER].actor, upload.filename, body,
+                                          clock=desk.app.deps.clock)
+    except DomainError as refusal:
+        return await search(request, error=say(t, refusal.key, refusal.params), status=400)
+    return see_other(f"{PREFIX}/catalog/import/{started.id}")
+
+
+def _job_view(request: web.Request, job: desk_import.ImportJob) -> dict:
+    t = translator(request)
+    summary = job.summary
+    return {"state": job.state, "done": job.done, "total": job.total, "percent": job.percent,
+            "text": (t("desk.import_summary", added=summary.added, updated=summary.updated,
+                       unchanged=summary.unchanged, copies=summary.copies_added, rejected=len(summary.rejected))
+                     if summary else say(t, job.error_key, job.error_params) if job.state == "failed"
+                     else t("desk.import_running", done=job.done, total=job.total or "…")),
+            "rejected": len(summary.rejected) if summary else 0}
+
+
+@signed_in(STAFF)
+async def import_page(request: web.Request) -> web.StreamResponse:
+    found = desk_import.job(request[USER].actor, request.match_info["job"][:40])
+    return render(request, "import.html", job=found, view=_job_view(request, found))
+
+
+@signed_in(STAFF)
+async def import_progress(request: web.Request) -> web.StreamResponse:
+    found = desk_import.job(request[USER].actor, request.match_info["job"][:40])
+    return web.json_response(_job_view(request, found))
+
+
+@signed_in(STAFF)
+async def import_rejected(request: web.Request) -> web.StreamResponse:
+    found = desk_import.job(request[USER].actor, request.match_info["job"][:40])
+    return web.Response(body=desk_import.rejected_csv(found), content_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="rejected.csv"'})

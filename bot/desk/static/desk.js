@@ -36,6 +36,28 @@
       });
     } catch (e) { /* no sound card: the colour still tells */ }
   }
+  // A catalog import: follow its progress until it is done.
+  var job = document.getElementById("import");
+  if (job && job.getAttribute("data-state") !== "done" && job.getAttribute("data-state") !== "failed") {
+    var poll = function () {
+      fetch(job.getAttribute("data-progress-url"), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (p) {
+          document.getElementById("import-bar").value = p.percent;
+          document.getElementById("import-percent").textContent = p.percent + " %";
+          var text = document.getElementById("import-text");
+          text.textContent = p.text;
+          if (p.state === "done" || p.state === "failed") {
+            text.className = "message " + (p.state === "done" ? "ok" : "refused");
+            if (p.rejected) document.getElementById("import-rejected").hidden = false;
+          } else {
+            setTimeout(poll, 400);
+          }
+        })
+        .catch(function () { setTimeout(poll, 2000); });
+    };
+    setTimeout(poll, 200);
+  }
   // "Select all" on the overdue list.
   var all = document.getElementById("select-all");
   if (all) {
