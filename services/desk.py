@@ -302,7 +302,10 @@ async def overdue(db: Database, actor: Actor, *, clock: Clock, class_name: str |
     """The overdue list of ``circulation.overdue_list`` (which checks who may see what), counted by
     class and by days overdue, filtered, with whether a desk reminder is already queued."""
     min_days = max(1, min(int(min_days), 3650))
-    full = await circulation.overdue_list(db, actor, clock=clock)
+    # A teacher's view is their class, and asking for another is refused there; staff get the whole
+    # library (for the counts per class) and the filter applies below.
+    own = actor.role == Role.TEACHER
+    full = await circulation.overdue_list(db, actor, clock=clock, class_name=class_name if own else None)
     wanted = class_name.strip().upper() if class_name else None
     by_class: dict[str, int] = defaultdict(int)
     by_days: dict[str, int] = {name: 0 for name, _, _ in BUCKETS}

@@ -262,8 +262,12 @@ async def test_roles_choose_pages_and_services_refuse(desk):
     await desk.sign_in("GV001")  # a teacher moderates reflections but does not run the counter
     assert (await desk.get("/desk/")).headers["Location"] == "/desk/reflections"
     assert (await desk.get("/desk/reflections")).status == 200
-    for path in ("/desk/today", "/desk/counter", "/desk/overdue", "/desk/stats"):
+    for path in ("/desk/today", "/desk/counter", "/desk/stats", "/desk/catalog", "/desk/readers"):
         assert (await desk.get(path)).status == 403, path
+    # Overdue: a homeroom teacher sees their own class only, and cannot send reminders.
+    assert (await desk.get("/desk/overdue")).status == 200 and "remind_now" not in desk.last
+    assert (await desk.get("/desk/overdue?class=11A1")).status == 403
+    assert (await desk.post("/desk/overdue/remind", {"loan": 1})).status == 403
     assert (await desk.post("/desk/counter", {"code": "x"})).status == 403
 
 
@@ -738,3 +742,34 @@ def aiohttp_form(data: bytes, filename: str):
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(data), filename=filename, content_type="application/octet-stream")
     return form
+
+
+async def test_campaigns_create_shortlist_and_safe_exports(desk, libs):
+    await desk.sign_in("TT001")
+    today = desk.app.deps.clock.today()
+    bad = await desk.post("/desk/campaigns", {"name": "Đại sứ văn hoá đọc", "starts_on": today.isoformat(),
+                                              "ends_on": (today - timedelta(days=3)).isoformat()})
+    assert bad.status == 400
+    made = await desk.post("/desk/campaigns", {"name": "Đại sứ văn hoá đọc 2026", "starts_on":
+                                               (today - timedelta(days=5)).isoformat(),
+                                               "ends_on": (today + timedelta(days=30)).isoformat(),
+                                               "goal_books": "2", "goal_reflections": "1"})
+    assert made.status == 303
+    campaign_url = made.headers["Location"]
+    rid = await _submitted_reflection(libs, "=1+2 " + " ".join(["Cuốn sách giúp em yêu quê hương hơn."] * 9))
+    await desk.post(f"/desk/reflections/{rid}", {"decision": "approve"})
+    await desk.get(campaign_url)
+    assert 'id="entries"' in desk.last and "Nguyễn Văn An" in desk.last
+    assert (await desk.post(campaign_url + "/shortlist", {"reflection_id": rid, "on": "1"})).status == 303
+    csv_file = await desk.get(campaign_url + "/reflections.csv")
+    rows = list(csv.reader(io.StringIO((await csv_file.read()).decode("utf-8-sig"))))
+    assert rows[1][5].startswith("'=1+2") and rows[1][7]
+    assert (await desk.get(campaign_url + "/reflections.pdf?shortlisted=1")).content_type == "application/pdf"
+    other = await desk_server(libs.app)
+    try:
+        stranger = Desk(other, libs.app, libs)
+        await stranger.sign_in("OT001", "other")
+        assert (await stranger.get(campaign_url + "/reflections.csv")).status == 404
+        assert (await stranger.post(campaign_url + "/shortlist", {"reflection_id": rid, "on": "0"})).status == 404
+    finally:
+        await other.close()

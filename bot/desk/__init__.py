@@ -205,6 +205,8 @@ def _nav(user: desk_auth.DeskUser | None) -> list[tuple[str, str]]:
     staff = user.role in (Role.LIBRARIAN, Role.ADMIN)
     items = [("today", "desk.nav_today"), ("counter", "desk.nav_counter"), ("overdue", "desk.nav_overdue"),
              ("catalog", "desk.nav_catalog"), ("readers", "desk.nav_readers")] if staff else []
+    if not staff:
+        items.append(("overdue", "desk.nav_overdue"))   # a homeroom teacher's own class
     items.append(("reflections", "desk.nav_reflections"))
     if staff:
         items += [("stats", "desk.nav_stats"), ("settings", "desk.nav_settings")]

@@ -261,7 +261,7 @@ async def counter_renew(request: web.Request) -> web.StreamResponse:
 
 # -- overdue ------------------------------------------------------------------------------------------
 
-@signed_in(STAFF)
+@signed_in()   # a homeroom teacher sees their own class (circulation.overdue_list decides)
 async def overdue(request: web.Request) -> web.StreamResponse:
     user = request[USER]
     class_name = request.query.get("class", "").strip()[:32] or None
@@ -273,7 +273,8 @@ async def overdue(request: web.Request) -> web.StreamResponse:
     if "queued" in request.query:
         notice = t("desk.remind_done", queued=_int(request.query.get("queued"), 0),
                    already=_int(request.query.get("already"), 0))
-    return render(request, "overdue.html", data=data, class_name=class_name or "", min_days=min_days, notice=notice)
+    return render(request, "overdue.html", data=data, class_name=class_name or "", min_days=min_days, notice=notice,
+                  can_remind=user.role in STAFF)
 
 
 @signed_in(STAFF)
@@ -289,9 +290,10 @@ async def overdue_remind(request: web.Request) -> web.StreamResponse:
     return see_other(back)
 
 
-@signed_in(STAFF)
+@signed_in()
 async def overdue_slips(request: web.Request) -> web.StreamResponse:
-    class_name = request.query.get("class", "").strip()[:32]
+    class_name = request.query.get("class", "").strip()[:32] or (
+        request[USER].actor.class_name if request[USER].role == Role.TEACHER else "")
     if not class_name:
         return message_page(request, "desk.slips_need_class", 400)
     import asyncio
