@@ -652,7 +652,9 @@ async def test_reader_page_history_holds_notices_slips_and_roster(desk, libs):
     text = pypdfium2.PdfDocument(await slips.read())[0].get_textpage().get_text_range()
     assert "Nguyễn Văn An" in text and "Lò Thị Hoa" in text and "Giàng A Páo" not in text
     roster = "Mã HS,Họ và tên,Lớp\nHS900,Vừ Thị Mai,12A1\nHS901,,12A1\n".encode()
-    imported = await desk.post("/desk/readers/import", [("file", roster)])
+    imported = await desk.client.post("/desk/readers/import", data=aiohttp_form(roster, "hs.csv"),
+                                      allow_redirects=False, headers={"X-CSRF-Token": desk.csrf})
+    desk.last = await imported.text()
     assert imported.status == 200 and 'id="import-report"' in desk.last and "1 mới" in desk.last
     async with libs.db.session() as s:
         mai = (await s.execute(select(Patron).where(Patron.card_number == "HS900"))).scalar_one()
