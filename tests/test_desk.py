@@ -775,3 +775,28 @@ async def test_campaigns_create_shortlist_and_safe_exports(desk, libs):
         assert (await stranger.post(campaign_url + "/shortlist", {"reflection_id": rid, "on": "0"})).status == 404
     finally:
         await other.close()
+
+
+def test_every_desk_template_message_exists_in_both_languages(catalogs):
+    from pathlib import Path
+
+    from bot.desk.readers import KINDS
+    from services.models import CopyStatus, NotificationStatus, Role
+    from services.rules import RULE_NAMES
+
+    folder = Path(__file__).resolve().parents[1] / "bot" / "desk" / "templates"
+    keys = set()
+    for template in folder.glob("*.html"):
+        # literal keys only: t("desk.copy_" + …) families are listed below
+        keys |= set(re.findall(r"""t\(["']((?:desk|error|campaigns)\.[a-z0-9_]+)["']\s*[,)]""", template.read_text()))
+    keys |= {f"desk.hold_{s}" for s in ("waiting", "ready")} | {f"desk.method_{m}" for m in ("link", "password")}
+    keys |= {f"desk.copy_{s.value}" for s in CopyStatus} | {f"desk.notice_{s.value}" for s in NotificationStatus}
+    keys |= {f"desk.role_{r.value}" for r in Role} | {"desk.role_all"} | set(KINDS)
+    keys |= {f"desk.rule_{n}" for n in RULE_NAMES} | {f"desk.status_{s}" for s in (
+        "submitted", "approved", "changes_requested", "rejected", "draft")}
+    keys |= {f"desk.bucket_{b}" for b in ("1_7", "8_14", "15_30", "31_plus")}
+    keys |= {f"desk.decided_{d}" for d in ("approve", "changes", "reject")}
+    assert len(keys) > 150
+    for lang in ("vi", "en"):
+        missing = sorted(k for k in keys if k not in catalogs.keys(lang))
+        assert not missing, (lang, missing)
