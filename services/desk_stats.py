@@ -27,7 +27,7 @@ from services.models import (
     Campaign,
     CampaignMember,
     Copy,
-    DeskLoanDay,
+    DeskDay,
     Library,
     Loan,
     Patron,
@@ -228,41 +228,48 @@ async def statistics(db: Database, actor: Actor, start: date, end: date, *, libr
     return stats
 
 
-async def _loan_days(db: Database, start: date, end: date, tz: str, today: date) -> dict[tuple[int, date], int]:
-    """Loans per (library, day) over the period: finished days from ``desk_loan_days`` (counted
-    once, the first time a page asks), today counted live."""
-    counts: dict[tuple[int, date], int] = {}
+async def _days_counted(db: Database, start: date, end: date, tz: str, today: date
+                        ) -> dict[tuple[int, date], tuple[int, int]]:
+    """(loans, visits) per (library, day) over the period: finished days from ``desk_days``
+    (counted once, the first time a page asks), today counted live."""
+    counts: dict[tuple[int, date], tuple[int, int]] = {}
     finished = min(end, today - timedelta(days=1))
     if start <= finished:
         async with db.session() as s:
-            known = set((await s.execute(select(DeskLoanDay.day).where(
-                DeskLoanDay.day >= start, DeskLoanDay.day <= finished).distinct())).scalars())
+            known = set((await s.execute(select(DeskDay.day).where(
+                DeskDay.day >= start, DeskDay.day <= finished).distinct())).scalars())
         missing = [d for d in _days(start, finished) if d not in known]
         if missing:
             lo, hi = _bounds(missing[0], missing[-1], tz)
             day = _local_day(db, Loan.checked_out_at, tz).label("day")
             async with db.session() as s:
-                found = {(lib, _as_date(d)): n for lib, d, n in (await s.execute(
+                loans = {(lib, _as_date(d)): n for lib, d, n in (await s.execute(
                     select(Loan.library_id, day, func.count()).where(Loan.checked_out_at >= lo, Loan.checked_out_at < hi)
                     .group_by(Loan.library_id, day))).all()}
+                visits = {(lib, _as_date(d)): n for lib, d, n in (await s.execute(
+                    select(Visit.library_id, Visit.day, func.count()).where(
+                        Visit.day >= missing[0], Visit.day <= missing[-1]).group_by(Visit.library_id, Visit.day))).all()}
                 library_ids = list((await s.execute(select(Library.id))).scalars())
-            wanted = set(missing)
-            rows = [{"library_id": lib, "day": d, "loans": found.get((lib, d), 0)}
-                    for lib in library_ids for d in missing if d in wanted]
+            rows = [{"library_id": lib, "day": d, "loans": loans.get((lib, d), 0), "visits": visits.get((lib, d), 0)}
+                    for lib in library_ids for d in missing]
             async with db.transaction() as s:
-                stmt = insert_for(s)(DeskLoanDay).on_conflict_do_nothing(index_elements=["library_id", "day"])
+                stmt = insert_for(s)(DeskDay).on_conflict_do_nothing(index_elements=["library_id", "day"])
                 for i in range(0, len(rows), 5000):
                     await s.execute(stmt, rows[i:i + 5000])
         async with db.session() as s:
-            counts.update({(lib, d): n for lib, d, n in (await s.execute(
-                select(DeskLoanDay.library_id, DeskLoanDay.day, DeskLoanDay.loans).where(
-                    DeskLoanDay.day >= start, DeskLoanDay.day <= finished, DeskLoanDay.loans > 0))).all()})
+            counts.update({(lib, d): (n, v) for lib, d, n, v in (await s.execute(
+                select(DeskDay.library_id, DeskDay.day, DeskDay.loans, DeskDay.visits).where(
+                    DeskDay.day >= start, DeskDay.day <= finished,
+                    (DeskDay.loans > 0) | (DeskDay.visits > 0)))).all()})
     if start <= today <= end:
         lo, hi = _bounds(today, today, tz)
         async with db.session() as s:
-            for lib, n in (await s.execute(select(Loan.library_id, func.count()).where(
-                    Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all():
-                counts[(lib, today)] = n
+            loans = dict((await s.execute(select(Loan.library_id, func.count()).where(
+                Loan.checked_out_at >= lo, Loan.checked_out_at < hi).group_by(Loan.library_id))).all())
+            visits = dict((await s.execute(select(Visit.library_id, func.count()).where(
+                Visit.day == today).group_by(Visit.library_id))).all())
+        for lib in set(loans) | set(visits):
+            counts[(lib, today)] = (loans.get(lib, 0), visits.get(lib, 0))
     return counts
 
 
@@ -271,20 +278,22 @@ async def _province(db: Database, stats: Stats, lo: datetime, hi: datetime) -> S
     and campaigns. The per-class and per-title detail is a school's page (pick the library)."""
     start, end, tz = stats.start, stats.end, stats.scope.timezone
     today = datetime.now(ZoneInfo(tz)).date() if stats.today is None else stats.today
-    per = await _loan_days(db, start, end, tz, today)
+    per = await _days_counted(db, start, end, tz, today)
     by_day: Counter[date] = Counter()
     by_library: Counter[int] = Counter()
-    for (lib, d), n in per.items():
+    visits_day: Counter[date] = Counter()
+    visits_library: Counter[int] = Counter()
+    for (lib, d), (n, v) in per.items():
         by_day[d] += n
         by_library[lib] += n
+        visits_day[d] += v
+        visits_library[lib] += v
     stats.loans_per_day = [(d, by_day.get(d, 0)) for d in _days(start, end)]
     weeks: dict[date, int] = defaultdict(int)
     for d, n in stats.loans_per_day:
         weeks[d - timedelta(days=d.weekday())] += n
     stats.loans_per_week = sorted(weeks.items())
     async with db.session() as s:
-        visits = (await s.execute(select(Visit.library_id, Visit.day, func.count()).where(
-            Visit.day >= start, Visit.day <= end).group_by(Visit.library_id, Visit.day))).all()
         overdue = dict((await s.execute(select(Loan.library_id, func.count()).where(
             Loan.returned_at.is_(None), Loan.due_date < min(end, today)).group_by(Loan.library_id))).all())
         names = dict((await s.execute(select(Library.id, Library.name))).all())
@@ -295,11 +304,6 @@ async def _province(db: Database, stats: Stats, lo: datetime, hi: datetime) -> S
             .outerjoin(CampaignMember, CampaignMember.campaign_id == Campaign.id)
             .where(Campaign.starts_on <= end, Campaign.ends_on >= start)
             .group_by(Campaign.id, Campaign.name).order_by(Campaign.name).limit(50))).all()
-    visits_day: Counter[date] = Counter()
-    visits_library: Counter[int] = Counter()
-    for lib, d, n in visits:
-        visits_day[_as_date(d)] += n
-        visits_library[lib] += n
     stats.visits_per_day = [(d, visits_day.get(d, 0)) for d in _days(start, end)]
     stats.schools = sorted(((name, by_library.get(i, 0), visits_library.get(i, 0), overdue.get(i, 0))
                             for i, name in names.items()), key=lambda r: (-r[1], r[0]))

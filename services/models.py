@@ -525,15 +525,17 @@ class DeskPassword(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class DeskLoanDay(Base):
-    """Loans made per library and school day, for the province's statistics: a finished day never
-    changes (loans are made "now"), so it is counted once and read back for every later page."""
+class DeskDay(Base):
+    """Loans made and readers visiting per library and day, for the province's statistics: a
+    finished day never changes (loans and visits are recorded "now"), so it is counted once and
+    read back for every later page."""
 
-    __tablename__ = "desk_loan_days"
+    __tablename__ = "desk_days"
 
     library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     loans: Mapped[int] = mapped_column(Integer)
+    visits: Mapped[int] = mapped_column(Integer)
 
 
 # What the desk pages filter on (see bench/desk.py): today's checkouts and returns, open loans by

@@ -488,7 +488,12 @@ async def test_statistics_plots_match_the_loans_and_downloads_are_safe(desk, lib
 
 
 async def test_admin_sees_every_library_school_by_school(desk, libs):
-    await _lend(libs, await _available_barcode(libs), "HS001", days_ago=2)
+    from services.models import Visit
+
+    loan = await _lend(libs, await _available_barcode(libs), "HS001", days_ago=2)
+    async with libs.db.transaction() as s:
+        s.add(Visit(library_id=(await libs.actor("HS001")).library_id, patron_id=loan.patron_id,
+                    day=desk.app.deps.clock.today() - timedelta(days=2), at=desk.app.deps.clock.now(), source="door"))
     await desk.sign_in("AD001")
     page = await desk.get("/desk/stats?library=all")
     assert page.status == 200 and 'id="section-schools"' in desk.last
@@ -497,12 +502,12 @@ async def test_admin_sees_every_library_school_by_school(desk, libs):
     assert other.status == 200 and re.search(r'id="total-loans">0<', desk.last)
     schools = await desk.get("/desk/stats/schools.csv?library=all")
     rows = list(csv.reader(io.StringIO((await schools.read()).decode("utf-8-sig"))))
-    assert len(rows) == 3 and rows[1][1] == "1"
-    # Finished days are counted once into desk_loan_days; later pages read them back (and today live).
-    from services.models import DeskLoanDay
+    assert len(rows) == 3 and rows[1][1:3] == ["1", "1"]   # loans, visits
+    # Finished days are counted once into desk_days; later pages read them back (and today live).
+    from services.models import DeskDay
 
     async with libs.db.session() as s:
-        assert await s.scalar(select(func.sum(DeskLoanDay.loans))) == 1
+        assert await s.scalar(select(func.sum(DeskDay.loans))) == 1
     await _lend(libs, await _available_barcode(libs, 1), "HS002")   # today
     await desk.get("/desk/stats/loans_per_day.csv?library=all")
     await desk.get("/desk/stats?library=all")

@@ -61,13 +61,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("patron_id", name=op.f("pk_desk_passwords")),
     )
     op.create_table(
-        "desk_loan_days",
+        "desk_days",
         sa.Column("library_id", sa.Integer(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("loans", sa.Integer(), nullable=False),
+        sa.Column("visits", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["library_id"], ["libraries.id"], ondelete="CASCADE",
-                                name=op.f("fk_desk_loan_days_library_id_libraries")),
-        sa.PrimaryKeyConstraint("library_id", "day", name=op.f("pk_desk_loan_days")),
+                                name=op.f("fk_desk_days_library_id_libraries")),
+        sa.PrimaryKeyConstraint("library_id", "day", name=op.f("pk_desk_days")),
     )
     op.create_index("ix_loans_checked_out_at", "loans", ["checked_out_at"])
     with op.batch_alter_table("holds") as batch:
@@ -87,7 +88,7 @@ def downgrade() -> None:
     with op.batch_alter_table("holds") as batch:
         batch.drop_column("set_aside_at")
     op.drop_index("ix_loans_checked_out_at", table_name="loans")
-    op.drop_table("desk_loan_days")
+    op.drop_table("desk_days")
     op.drop_table("desk_passwords")
     op.drop_index(op.f("ix_desk_sessions_patron_id"), table_name="desk_sessions")
     op.drop_table("desk_sessions")
