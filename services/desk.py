@@ -410,8 +410,10 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
         pdf.multi_cell(180, 5, t("desk.slip_intro"), new_x="LMARGIN", new_y="NEXT")
         for line in lines[:6]:
             pdf.set_x(18)
-            pdf.cell(176, 6, t("desk.slip_line", title=_fit(pdf, line.title, 120), barcode=line.barcode,
-                               due=t.date(line.due_date), days=line.days), new_x="LMARGIN", new_y="NEXT")
+            params = {"barcode": line.barcode, "due": t.date(line.due_date, "short"), "days": line.days}
+            room = 174 - pdf.get_string_width(t("desk.slip_line", title="", **params))
+            pdf.cell(176, 6, t("desk.slip_line", title=_fit(pdf, line.title, room), **params),
+                     new_x="LMARGIN", new_y="NEXT")
         if len(lines) > 6:
             pdf.set_x(18)
             pdf.cell(176, 6, t("desk.slip_more", count=len(lines) - 6), new_x="LMARGIN", new_y="NEXT")

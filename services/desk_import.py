@@ -60,8 +60,13 @@ class ImportJob:
 JOBS: dict[str, ImportJob] = {}
 
 
-async def start(db: Database, actor: Actor, filename: str, data: bytes, *, clock: Clock) -> ImportJob:
+async def start(db: Database, actor: Actor, filename: str, data: bytes, *, clock: Clock,
+                copies: int = 0) -> ImportJob:
+    """``copies``: at least this many copies of each title in the actor's library (as ``--copies``),
+    for files without holdings; 0 adds only the copies the file lists."""
     require_staff(actor)
+    if not 0 <= copies <= 20:
+        raise DomainError("rules.out_of_range", name="copies", low=0, high=20)
     name = Path(filename or "catalog.csv").name[:100] or "catalog.csv"
     if Path(name).suffix.lower() not in SUFFIXES:
         raise DomainError("desk.import_type", types="CSV, XLSX, MARC (.mrc), MARCXML (.xml)")
@@ -74,11 +79,11 @@ async def start(db: Database, actor: Actor, filename: str, data: bytes, *, clock
     for old in list(JOBS)[:-KEEP]:
         if JOBS[old].state in ("done", "failed"):
             del JOBS[old]
-    job.task = asyncio.create_task(_run(db, actor, job, data))
+    job.task = asyncio.create_task(_run(db, actor, job, data, copies))
     return job
 
 
-async def _run(db: Database, actor: Actor, job: ImportJob, data: bytes) -> None:
+async def _run(db: Database, actor: Actor, job: ImportJob, data: bytes, copies: int) -> None:
     with tempfile.TemporaryDirectory(prefix="docsach-import-") as folder:
         path = Path(folder) / job.filename
         try:
@@ -90,7 +95,8 @@ async def _run(db: Database, actor: Actor, job: ImportJob, data: bytes) -> None:
             async with db.transaction() as s:
                 library = await s.get(Library, job.library_id)
                 for start in range(0, len(groups), importer.BATCH):
-                    part = await importer.apply_records(s, groups[start:start + importer.BATCH], library=library)
+                    part = await importer.apply_records(s, groups[start:start + importer.BATCH], library=library,
+                                                        copies=copies)
                     total.added += part.added
                     total.updated += part.updated
                     total.unchanged += part.unchanged

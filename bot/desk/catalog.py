@@ -136,7 +136,7 @@ async def import_upload(request: web.Request) -> web.StreamResponse:
     body = upload.file.read(desk_import.MAX_BYTES + 1)
     try:
         started = await desk_import.start(desk.app.db, request[USER].actor, upload.filename, body,
-                                          clock=desk.app.deps.clock)
+                                          clock=desk.app.deps.clock, copies=_int(data.get("copies"), 0))
     except DomainError as refusal:
         return await search(request, error=say(t, refusal.key, refusal.params), status=400)
     return see_other(f"{PREFIX}/catalog/import/{started.id}")
