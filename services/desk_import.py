@@ -54,7 +54,8 @@ class ImportJob:
     def percent(self) -> int:
         if self.state == "done":
             return 100
-        return int(100 * self.done / self.total) if self.total else 0
+        # 100 % only once committed: the last batch is written before the transaction ends.
+        return min(99, int(100 * self.done / self.total)) if self.total else 0
 
 
 JOBS: dict[str, ImportJob] = {}
