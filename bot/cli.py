@@ -19,11 +19,9 @@ log = logging.getLogger("docsach")
 
 
 def _setup_logging(settings: Settings, quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from bot import logs
+
+    logs.setup_from_env(settings.log_level, quiet=quiet)
 
 
 async def _prepare(app: App, *, load_demo: bool) -> None:
@@ -355,7 +353,7 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
     try:
         summary = await importer.import_file(
             app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
-            progress=not args.quiet, report=Path(args.report) if args.report else None)
+            progress=_progress_bar(args.quiet), report=Path(args.report) if args.report else None)
     except importer.MalformedFile as exc:
         print(f"{args.file}: cannot import: {exc.detail}. Nothing was changed.", file=sys.stderr)
         return 2
@@ -367,6 +365,12 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
     if summary.report_path:
         print(f"rejected rows and reasons: {summary.report_path}")
     return 0
+
+
+def _progress_bar(quiet: bool) -> bool:
+    from bot.logs import progress_wanted
+
+    return progress_wanted(not quiet)
 
 
 async def cmd_search(app: App, args: argparse.Namespace) -> int:
@@ -406,6 +410,77 @@ async def cmd_search(app: App, args: argparse.Namespace) -> int:
         if results.hits:
             print(f"about {results.total} matches, {took_ms} ms")
     return 0
+
+
+# -- operations: doctor, backup, restore (issue 14) -------------------------------------------------
+
+def _ops_t(app: App):
+    return app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+
+
+async def cmd_doctor(app: App, args: argparse.Namespace) -> int:
+    from bot import doctor
+
+    report, code = doctor.render(await doctor.diagnose(app.settings, app.db, app.deps.clock), _ops_t(app))
+    print(report)
+    return code
+
+
+async def cmd_backup(app: App, args: argparse.Namespace) -> int:
+    from bot import backup, doctor
+
+    t = _ops_t(app)
+    try:
+        manifest = await backup.backup(app.db, Path(args.file), doctor.files_dir(app.settings))
+    except backup.BackupError as exc:
+        print(t(exc.key, **exc.params), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(t("ops.backup_write_failed", path=args.file, error=exc.strerror or type(exc).__name__),
+              file=sys.stderr)
+        return 2
+    print(t("ops.backup_done", path=args.file, rows=sum(manifest.rows.values()), tables=len(manifest.rows),
+            files=manifest.files, revision=manifest.revision or "-"))
+    return 0
+
+
+async def cmd_restore(app: App, args: argparse.Namespace) -> int:
+    from bot import backup, doctor
+
+    t = _ops_t(app)
+    try:
+        manifest = await backup.restore(app.db, Path(args.file), doctor.files_dir(app.settings), force=args.force)
+    except backup.BackupError as exc:
+        print(t(exc.key, **exc.params), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(t("ops.restore_failed", error=exc.strerror or type(exc).__name__), file=sys.stderr)
+        return 2
+    print(t("ops.restore_done", path=args.file, created=manifest.created_at, rows=sum(manifest.rows.values()),
+            files=manifest.files))
+    return 0
+
+
+def _add_ops_commands(sub, handlers: dict[str, Callable]) -> None:
+    p = sub.add_parser("doctor", help="check the installation and say what to fix",
+                       description="Checks the configuration (secret key, time zone, public URL), the "
+                                   "database and its migration level, each configured platform token "
+                                   "(getMe), the reminder scheduler's last sweep and the free disk space "
+                                   "for stored files. Exits 1 when something must be fixed.")
+    handlers["doctor"] = cmd_doctor
+    p = sub.add_parser("backup", help="write a consistent backup of the database and stored files",
+                       description="One archive (.tar.gz) with a consistent snapshot of the database "
+                                   "(SQLite's backup API, or pg_dump custom format for PostgreSQL) and the "
+                                   "stored files. Safe while the bot runs.")
+    p.add_argument("file", help="the archive to write, e.g. docsach-2026-12-01.tar.gz")
+    handlers["backup"] = cmd_backup
+    p = sub.add_parser("restore", help="restore a backup into an empty database",
+                       description="Restore an archive made by `docsach backup`. Refuses a database that "
+                                   "holds data (or a non-empty files directory) unless --force. Stop the "
+                                   "bot first.")
+    p.add_argument("file", help="the archive made by `docsach backup`")
+    p.add_argument("--force", action="store_true", help="replace the data that is there now")
+    handlers["restore"] = cmd_restore
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -588,6 +663,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--library", dest="library_code", metavar="CODE", default=None,
                    help="count copies of this library only")
     handlers["search"] = cmd_search
+    _add_ops_commands(sub, handlers)
     return parser, handlers
 
 
@@ -600,7 +676,7 @@ async def _main(argv: list[str] | None) -> int:
     settings = Settings.from_env()
     if getattr(args, "library", "x") is None:
         args.library = settings.default_library
-    _setup_logging(settings, quiet=args.command in ("chat", "search", "import") or
+    _setup_logging(settings, quiet=args.command in ("chat", "search", "import", "doctor", "backup", "restore") or
                    (args.command == "run" and not settings.telegram_token))
     app = build_app(settings)
     try:
