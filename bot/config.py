@@ -33,6 +33,10 @@ class Settings:
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     secret_key_is_ephemeral: bool = True
     log_level: str = "INFO"
+    # Operations (issue 14): the https address people and platforms reach this deployment at,
+    # and the directory of stored files (photos, uploads) that backups include.
+    public_url: str | None = None
+    files_dir: str = "files"
     # Catalog search: how often (seconds) each worker polls the database for catalog changes, and
     # an optional index snapshot file that makes a 1M-title restart fast.
     search_refresh_seconds: float = 5.0
@@ -56,6 +60,8 @@ class Settings:
             default_language=_env("DOCSACH_DEFAULT_LANGUAGE", "vi"),
             default_library=_env("DOCSACH_DEFAULT_LIBRARY", "demo"),
             log_level=_env("DOCSACH_LOG_LEVEL", "INFO"),
+            public_url=_env("DOCSACH_PUBLIC_URL"),
+            files_dir=_env("DOCSACH_FILES_DIR", "files"),
             search_refresh_seconds=float(_env("DOCSACH_SEARCH_REFRESH_SECONDS", "5")),
             search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
             reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
