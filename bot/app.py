@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import account, circulation, inline, reflections, reminders, search, start
+from handlers import account, circulation, inline, ops, reflections, reminders, search, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
 from services import accounts
@@ -20,7 +20,7 @@ from services.search import CatalogSearch
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, search, account, circulation, reflections, reminders, inline]
+FEATURES = [start, search, account, circulation, reflections, reminders, inline, ops]
 
 
 @dataclass
@@ -55,4 +55,7 @@ def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | 
     router = Router(deps)
     for feature in FEATURES:
         feature.register(router)
+    from bot import observe
+
+    observe.instrument(router)   # log ids, metrics (issue 14)
     return App(settings=settings, db=db, deps=deps, router=router)

@@ -48,6 +48,9 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
 
         # Channels register in app.deps.outbound when they start; each sweep uses what is there.
         scheduler = start_scheduler(app.router, interval_minutes=app.settings.reminder_interval_minutes)
+    from bot import alarms
+
+    watchdog = alarms.start(app)
     try:
         if app.settings.telegram_token:
             try:
@@ -58,6 +61,7 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
             return await telegram.serve(app, args)
         return await _chat(app, args)
     finally:
+        await alarms.stop(watchdog)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
 

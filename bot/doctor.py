@@ -93,8 +93,9 @@ async def telegram_get_me(token: str, base_url: str, wait: float = 10) -> Findin
             response = await client.get(f"{base_url}{token}/getMe")
     except httpx.HTTPError as exc:
         return Finding(FAIL, "ops.doctor_platform_unreachable", {"platform": "Telegram", "error": type(exc).__name__})
-    if response.status_code in (401, 404):
-        return Finding(FAIL, "ops.doctor_platform_token_refused", {"platform": "Telegram"})
+    if response.status_code in (401, 403, 404):
+        return Finding(FAIL, "ops.doctor_platform_token_refused",
+                       {"platform": "Telegram", "status": response.status_code})
     try:
         body = response.json()
     except ValueError:
