@@ -95,9 +95,9 @@ def instrument(router: Any) -> None:
             with logs.bound(logs.new_id(channel[:2])):
                 replies = await dispatch(event)
                 outcome = holder.get("outcome") or "unavailable"   # failed before routing: the database
-                if outcome not in ("ok", "refused"):
-                    log.info("%s update handled: %s in %.0f ms", channel, outcome,
-                             (time.perf_counter() - started) * 1000)
+                # One line per event: what kind, how it ended, how long. Never the text itself.
+                log.info("%s %s: %s, %d replies, %.0f ms", channel, _kind(event), outcome, len(replies),
+                         (time.perf_counter() - started) * 1000)
         finally:
             _outcome.reset(token)
             UPDATES.labels(channel, outcome).inc()
@@ -119,6 +119,15 @@ def instrument(router: Any) -> None:
 
         search.search = timed_search
         search._observed = True
+
+
+def _kind(event) -> str:
+    if event.button is not None:
+        return "button"
+    text = (event.text or "").lstrip()
+    if text.startswith("/"):
+        return "command /" + text[1:].split(maxsplit=1)[0].split("@")[0][:32] if len(text) > 1 else "command"
+    return "photo" if event.photo_ref else "text"
 
 
 def count_send(channel: str | None, status: str) -> None:

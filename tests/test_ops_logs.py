@@ -114,3 +114,15 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     assert "added 621" in done.stdout
     assert done.stderr == ""   # without the check, tqdm wrote "importing: 100%|…" frames here
     assert not logs.progress_wanted(True, io.StringIO())
+
+
+async def test_each_update_is_one_line_without_its_text(demo_app, captured):
+    from tests.conftest import ChatDriver
+
+    chat = ChatDriver(demo_app, user="log1", channel="logtest")
+    await chat.say("my secret question about dế mèn")
+    await chat.say("/help")
+    handled = [e for e in lines(captured) if e["logger"] == "bot.observe"]
+    assert [e["msg"].split(",")[0] for e in handled] == ["logtest text: ok", "logtest command /help: ok"]
+    assert handled[0]["id"] != handled[1]["id"] and handled[0]["id"].startswith("lo-")
+    assert "secret" not in captured.getvalue() and "dế mèn" not in captured.getvalue()
