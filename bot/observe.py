@@ -218,3 +218,20 @@ def metrics_handler(db, clock, *, token: str | None = None, allow: str | None = 
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handle
+
+
+class MetricsPart:
+    """``GET /metrics`` on the shared server (an HTTP part, see ``bot/server.py``)."""
+
+    name = "metrics"
+
+    def __init__(self, app) -> None:
+        self.handler = metrics_handler(app.db, app.deps.clock, token=os.environ.get("DOCSACH_METRICS_TOKEN") or None,
+                                       allow=os.environ.get("DOCSACH_METRICS_ALLOW") or None)
+
+    def mount(self, web_app) -> None:
+        web_app.router.add_get("/metrics", self.handler)
+
+
+def metrics_part(app) -> MetricsPart:
+    return MetricsPart(app)
