@@ -225,6 +225,8 @@ async def restore(db: Database, archive: Path, files_dir: Path | None = None, *,
         raise BackupError("ops.restore_newer_format")
     if manifest.kind != kind:
         raise BackupError("ops.restore_wrong_kind", archive=manifest.kind, database=kind)
+    if manifest.files and files_dir is None:
+        raise BackupError("ops.restore_files_nowhere", files=manifest.files)
     if not force:
         if await _has_rows(db):
             raise BackupError("ops.restore_not_empty")

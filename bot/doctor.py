@@ -36,14 +36,26 @@ class Finding:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def files_dir(settings: Settings) -> Path:
-    """Where stored photos and uploads live (the channel seam's files directory)."""
-    configured = getattr(settings, "files_dir", None)
-    return Path(configured) if configured else Path("files")
+def files_dir(settings: Settings) -> Path | None:
+    """Where stored photos live (DOCSACH_FILES_DIR); None when they are kept in the database."""
+    return Path(settings.files_dir) if settings.files_dir else None
+
+
+def data_dir(settings: Settings) -> Path:
+    """The directory whose disk fills up: the files directory, else the SQLite file's, else here."""
+    directory = files_dir(settings)
+    if directory is not None:
+        return directory
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).resolve().parent
+    return Path.cwd()
 
 
 def public_url(settings: Settings) -> str | None:
-    return getattr(settings, "public_url", None) or None
+    return settings.public_url or None
 
 
 def check_config(settings: Settings) -> list[Finding]:
@@ -128,7 +140,7 @@ async def check_sweep(db: Database, settings: Settings, clock: Clock) -> Finding
 
 
 def check_disk(settings: Settings) -> Finding:
-    directory = files_dir(settings).resolve()
+    directory = data_dir(settings).resolve()
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

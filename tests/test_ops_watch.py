@@ -156,3 +156,18 @@ async def test_database_unreachable_for_a_minute_is_logged_then_told(admin_app: 
     await watchdog.tick()
     [notice] = await alarm_notices(admin_app.db)
     assert notice.payload["alarm"] == "database_down" and notice.payload["params"]["minutes"] == 3
+
+
+async def test_the_shared_server_serves_metrics(demo_app: App):
+    from bot.server import Server
+
+    server = Server(demo_app, "127.0.0.1", 0)
+    server.mount_configured()
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as response:
+            body = await response.text()
+    finally:
+        await server.stop()
+    assert "metrics" in server.mounted and response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain") and "docsach_database_up 1.0" in body

@@ -232,7 +232,8 @@ async def test_three_workers_share_the_work_and_a_kill_9_loses_nothing(tmp_path)
                 assert "send the code" in (await reply_to(chat, mark))["text"]
                 mark = len(api.calls)
                 await post(api.message_update(chat, code, language_code="en"))
-                assert (await reply_to(chat, mark))["text"].startswith("Linked! Hello Học Sinh Worker")
+                linked = (await reply_to(chat, mark))["text"]
+                assert linked.startswith("Linked! Hello Học Sinh Worker"), linked
                 mark = len(api.calls)
                 await post(api.message_update(chat, "ngoi chua", language_code="en"))
                 found = await reply_to(chat, mark)
@@ -273,8 +274,8 @@ async def test_three_workers_share_the_work_and_a_kill_9_loses_nothing(tmp_path)
                 async with db.session() as s:
                     holds = (await s.execute(select(Hold.patron_id).join(Patron, Patron.id == Hold.patron_id)
                                              .where(Patron.class_name == "7W1"))).scalars().all()
-                    statuses = (await s.execute(select(Notification.status).where(
-                        Notification.kind == "due_soon"))).scalars().all()
+                    statuses = (await s.execute(select(Notification.status).join(
+                        Patron, Patron.id == Notification.patron_id).where(Patron.class_name == "7R1"))).scalars().all()
             finally:
                 await db.dispose()
             assert len(set(holds)) == 12            # every conversation reached its reserve, none twice

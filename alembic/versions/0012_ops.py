@@ -1,7 +1,7 @@
 """operations: durable heartbeats of background jobs (the reminder sweep)
 
 Revision ID: 0012_ops
-Revises: 0005
+Revises: 0006_channel_seam
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_ops"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006_channel_seam"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
