@@ -281,6 +281,13 @@ async def test_three_workers_share_the_work_and_a_kill_9_loses_nothing(tmp_path)
             assert len(set(holds)) == 12            # every conversation reached its reserve, none twice
             assert sorted(map(str, statuses)) == ["sent"] * 10
             assert api.errors == []
+            # /metrics sums every worker's counters (prometheus-client multiprocess mode).
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                metrics = await response.text()
+            handled = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                          if line.startswith('docsach_updates_total{channel="telegram",outcome="ok"}'))
+            assert response.status == 200 and handled >= 12 * 5 - 10   # the killed worker's counts go with it
+            assert 'docsach_sends_total{channel="telegram",status="sent"}' in metrics
     finally:
         if supervisor is not None and supervisor.poll() is None:
             supervisor.send_signal(signal.SIGTERM)

@@ -623,7 +623,7 @@ class TelegramAdapter:
                 results, next_offset = await self.router.inline_handler(
                     ctx, clean_text(query.query)[:256], query.offset or "")
             except Exception:
-                log.exception("inline query %r from %s failed", query.query[:80], user.id)
+                log.exception("inline query from %s failed", user.id)   # never the query text
                 results, next_offset = [], ""
         articles = [
             InlineQueryResultArticle(
