@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -265,8 +265,10 @@ class Request:
     kind: str
     chat: int
     sent: float
+    query_id: str | None = None
     status: int = 0
     replied: float | None = None
+    failed_reply: bool = False    # the bot answered with its apology (internal error, database down)
 
 
 @dataclass
@@ -281,7 +283,7 @@ class Step:
 
     @property
     def errors(self) -> int:
-        return sum(1 for r in self.requests if r.status != 200 or r.replied is None)
+        return sum(1 for r in self.requests if r.status != 200 or r.replied is None or r.failed_reply)
 
     @property
     def sustained(self) -> float:
@@ -336,10 +338,14 @@ class Traffic:
         self.vi_titles = titles[-2666:]
         self.rng = rng
         self.busy: set[int] = set()
-        self.router = build_app(Settings(database_url="sqlite://", secret_key=SECRET.encode(),
+        self.router = build_app(Settings(database_url="sqlite+aiosqlite://", secret_key=SECRET.encode(),
                                          secret_key_is_ephemeral=False)).router
         self.waiting: dict[int, Request] = {}
+        self.queries: dict[str, int] = {}   # callback query id → chat
         self.replied_methods = {"sendMessage", "editMessageText", "sendPhoto", "sendDocument"}
+        catalogs = self.router.deps.catalogs
+        self.apologies = {catalogs.translator(lang)(key) for lang in ("vi", "en")
+                          for key in ("error.internal", "error.unavailable", "telegram.error")}
         self.seen_calls = 0
 
     def pick_kind(self) -> str:
@@ -370,11 +376,19 @@ class Traffic:
         """Match the bot's calls to the requests waiting for them (first reply per chat)."""
         calls = self.api.calls
         for call in calls[self.seen_calls:]:
-            if call.method in self.replied_methods and call.status == 200:
-                request = self.waiting.pop(call.params.get("chat_id"), None)
+            chat = call.params.get("chat_id")
+            if call.method == "answerCallbackQuery" and call.status == 200 and call.params.get("text"):
+                chat = self.queries.pop(call.params.get("callback_query_id"), None)   # a toast is a reply too
+            elif not (call.method in self.replied_methods and call.status == 200):
+                continue
+            if chat is not None:
+                request = self.waiting.pop(chat, None)
                 if request is not None and call.at >= request.sent:
                     request.replied = call.at
+                    request.failed_reply = (call.params.get("text") or "") in self.apologies
                     self.busy.discard(request.chat)
+                    if request.query_id:
+                        self.queries.pop(request.query_id, None)
         self.seen_calls = len(calls)
         if len(calls) > 200_000:   # keep memory bounded on long runs
             del calls[: self.seen_calls]
@@ -388,6 +402,9 @@ class Traffic:
         kind = self.pick_kind()
         update = self.update_for(kind, student)
         request = Request(kind, student.chat, time.monotonic())
+        if "callback_query" in update:
+            request.query_id = update["callback_query"]["id"]
+            self.queries[request.query_id] = student.chat
         self.waiting[student.chat] = request
         step.requests.append(request)
         try:
@@ -520,8 +537,11 @@ async def run_one(label: str, url: str, workers: int, args, rng: random.Random) 
                 steps.append(step)
                 memory = [rss_mb(p) for p in worker_pids(proc.pid)]
                 p95 = pct(step.latencies(), 95)
+                failed = Counter(r.kind for r in step.requests
+                                 if r.status != 200 or r.replied is None or r.failed_reply)
                 print(f"  {label}: offered {rate:6.1f}/s  sustained {step.sustained:6.1f}/s  p95 {p95:7.0f} ms  "
-                      f"errors {step.errors}", flush=True)
+                      f"errors {step.errors}" + (f" {dict(failed)}" if failed else "") + "  ("
+                      + ", ".join(f"{k} {pct(step.latencies(k), 95):.0f}" for k, _ in MIX) + ")", flush=True)
                 if p95 > 1000 or step.errors > max(3, 0.01 * len(step.requests)):
                     break
                 rate *= args.factor
@@ -568,6 +588,7 @@ def report(results: list[Result], args) -> str:
 
 async def main(args) -> None:
     rng = random.Random(args.seed)
+    OUT.mkdir(parents=True, exist_ok=True)
     province = Province(args.libraries, args.students, args.loans, args.copies_per_library)
     results: list[Result] = []
     for workers in args.workers:
