@@ -100,7 +100,18 @@ from bot.app import build_app  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from services import accounts  # noqa: E402
 from services.db import create_engine, upgrade_async  # noqa: E402
-from services.models import ChatIdentity, Copy, CopyStatus, Hold, Library, Loan, Notification, Patron, Role  # noqa: E402
+from services.models import (  # noqa: E402
+    ChatIdentity,
+    Copy,
+    CopyStatus,
+    Hold,
+    Library,
+    Loan,
+    Notification,
+    Patron,
+    Role,
+    Title,
+)
 from tests.conftest import POSTGRES_URL  # noqa: E402
 from tests.fake_bot_api import FakeBotApi  # noqa: E402
 
@@ -257,6 +268,20 @@ async def test_three_workers_share_the_work_and_a_kill_9_loses_nothing(tmp_path)
             rest = [conversation(6 + n, card, code)
                     for n, (card, code) in enumerate(sorted(setup["codes"].items())[6:])]
             victim, *_ = await asyncio.gather(kill_one(), *rest)
+
+            # A title added now (an import elsewhere) is found by every worker's search index.
+            db = Database(url)
+            try:
+                async with db.transaction() as s:
+                    s.add(Title(source_key="workers:fresh", title="Zyxwvu Quokka Chronicles", authors="Test"))
+            finally:
+                await db.dispose()
+            await asyncio.sleep(4)   # DOCSACH_SEARCH_REFRESH_SECONDS=1
+            for n in range(9):
+                chat = 990000 + n
+                mark = len(api.calls)
+                await post(api.message_update(chat, "zyxwvu quokka", language_code="en"))
+                assert "Zyxwvu Quokka Chronicles" in (await reply_to(chat, mark))["text"]
 
             # Every reminder arrives once, even with three sweepers and one of them killed.
             end = time.monotonic() + 90
