@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 WORKER_ENV = "DOCSACH_WORKER"          # "2/4" in the second of four workers
 REUSE_PORT_ENV = "DOCSACH_REUSE_PORT"  # "1": bind with SO_REUSEPORT
+QUICK_EXIT = 60.0                      # seconds: a worker dying sooner than this after its start
 
 
 def worker_label() -> str | None:
@@ -186,12 +187,16 @@ def supervise(run_args: list[str], workers: int, *, database_url: str, restart_d
     # Every worker must check webhooks against the same secret.
     env.setdefault("TELEGRAM_WEBHOOK_SECRET", secrets.token_urlsafe(32))
     children: dict[int, subprocess.Popen] = {}
+    started_at: dict[int, float] = {}
+    quick_exits = 0          # workers that died soon after starting, in a row: a setting is wrong
     stopping = False
+    exit_code = 0
 
     def spawn(index: int) -> None:
         child_env = dict(env, **{WORKER_ENV: f"{index + 1}/{workers}"})
         children[index] = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", *child_argv(run_args)],
                                            env=child_env)
+        started_at[index] = time.monotonic()
         log.info("worker %d/%d started (pid %d)", index + 1, workers, children[index].pid)
 
     def stop_all(signum, _frame) -> None:
@@ -209,12 +214,19 @@ def supervise(run_args: list[str], workers: int, *, database_url: str, restart_d
             time.sleep(0.2)
             for index, child in list(children.items()):
                 code = child.poll()
-                if code is not None and not stopping:
-                    _mark_dead(child.pid, metrics_dir)
-                    log.error("worker %d/%d (pid %d) exited with %s; starting a new one", index + 1, workers,
-                              child.pid, code)
-                    time.sleep(restart_delay)
-                    spawn(index)
+                if code is None or stopping:
+                    continue
+                _mark_dead(child.pid, metrics_dir)
+                quick_exits = quick_exits + 1 if time.monotonic() - started_at[index] < QUICK_EXIT else 0
+                if code == 2 or quick_exits >= 3 * workers:   # 2: docsach refused a setting; retrying cannot help
+                    log.error("workers cannot start (exit code %s): stopping; see the messages above", code)
+                    exit_code = code or 1
+                    stop_all(signal.SIGTERM, None)
+                    break
+                log.error("worker %d/%d (pid %d) exited with %s; starting a new one", index + 1, workers,
+                          child.pid, code)
+                time.sleep(restart_delay)
+                spawn(index)
         deadline = time.monotonic() + 30
         for child in children.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -222,7 +234,7 @@ def supervise(run_args: list[str], workers: int, *, database_url: str, restart_d
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        return 0
+        return exit_code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -334,3 +334,21 @@ async def test_three_workers_share_the_work_and_a_kill_9_loses_nothing(tmp_path)
             handlers.add(entry["id"].split("-")[1].split(".")[0])
     assert len(handlers) >= 3, handlers
     assert format(victim, "x") in handlers or len(handlers) >= 4   # the killed one had handled some, or its successor did
+
+
+async def test_workers_that_cannot_start_stop_the_supervisor_with_their_message(tmp_path):
+    """A refused token makes every worker exit at once: the supervisor gives up instead of looping."""
+    async with FakeBotApi(token=TOKEN) as api:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCSACH_", "TELEGRAM_", "PROMETHEUS_"))}
+        env.update(DOCSACH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
+                   TELEGRAM_BOT_TOKEN="7312345678:AAF3k9-not_the_right_token_000000",
+                   TELEGRAM_API_BASE_URL=api.base_url, DOCSACH_SECRET_KEY=SECRET)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "run", "--no-demo", "--workers", "2", "--listen",
+            f"127.0.0.1:{_free_port()}", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text_out = out.decode()
+    assert proc.returncode == 2, text_out[-2000:]
+    assert "Telegram refused TELEGRAM_BOT_TOKEN" in text_out
+    assert "workers cannot start (exit code 2)" in text_out and "Traceback" not in text_out
