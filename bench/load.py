@@ -276,6 +276,13 @@ class Step:
     rate: float
     seconds: float
     requests: list[Request] = field(default_factory=list)
+    cpu: float = 0.0     # CPU seconds the workers used during the step (load-independent cost)
+    load: float = 0.0    # the machine's 1-minute load average at the end of the step
+
+    @property
+    def cpu_ms_per_update(self) -> float:
+        done = len([r for r in self.requests if r.replied is not None])
+        return 1000 * self.cpu / done if done else float("nan")
 
     def latencies(self, kind: str | None = None) -> list[float]:
         return sorted(r.replied - r.sent for r in self.requests
@@ -458,6 +465,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_pids(pid: int) -> list[int]:
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -533,7 +549,11 @@ async def run_one(label: str, url: str, workers: int, args, rng: random.Random) 
             await wait_ready(api, traffic, proc, workers, within=args.start_timeout)
             rate = args.start_rate
             while rate <= args.max_rate:
+                pids = worker_pids(proc.pid)
+                before = sum(cpu_seconds(p) for p in pids)
                 step = await traffic.run_step(rate, args.step_seconds)
+                step.cpu = sum(cpu_seconds(p) for p in pids) - before
+                step.load = os.getloadavg()[0]
                 steps.append(step)
                 memory = [rss_mb(p) for p in worker_pids(proc.pid)]
                 p95 = pct(step.latencies(), 95)
@@ -541,7 +561,8 @@ async def run_one(label: str, url: str, workers: int, args, rng: random.Random) 
                                  if r.status != 200 or r.replied is None or r.failed_reply)
                 print(f"  {label}: offered {rate:6.1f}/s  sustained {step.sustained:6.1f}/s  p95 {p95:7.0f} ms  "
                       f"errors {step.errors}" + (f" {dict(failed)}" if failed else "") + "  ("
-                      + ", ".join(f"{k} {pct(step.latencies(k), 95):.0f}" for k, _ in MIX) + ")", flush=True)
+                      + ", ".join(f"{k} {pct(step.latencies(k), 95):.0f}" for k, _ in MIX)
+                      + f"; worker CPU {step.cpu_ms_per_update:.1f} ms/update; load {step.load:.1f})", flush=True)
                 if p95 > 1000 or step.errors > max(3, 0.01 * len(step.requests)):
                     break
                 rate *= args.factor
@@ -556,7 +577,7 @@ def report(results: list[Result], args) -> str:
              f"# mix: {', '.join(f'{k} {int(v * 100)} %' for k, v in MIX)}; steps of {args.step_seconds:.0f} s, "
              f"rate ×{args.factor} from {args.start_rate}/s until p95 > 1 s", ""]
     lines.append(f"{'run':<16}{'workers':>8}{'sust./s':>9}{'offered':>9}{'p50':>7}{'p95':>7}{'p99':>7}"
-                 f"{'errors':>8}  memory per worker (MB)")
+                 f"{'errors':>8}{'CPU ms/upd':>11}  memory per worker (MB)")
     for r in results:
         best = r.best
         if best is None:
@@ -564,7 +585,7 @@ def report(results: list[Result], args) -> str:
             continue
         lat = best.latencies()
         lines.append(f"{r.label:<16}{r.workers:>8}{best.sustained:>9.1f}{best.rate:>9.1f}{pct(lat, 50):>7.0f}"
-                     f"{pct(lat, 95):>7.0f}{pct(lat, 99):>7.0f}{best.errors:>8}  "
+                     f"{pct(lat, 95):>7.0f}{pct(lat, 99):>7.0f}{best.errors:>8}{best.cpu_ms_per_update:>11.1f}  "
                      + " ".join(f"{m:.0f}" for m in r.memory))
     lines.append("")
     lines.append("per mix entry at the best step (p50 / p95 / p99 ms):")
@@ -582,7 +603,8 @@ def report(results: list[Result], args) -> str:
     for r in results:
         for s in r.steps:
             lines.append(f"  {r.label:<14} offered {s.rate:6.1f}/s sustained {s.sustained:6.1f}/s "
-                         f"p95 {pct(s.latencies(), 95):6.0f} ms errors {s.errors}")
+                         f"p95 {pct(s.latencies(), 95):6.0f} ms errors {s.errors} "
+                         f"worker CPU {s.cpu_ms_per_update:.1f} ms/update, machine load {s.load:.1f}")
     return "\n".join(lines)
 
 
@@ -605,7 +627,8 @@ async def main(args) -> None:
     (OUT / "load-report.json").write_text(json.dumps([
         {"label": r.label, "workers": r.workers, "memory_mb": r.memory,
          "steps": [{"rate": s.rate, "sustained": s.sustained, "errors": s.errors,
-                    "p50": pct(s.latencies(), 50), "p95": pct(s.latencies(), 95), "p99": pct(s.latencies(), 99)}
+                    "p50": pct(s.latencies(), 50), "p95": pct(s.latencies(), 95), "p99": pct(s.latencies(), 99),
+                    "cpu_ms_per_update": s.cpu_ms_per_update, "load": s.load}
                    for s in r.steps]} for r in results], indent=1))
 
 
