@@ -199,16 +199,20 @@ async def province_database(kind: str, pg_url: str, province: Province, fresh: b
         cached = OUT / f"load-{tag}.db"
         run_copy = OUT / "load-run.db"
         if fresh or not cached.exists():
-            for p in OUT.glob(cached.name + "*"):
+            building = cached.with_name(cached.name + ".building")   # renamed when complete
+            for p in [*OUT.glob(cached.name + "*")]:
                 p.unlink()
-            url = f"sqlite+aiosqlite:///{cached}"
+            url = f"sqlite+aiosqlite:///{building}"
             print(f"building the SQLite province in {cached} …", flush=True)
             await upgrade_async(url)
             db = Database(url)
             try:
                 await seed(db, province, rng)
+                async with db.engine.connect() as c:
+                    await c.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
             finally:
                 await db.dispose()
+            os.replace(building, cached)
         for p in OUT.glob(run_copy.name + "*"):
             p.unlink()
         import sqlite3
@@ -232,8 +236,10 @@ async def province_database(kind: str, pg_url: str, province: Province, fresh: b
                 exists = None
             if not exists:
                 print(f"building the PostgreSQL province in database {template} …", flush=True)
-                await conn.execute(text(f'CREATE DATABASE "{template}"'))
-                url = server.set(database=template).render_as_string(hide_password=False)
+                building = template + "_building"     # renamed when complete
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
+                await conn.execute(text(f'CREATE DATABASE "{building}"'))
+                url = server.set(database=building).render_as_string(hide_password=False)
                 await upgrade_async(url)
                 db = Database(url)
                 try:
@@ -243,6 +249,7 @@ async def province_database(kind: str, pg_url: str, province: Province, fresh: b
                         await c.execute(text("ANALYZE"))
                 finally:
                     await db.dispose()
+                await conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
             await conn.execute(text('DROP DATABASE IF EXISTS "docsach_load_run" WITH (FORCE)'))
             await conn.execute(text(f'CREATE DATABASE "docsach_load_run" TEMPLATE "{template}"'))
     finally:
