@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from bot.app import App, build_app
 from bot.config import Settings
@@ -80,7 +81,7 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     app.deps.extras["server_url"] = server.url
-    print(f"docsach: listening on {server.url}", file=sys.stderr)
+    print(f"docsach: listening on {server.url} — web chat: {server.url}/chat", file=sys.stderr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -349,10 +350,14 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     except DomainError as err:
         print(f"refused: {err.key} {err.params}", file=sys.stderr)
         return 2
-    await _printed_links(app, args.bot, ask_telegram=False)
+    if not await _printed_links(app, args.bot, ask_telegram=False):
+        print("No DOCSACH_PUBLIC_URL or bot username: the slips' QR codes hold the code itself "
+              "(set DOCSACH_PUBLIC_URL so they open the landing page).", file=sys.stderr)
     link = app.deps.printed_link
     if args.out and args.out.lower().endswith(".pdf"):
-        pdf = await slips_pdf(issued, link=link)
+        t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+        pdf = await slips_pdf(issued, link=link, t=t,
+                              school=await catalog.library_name(app.db, actor.library_id))
         await asyncio.to_thread(Path(args.out).write_bytes, pdf)
     elif args.out:
         import csv
@@ -369,7 +374,8 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     else:
         for i in issued:
             print(f"{i.card_number}\t{i.full_name}\t{i.code}")
-    print(f"{len(issued)} codes for class {args.class_name}, valid until {issued[0].expires_at:%Y-%m-%d}"
+    print(f"{len(issued)} codes for class {args.class_name}, valid until "
+          f"{issued[0].expires_at.astimezone(ZoneInfo(app.settings.timezone)):%Y-%m-%d}"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
@@ -594,8 +600,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     handlers: dict[str, Callable] = {}
 
     p = sub.add_parser("run", help="migrate, load the demo library if empty, and start the bot",
-                       description="Start the bot: Telegram when TELEGRAM_BOT_TOKEN is set, "
-                                   "otherwise a chat in this terminal.")
+                       description="Start every configured channel on one HTTP server: the web chat "
+                                   "(/chat) and QR landing pages (/b/…) always, Telegram when "
+                                   "TELEGRAM_BOT_TOKEN is set. Without a messaging platform it also "
+                                   "chats in this terminal (when there is input to read), and end of "
+                                   "input stops the process.")
     _add_chat_options(p)
     p.add_argument("--webhook", action="store_true", help="Telegram: receive updates by webhook, not polling")
     p.add_argument("--listen", default=None, metavar="HOST:PORT",

@@ -58,6 +58,12 @@ def health_part(app: App) -> HttpPart | None:
     return Health()
 
 
+def landing_part(app: App) -> HttpPart | None:
+    from bot import landing
+
+    return landing.part(app)
+
+
 # Every HTTP part besides the channels' own routes, in mounting order.
 def metrics_part(app: App) -> HttpPart | None:
     from bot.observe import metrics_part as part
@@ -65,7 +71,7 @@ def metrics_part(app: App) -> HttpPart | None:
     return part(app)
 
 
-HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, metrics_part]
+HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, landing_part, metrics_part]
 
 
 @web.middleware
