@@ -1,7 +1,7 @@
 """operations: durable heartbeats of background jobs (the reminder sweep)
 
 Revision ID: 0012_ops
-Revises: 0006_channel_seam
+Revises: 0011_desk
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_ops"
-down_revision: str | Sequence[str] | None = "0006_channel_seam"
+down_revision: str | Sequence[str] | None = "0011_desk"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
