@@ -128,8 +128,13 @@ class Sip2Server:
         return self.deps.clock
 
     async def start(self) -> Sip2Server:
+        from bot.workers import reuse_port
+
+        # Under ``docsach run --workers N`` every worker listens on the same port (the kernel spreads
+        # the kiosks' connections), like the HTTP server does.
         self.server = await asyncio.start_server(self._connection, self.config.host, self.config.port,
-                                                 ssl=self.config.ssl_context, limit=MAX_LINE * 2)
+                                                 ssl=self.config.ssl_context, limit=MAX_LINE * 2,
+                                                 reuse_port=reuse_port() or None)
         sockets = self.server.sockets or []
         if sockets:
             self.config.port = sockets[0].getsockname()[1]

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bot.desk import PREFIX, USER, desk_of, render, say, see_other, signed_in, translator
 from bot.desk.views import STAFF
-from services import accounts, circulation, desk
+from services import accounts, catalog, circulation, desk
 from services.common import DomainError
 
 # Notice kinds with a desk name; others show their raw kind.
@@ -98,7 +98,8 @@ async def _slips(request: web.Request, *, class_name: str | None = None, patron_
     issued = await accounts.issue_link_codes(app.db, request[USER].actor, class_name=class_name,
                                              patron_ids=patron_ids, clock=app.deps.clock,
                                              key=app.deps.link_code_key)
-    pdf = await slips_pdf(issued, link=app.deps.printed_link)
+    pdf = await slips_pdf(issued, link=app.deps.printed_link, t=translator(request),
+                          school=await catalog.library_name(app.db, request[USER].actor.library_id))
     safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_") or "codes"
     return web.Response(body=pdf, content_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="link-codes-{safe}.pdf"'})
