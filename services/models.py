@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -465,3 +466,43 @@ class SearchQuery(Base):
     digest: Mapped[str] = mapped_column(String(40), unique=True)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# -- chats without buttons, repeated deliveries, files as links (issue 11: Zalo) ------------------
+
+class ChatChoice(Base):
+    """The numbered choices a chat was last shown, on platforms without buttons (Zalo): the
+    person answers "2" or the label. In the database, so a restart or another worker agrees."""
+
+    __tablename__ = "chat_choices"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # [{"n": 1, "label": "...", "payload": "1:renew:..~mac"}, ...]
+    choices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SeenMessage(Base):
+    """A platform message already handled: platforms without an offset (Zalo) may deliver the
+    same message again, and the first worker to insert its id is the one that answers it."""
+
+    __tablename__ = "seen_messages"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Download(Base):
+    """A document (certificate, slip) for a platform that cannot carry files: served from a
+    signed link that expires. Rows past ``expires_at`` are deleted."""
+
+    __tablename__ = "downloads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    filename: Mapped[str] = mapped_column(String(200))
+    mime_type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
