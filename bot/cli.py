@@ -57,7 +57,15 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
             except ImportError:
                 print("The Telegram adapter is not installed in this build.", file=sys.stderr)
                 return 2
+            if app.settings.zalo_token:   # both: Zalo runs beside Telegram, which owns the signals
+                from bot.channels import zalo
+
+                return await zalo.serve(app, beside=lambda: telegram.serve(app, args))
             return await telegram.serve(app, args)
+        if app.settings.zalo_token:
+            from bot.channels import zalo
+
+            return await zalo.serve(app)
         return await _chat(app, args)
     finally:
         if scheduler is not None:
@@ -601,7 +609,7 @@ async def _main(argv: list[str] | None) -> int:
     if getattr(args, "library", "x") is None:
         args.library = settings.default_library
     _setup_logging(settings, quiet=args.command in ("chat", "search", "import") or
-                   (args.command == "run" and not settings.telegram_token))
+                   (args.command == "run" and not settings.telegram_token and not settings.zalo_token))
     app = build_app(settings)
     try:
         return await handlers[args.command](app, args)

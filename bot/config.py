@@ -39,6 +39,17 @@ class Settings:
     search_snapshot: str | None = None
     reminders_enabled: bool = True
     reminder_interval_minutes: float = 5.0
+    # The public https:// address of this server (web chat, QR landing pages, download links) and
+    # where its web server listens.
+    public_url: str | None = None
+    listen: str = "127.0.0.1:8080"
+    # Zalo (issue 11): a token turns the channel on; a webhook secret switches it from long polling
+    # to the webhook (which needs public_url). Zalo publishes no rate limits: pace conservatively.
+    zalo_token: str | None = None
+    zalo_api_base_url: str = "https://bot-api.zaloplatforms.com/bot"
+    zalo_webhook_secret: str | None = None
+    zalo_messages_per_second: float = 5.0
+    zalo_bot_link: str | None = None   # the bot's share link from Zalo Bot Manager ("open in Zalo")
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -60,6 +71,13 @@ class Settings:
             search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
             reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
             reminder_interval_minutes=float(_env("DOCSACH_REMINDER_INTERVAL_MINUTES", "5") or 5),
+            public_url=(_env("DOCSACH_PUBLIC_URL") or "").rstrip("/") or None,
+            listen=_env("DOCSACH_LISTEN", "127.0.0.1:8080"),
+            zalo_token=_env("ZALO_BOT_TOKEN"),
+            zalo_api_base_url=_env("ZALO_API_BASE_URL", "https://bot-api.zaloplatforms.com/bot"),
+            zalo_webhook_secret=_env("ZALO_WEBHOOK_SECRET"),
+            zalo_messages_per_second=_positive_float("ZALO_MESSAGES_PER_SECOND", 5.0),
+            zalo_bot_link=_env("ZALO_BOT_LINK"),
         )
         if secret:
             settings.secret_key = secret.encode()
@@ -71,9 +89,25 @@ class Settings:
         return {
             "database": _redact_url(self.database_url),
             "telegram": "configured" if self.telegram_token else "off",
+            "zalo": ("webhook" if self.zalo_webhook_secret else "polling") if self.zalo_token else "off",
             "timezone": self.timezone,
             "language": self.default_language,
         }
+
+
+def _positive_float(name: str, default: float) -> float:
+    """A positive number from the environment; a typo falls back to the default, loudly."""
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        log.warning("%s=%r is not a positive number; using %s", name, raw, default)
+        return default
+    return value
 
 
 def _redact_url(url: str) -> str:
