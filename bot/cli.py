@@ -179,7 +179,7 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     from bot.terminal import CHANNEL, TerminalChannel
 
     app.deps.outbound.setdefault(CHANNEL, TerminalChannel(sys.stdout))
-    closers = await _cli_outbound(app)
+    closers = await _cli_outbound(app) + _zalo_outbound(app)
     try:
         report = await Sweeper(app.router).sweep(dry_run=args.dry_run, max_messages=args.max)
     finally:
@@ -193,6 +193,17 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0
+
+
+def _zalo_outbound(app: App) -> list:
+    """Zalo's output channel for a one-off sweep (no poller): only sends, paced as the bot does."""
+    if not app.settings.zalo_token:
+        return []
+    from bot.channels import zalo
+
+    adapter = zalo.ZaloAdapter(app)
+    app.deps.outbound[zalo.CHANNEL] = adapter.channel
+    return [adapter.api.close]
 
 
 async def _cli_outbound(app: App) -> list:

@@ -386,3 +386,35 @@ async def test_pacing_keeps_the_configured_rate(demo_app, api):
     times = sorted(c.at for c in api.calls_to("sendMessage"))
     for i in range(len(times) - 10):
         assert times[i + 10] - times[i] >= 0.9         # never more than 10 in any second
+
+
+async def test_cli_remind_once_reaches_zalo_chats(fast, api, clock, capsys):
+    from bot.cli import build_parser, cmd_remind
+    from tests.test_reminders import link
+
+    fast.settings.zalo_token, fast.settings.zalo_api_base_url = api.token, api.base_url
+    await link(fast.db, "HS001", channel="zalo", language="vi")      # chat id "HS001" on Zalo
+    clock.set(at(2026, 12, 1, 9))
+    await lend(fast.db, "HS001", date(2026, 12, 3))
+    parser, _ = build_parser()
+    assert await cmd_remind(fast, parser.parse_args(["remind", "--once"])) == 0
+    assert "sent 1 messages" in capsys.readouterr().out
+    [reminder] = api.texts("HS001")
+    assert "3 thg 12, 2026" in reminder and re.search(r"^1\. .*Gia hạn", reminder, re.MULTILINE)
+    assert api.calls_to("getUpdates") == []                          # a one-off sweep does not poll
+
+
+async def test_one_poller_per_bot_across_workers_and_a_takeover(fast, api, settings, clock, catalogs):
+    other = build_app(settings, db=fast.db, clock=clock, catalogs=catalogs)
+    other.settings.zalo_messages_per_second = 200
+    async with zalo.running(fast, **options(api), lease_wait=0.05) as first:
+        async with zalo.running(other, **options(api), lease_wait=0.05) as second:
+            await ZaloUser(api, first, AN, "An").say("/start")
+            await asyncio.sleep(0.3)
+            assert first.polls >= 1 and second.polls == 0          # the second one waits
+            # Both still send: pushed notices go out from either process.
+            await second.channel.send(AN, Reply("từ tiến trình thứ hai"))
+            await first.stop()
+            assert "Xin chào" in await ZaloUser(api, second, AN, "An").say("/start")   # taken over
+            assert second.polls >= 1
+    assert api.texts(AN)[1] == "từ tiến trình thứ hai"

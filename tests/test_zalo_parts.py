@@ -208,3 +208,20 @@ async def test_download_links_are_signed_and_expire(db, clock):
     late = clock.now() + downloads.TTL + timedelta(seconds=1)
     assert await downloads.fetch(db, int(did), int(expires), sig, key=key, now=late) is None
     assert await downloads.prune(db, now=late) == 1
+
+
+async def test_a_lease_has_one_holder_until_it_lapses_or_is_released(db, clock):
+    from services import leases
+
+    now, ttl = clock.now(), timedelta(seconds=60)
+    assert await leases.acquire(db, "zalo-poll:1", "a", now=now, ttl=ttl)
+    assert not await leases.acquire(db, "zalo-poll:1", "b", now=now, ttl=ttl)
+    assert await leases.acquire(db, "zalo-poll:1", "a", now=now + timedelta(seconds=30), ttl=ttl)   # renewed
+    assert not await leases.acquire(db, "zalo-poll:1", "b", now=now + timedelta(seconds=80), ttl=ttl)
+    assert await leases.acquire(db, "zalo-poll:1", "b", now=now + timedelta(seconds=91), ttl=ttl)   # lapsed
+    await leases.release(db, "zalo-poll:1", "a")                     # not a's any more: nothing happens
+    assert not await leases.acquire(db, "zalo-poll:1", "a", now=now + timedelta(seconds=92), ttl=ttl)
+    await leases.release(db, "zalo-poll:1", "b")
+    assert await leases.acquire(db, "zalo-poll:1", "a", now=now + timedelta(seconds=92), ttl=ttl)
+    results = await asyncio.gather(*(leases.acquire(db, "other", f"w{i}", now=now, ttl=ttl) for i in range(6)))
+    assert results.count(True) == 1

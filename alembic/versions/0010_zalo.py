@@ -1,4 +1,4 @@
-"""Zalo: numbered choices per chat, seen message ids, documents as expiring downloads
+"""Zalo: numbered choices per chat, seen message ids, documents as expiring downloads, leases
 
 Revision ID: 0010_zalo
 Revises: 0005
@@ -43,9 +43,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_downloads")),
     )
     op.create_index(op.f("ix_downloads_expires_at"), "downloads", ["expires_at"])
+    op.create_table(
+        "leases",
+        sa.Column("name", sa.String(length=80), nullable=False),
+        sa.Column("holder", sa.String(length=120), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_leases")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("leases")
     op.drop_index(op.f("ix_downloads_expires_at"), table_name="downloads")
     op.drop_table("downloads")
     op.drop_index(op.f("ix_seen_messages_seen_at"), table_name="seen_messages")

@@ -6,8 +6,8 @@ turn into numbered choices ("1. Gia hạn") that the person answers with the num
 parts of at most 2,000 characters on paragraph, line or sentence boundaries, and documents
 become links to short-lived signed downloads on docsach's own web server.
 
-Updates arrive by long polling (default; one poller per token, sequential polls, bounded
-backoff) or by the platform's webhook (when ``ZALO_WEBHOOK_SECRET`` is set) whose secret header
+Updates arrive by long polling (default; one poller per bot across all processes — a lease
+in the database —, one poll at a time, bounded backoff) or by the platform's webhook (when ``ZALO_WEBHOOK_SECRET`` is set) whose secret header
 is checked in constant time before the body is read. Deliveries may repeat, so every message id
 is recorded in the database first and a repeat is dropped.
 
@@ -27,14 +27,17 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import random
 import secrets
 import signal
+import socket
 import time
 import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -60,7 +63,7 @@ from handlers.messages import (
     Incoming,
     Reply,
 )
-from services import choices, conversations, downloads, inbound, patrons
+from services import choices, conversations, downloads, inbound, leases, patrons
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +337,7 @@ class ZaloAdapter:
 
     def __init__(self, app: App, *, token: str | None = None, base_url: str | None = None,
                  poll_timeout: int = 30, backoff: tuple[float, ...] = (0.5, 2.0, 5.0),
-                 poll_backoff: float = 0.5, max_poll_backoff: float = 30.0, concurrency: int = 16, request_timeout: float = 15.0) -> None:
+                 poll_backoff: float = 0.5, max_poll_backoff: float = 30.0, lease_wait: float = 5.0, concurrency: int = 16, request_timeout: float = 15.0) -> None:
         self.app = app
         self.router = app.router
         settings = app.settings
@@ -343,6 +346,10 @@ class ZaloAdapter:
         self.poll_timeout = poll_timeout
         self.backoff = tuple(backoff)
         self.poll_backoff = poll_backoff
+        self.lease_wait = lease_wait
+        # One poller per bot across every process (see services/leases.py).
+        self.lease = f"zalo-poll:{self.api.bot_id}"[:80]
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"[:120]
         self.max_poll_backoff = max_poll_backoff
         self.sender = ZaloSender(self)
         self.channel = ZaloChannel(self)
@@ -384,6 +391,8 @@ class ZaloAdapter:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._poller = self._housekeeping = None
+        with contextlib.suppress(Exception):
+            await leases.release(self.app.db, self.lease, self.worker)   # another process may poll now
         if self._tasks:
             done, pending = await asyncio.wait(list(self._tasks), timeout=grace)
             for task in pending:
@@ -399,7 +408,23 @@ class ZaloAdapter:
     async def _poll(self) -> None:
         """One long poll at a time; every update handed to its chat's queue."""
         failures = 0
+        waiting = False
         while not self._stopping.is_set():
+            try:
+                holding = await leases.acquire(self.app.db, self.lease, self.worker, now=self.app.deps.clock.now(),
+                                               ttl=timedelta(seconds=self.poll_timeout + 30))
+            except Exception as exc:
+                log.warning("zalo: cannot reach the database to take the polling lease (%s)", exc)
+                await self._sleep(self.lease_wait)
+                continue
+            if not holding:
+                if not waiting:
+                    log.info("zalo: another process is polling this bot; this one sends and takes over "
+                             "if that one stops")
+                    waiting = True
+                await self._sleep(self.lease_wait)
+                continue
+            waiting = False
             started = time.monotonic()
             try:
                 updates = await self.api.get_updates(timeout=self.poll_timeout)
