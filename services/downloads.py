@@ -21,8 +21,6 @@ from services.db import Database
 from services.models import Download
 
 TTL = timedelta(hours=24)
-# A photo a student sent with a reflection must outlive moderation and publication.
-PHOTO_TTL = timedelta(days=400)
 MAX_BYTES = 20 * 1024 * 1024
 
 
@@ -33,9 +31,21 @@ class StoredFile:
     data: bytes
 
 
-def _signature(key: bytes, download_id: int, expires: int) -> str:
-    digest = hmac.new(key, f"download|{download_id}|{expires}".encode(), hashlib.sha256).digest()
+def _signature(key: bytes, download_id: int | str, expires: int, kind: str = "download") -> str:
+    digest = hmac.new(key, f"{kind}|{download_id}|{expires}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+def photo_path(ref: str, *, key: bytes, now: datetime, ttl: timedelta = TTL) -> str:
+    """A signed, expiring path to a stored photo (``services/photos.py``), for platforms that
+    take a photo only as a URL (Zalo's sendPhoto)."""
+    expires = int((now + ttl).timestamp())
+    return f"/files/photo/{ref}/{expires}/{_signature(key, ref, expires, 'photo')}"
+
+
+def photo_link_valid(ref: str, expires: int, signature: str, *, key: bytes, now: datetime) -> bool:
+    good = _signature(key, ref, expires, "photo")
+    return hmac.compare_digest(signature.encode(), good.encode()) and datetime.fromtimestamp(expires, UTC) >= now
 
 
 def _safe_name(filename: str) -> str:

@@ -21,7 +21,15 @@ from sqlalchemy import func, select
 
 from bot.app import App, build_app
 from bot.channels import zalo
-from handlers.messages import Attachment, Button, ChatUnreachable, DeliveryFailed, DeliveryUncertain, Reply
+from handlers.messages import (
+    Attachment,
+    Button,
+    ChannelProfile,
+    ChatUnreachable,
+    DeliveryFailed,
+    DeliveryUncertain,
+    Reply,
+)
 from services import accounts, circulation
 from services.models import (
     ChatIdentity,
@@ -32,6 +40,7 @@ from services.models import (
     NotificationStatus,
     Patron,
     SeenMessage,
+    StoredPhoto,
     Title,
 )
 from tests.fake_zalo_api import FakeZaloApi
@@ -103,14 +112,14 @@ async def link_code(db, card: str, clock) -> str:
 
 @contextlib.asynccontextmanager
 async def served(app: App, api: FakeZaloApi):
-    """The adapter with docsach's web server on a free local port, which is also the public
-    address (webhook and download links)."""
+    """The adapter mounted on docsach's shared web server on a free local port, which is also the
+    public address (webhook and download links), as ``docsach run`` does."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     app.settings.listen = f"127.0.0.1:{port}"
     app.settings.public_url = f"http://127.0.0.1:{port}"
-    async with zalo.serving(app, **options(api)) as adapter:
+    async with zalo.running(app, webhook=zalo.webhook_for(app), listen=("127.0.0.1", port), **options(api)) as adapter:
         yield adapter, app.settings.public_url
 
 
@@ -239,7 +248,8 @@ async def test_a_6000_character_reply_arrives_in_parts_within_the_limit(fast, ap
 
 
 async def test_stickers_voice_and_hidden_content_get_a_friendly_answer(fast, api):
-    fast.settings.public_url = "https://docsach.example.edu.vn"
+    # The web chat, when it runs, registers its profile with its address (bot/channels/web.py).
+    fast.deps.channels["web"] = ChannelProfile(name="web", home="https://docsach.example.edu.vn/chat")
     async with zalo.running(fast, **options(api)) as adapter:
         for push, expected in ((api.push_sticker, "nhãn dán"), (api.push_voice, "tin nhắn thoại"),
                                (api.push_unsupported, "Zalo đã ẩn nội dung")):
@@ -254,22 +264,46 @@ async def test_stickers_voice_and_hidden_content_get_a_friendly_answer(fast, api
         assert await api.wait_until(lambda: adapter.handled > before)
         assert api.texts(AN)[sent:] == []
         assert "Xin chào" in await ZaloUser(api, adapter, AN, "An").say("/start")
+        # Without the web chat, the library is the way out.
+        del fast.deps.channels["web"]
+        sent = len(api.texts(AN))
+        api.push_unsupported(AN)
+        assert await api.wait_until(lambda: len(api.texts(AN)) > sent)
+        assert "Thư viện trường có thể hướng dẫn" in api.texts(AN)[-1] and "http" not in api.texts(AN)[-1]
 
 
-async def test_a_photo_is_fetched_and_stored(fast, api):
-    fast.settings.public_url = "https://docsach.example.edu.vn"
+async def test_photos_in_are_stored_and_photos_out_go_as_signed_links(fast, api, clock):
     jpeg = b"\xff\xd8\xff\xe0" + b"handwritten page" * 100
-    async with zalo.running(fast, **options(api)) as adapter:
+    async with served(fast, api) as (adapter, base):
         before = adapter.handled
         api.push_image(AN, api.host_file(jpeg))
         assert await api.wait_until(lambda: adapter.handled > before)
-        assert api.texts(AN)                                  # the reflections feature answered
-        api.push_image(AN, f"{api.url}/cdn/gone.jpg")          # Zalo's link no longer works
+        assert "/camnhan" in api.texts(AN)[-1]                          # reflections answered: no draft yet
+        api.push_image(AN, f"{api.url}/cdn/gone.jpg")                  # Zalo's link no longer works
         assert await api.wait_until(lambda: adapter.handled > before + 1)
         assert "Không tải được ảnh này" in api.texts(AN)[-1]
-    async with fast.db.session() as s:
-        [stored] = (await s.execute(select(Download))).scalars().all()
-    assert stored.data == jpeg and stored.mime_type == "image/jpeg"
+        api.push_image(AN, api.host_file(b"not an image at all", "image/jpeg"))
+        assert await api.wait_until(lambda: adapter.handled > before + 2)
+        assert "không phải là ảnh" in api.texts(AN)[-1]
+        async with fast.db.session() as s:
+            [stored] = (await s.execute(select(StoredPhoto))).scalars().all()
+        assert stored.mime_type == "image/jpeg" and stored.size == len(jpeg)
+
+        # A moderator's review shows the photo: Zalo gets a signed link to it on our server.
+        await adapter.channel.send(PAO, Reply("Cảm nhận chờ duyệt", photo=stored.sha256))
+        [photo] = [c for c in api.calls_to("sendPhoto") if c.chat_id == PAO]
+        url = photo.params["photo"]
+        assert url.startswith(base + "/files/photo/" + stored.sha256)
+        async with ClientSession() as http:
+            async with http.get(url) as got:
+                assert got.status == 200 and await got.read() == jpeg
+            async with http.get(url[:-3] + "AAA") as forged:
+                assert forged.status == 404
+        assert api.texts(PAO)[-1] == "Cảm nhận chờ duyệt"
+    fast.settings.public_url = None        # no public address: the photo cannot be shown, said so
+    async with zalo.running(fast, **options(api)) as adapter:
+        await adapter.channel.send(PAO, Reply("Cảm nhận", photo=stored.sha256))
+        assert "không hiển thị được trên Zalo" in api.texts(PAO)[-1]
 
 
 async def test_documents_are_links_when_a_public_address_is_set(fast, api, clock):
@@ -418,3 +452,30 @@ async def test_one_poller_per_bot_across_workers_and_a_takeover(fast, api, setti
             assert "Xin chào" in await ZaloUser(api, second, AN, "An").say("/start")   # taken over
             assert second.polls >= 1
     assert api.texts(AN)[1] == "từ tiến trình thứ hai"
+
+
+async def test_settings_that_cannot_work_are_one_clear_sentence(demo_app, api):
+    from bot.channels import configured
+    from bot.channels.base import ChannelError, RunOptions
+
+    settings = demo_app.settings
+    settings.zalo_token = "not-a-token"
+    with pytest.raises(ChannelError, match="does not look like a Zalo bot token"):
+        configured(demo_app, RunOptions())
+    settings.zalo_token, settings.zalo_webhook_secret = api.token, "long-enough-secret"
+    with pytest.raises(ChannelError, match="DOCSACH_PUBLIC_URL is not"):
+        configured(demo_app, RunOptions())
+    settings.public_url, settings.zalo_webhook_secret = "https://thuvien.example.vn", "short"
+    with pytest.raises(ChannelError, match="8 to 256 characters"):
+        configured(demo_app, RunOptions())
+    settings.zalo_webhook_secret = None
+    [adapter] = configured(demo_app, RunOptions())               # Zalo alone: no terminal chat
+    assert adapter.name == "zalo" and adapter.messaging and adapter.webhook is None
+    wrong = zalo.ZaloAdapter(demo_app, token="1:wrong", base_url=api.base_url)
+    with pytest.raises(ChannelError, match="Zalo refused ZALO_BOT_TOKEN") as refused:
+        await wrong.start()
+    assert "wrong" not in str(refused.value)
+    unreachable = zalo.ZaloAdapter(demo_app, token=api.token, base_url="http://127.0.0.1:1/bot")
+    with pytest.raises(ChannelError, match="Cannot reach the Zalo Bot API") as down:
+        await unreachable.start()
+    assert down.value.exit_code == 1 and api.token not in str(down.value)

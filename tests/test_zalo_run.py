@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -17,12 +18,19 @@ pytestmark = pytest.mark.slow
 DOCSACH = Path(sys.executable).with_name("docsach")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 async def test_docsach_run_serves_zalo_until_sigterm(tmp_path):
     async with FakeZaloApi() as api:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("TELEGRAM_", "ZALO_", "DOCSACH_"))}
         env.update(ZALO_BOT_TOKEN=api.token, ZALO_API_BASE_URL=api.base_url,
                    DOCSACH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'run.db'}",
-                   DOCSACH_SECRET_KEY="run-test-secret", ZALO_MESSAGES_PER_SECOND="50")
+                   DOCSACH_SECRET_KEY="run-test-secret", ZALO_MESSAGES_PER_SECOND="50",
+                   DOCSACH_LISTEN=f"127.0.0.1:{free_port()}")
         proc = await asyncio.create_subprocess_exec(
             str(DOCSACH), "run", cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

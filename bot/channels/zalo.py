@@ -30,12 +30,11 @@ import logging
 import os
 import random
 import secrets
-import signal
 import socket
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.app import App
+from bot.channels.base import ChannelError, ChannelProfile, RunOptions
 from bot.channels.zalo_api import (
     MAX_TEXT,
     ZaloApi,
@@ -64,6 +64,8 @@ from handlers.messages import (
     Reply,
 )
 from services import choices, conversations, downloads, inbound, leases, patrons
+from services.common import DomainError
+from services.photos import is_ref
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ class ZaloSender:
                 elif button.url:
                     lines.append(f"🔗 {button.label}: {button.url}")
                 # switch_inline (Telegram's inline mode) has no Zalo equivalent: left out.
-        photo = reply.photo if reply.photo and reply.photo.startswith(("https://", "http://")) else None
+        photo = self.photo_url(reply.photo) if reply.photo else None
         if reply.photo and photo is None:
             lines.append(t("zalo.photo_not_shown"))
         if reply.attachment is not None:
@@ -204,6 +206,14 @@ class ZaloSender:
             menu = "\n".join(f"{c.n}. {c.label}" for c in numbered)
             text = f"{text}\n\n{menu}\n{t('zalo.choose_hint', example=numbered[0].n)}"
         return Rendered(split_text(text), photo)
+
+    def photo_url(self, ref: str) -> str | None:
+        """Zalo's sendPhoto takes a URL: a signed link to the stored photo on our server."""
+        base = self.app.settings.public_url
+        if not base or not is_ref(ref):
+            return None
+        return base.rstrip("/") + downloads.photo_path(ref, key=self.app.settings.secret_key,
+                                                       now=self.app.deps.clock.now())
 
     async def document_line(self, reply: Reply, t: Translator) -> str:
         attachment = reply.attachment
@@ -335,9 +345,15 @@ class _ChatQueue:
 class ZaloAdapter:
     """Serves the router on Zalo. Start with :func:`running` (or ``start``/``stop``)."""
 
-    def __init__(self, app: App, *, token: str | None = None, base_url: str | None = None,
-                 poll_timeout: int = 30, backoff: tuple[float, ...] = (0.5, 2.0, 5.0),
-                 poll_backoff: float = 0.5, max_poll_backoff: float = 30.0, lease_wait: float = 5.0, concurrency: int = 16, request_timeout: float = 15.0) -> None:
+    name = CHANNEL
+    messaging = True
+    finished = None
+
+    def __init__(self, app: App, *, webhook: ZaloWebhook | None = None, token: str | None = None,
+                 base_url: str | None = None, poll_timeout: int = 30,
+                 backoff: tuple[float, ...] = (0.5, 2.0, 5.0), poll_backoff: float = 0.5,
+                 max_poll_backoff: float = 30.0, lease_wait: float = 5.0, concurrency: int = 16,
+                 request_timeout: float = 15.0) -> None:
         self.app = app
         self.router = app.router
         settings = app.settings
@@ -354,7 +370,7 @@ class ZaloAdapter:
         self.sender = ZaloSender(self)
         self.channel = ZaloChannel(self)
         self.bot: dict[str, Any] = {}
-        self.webhook: ZaloWebhook | None = None
+        self.webhook = webhook
         self._stopping = asyncio.Event()
         self._poller: asyncio.Task | None = None
         self._housekeeping: asyncio.Task | None = None
@@ -365,13 +381,32 @@ class ZaloAdapter:
         self.handled = 0                 # updates handled (answered, dropped as repeats, or ignored)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def start(self, *, webhook: ZaloWebhook | None = None) -> None:
-        self.bot = await self.api.get_me()       # fails fast on a wrong token
+    def mount(self, web_app: web.Application) -> None:
+        """On the shared server: document and photo links, and the webhook in webhook mode."""
+        web_app.router.add_get(FILES_PATH + "/{id:\\d+}/{expires:\\d+}/{sig}/{name}", self.serve_file)
+        web_app.router.add_get(FILES_PATH + "/photo/{ref:[0-9a-f]{64}}/{expires:\\d+}/{sig}", self.serve_photo)
+        if self.webhook is not None:
+            web_app.router.add_post(WEBHOOK_PATH, self.receive)
+
+    async def start(self) -> None:
+        try:
+            self.bot = await self.api.get_me()       # fails fast on a wrong token
+        except ZaloError as exc:
+            await self.api.close()                   # docsach run stops only channels that started
+            if isinstance(exc, ZaloApiError) and exc.error_code in (401, 403, 404):
+                raise ChannelError("Zalo refused ZALO_BOT_TOKEN; copy it again from Zalo Bot Manager.") from None
+            if isinstance(exc, ZaloApiError):
+                raise ChannelError(f"The Zalo Bot API refused to start the bot: {exc}", exit_code=1) from None
+            raise ChannelError(f"Cannot reach the Zalo Bot API (ZALO_API_BASE_URL): {exc}", exit_code=1) from None
+        self.app.deps.channels[CHANNEL] = profile(self.app)
         self.app.deps.outbound[CHANNEL] = self.channel
         self._stopping.clear()
-        if webhook is not None:
-            await self.api.set_webhook(webhook.url, webhook.secret)
-            self.webhook = webhook
+        if self.webhook is not None:
+            try:
+                await self.api.set_webhook(self.webhook.url, self.webhook.secret)
+            except ZaloError as exc:
+                await self.stop()
+                raise ChannelError(f"Zalo refused the webhook {self.webhook.url}: {exc}", exit_code=1) from None
         else:
             # Polling and the webhook exclude each other: a webhook left from an earlier
             # deployment would make every poll fail.
@@ -379,12 +414,15 @@ class ZaloAdapter:
                 await self.api.delete_webhook()
             self._poller = asyncio.create_task(self._poll(), name="zalo-poller")
         self._housekeeping = asyncio.create_task(self._tidy(), name="zalo-housekeeping")
+        log.info("Zalo bot %s is serving (%s)", self.display_name,
+                 f"webhook {self.webhook.url}" if self.webhook else "long polling")
 
     async def stop(self, *, grace: float = 15.0) -> None:
         """Stop polling at once, let answers being written finish (up to ``grace`` seconds)."""
         self._stopping.set()
         if self.app.deps.outbound.get(CHANNEL) is self.channel:
             del self.app.deps.outbound[CHANNEL]
+            self.app.deps.channels.pop(CHANNEL, None)
         for task in (self._poller, self._housekeeping):
             if task is not None:
                 task.cancel()
@@ -552,34 +590,29 @@ class ZaloAdapter:
 
     async def _friendly(self, event: Incoming, kind: str) -> None:
         t = await self._translator(event)
-        base = self.app.settings.public_url
-        where = t("zalo.web_chat", url=base.rstrip("/") + "/chat") if base else t("zalo.web_chat_none")
+        web_chat = self.app.deps.channels.get("web")     # the web chat, when it runs
+        where = t("zalo.web_chat", url=web_chat.home) if web_chat and web_chat.home else t("zalo.web_chat_none")
         await self._answer(event, [Reply(t(f"zalo.{kind}") + "\n\n" + where)], fresh=False)
 
     async def _with_photo(self, event: Incoming, update: ZaloUpdate) -> Incoming | None:
         """A photo (a reflection's handwritten page): fetched now — Zalo's links expire — and
-        kept where every channel can show it."""
+        kept in docsach's photo store, where every channel and the web can show it."""
         t = await self._translator(event)
         try:
-            data, content_type = await self.api.download(update.photo_url or "", max_bytes=MAX_PHOTO_BYTES)
+            data, _ = await self.api.download(update.photo_url or "", max_bytes=MAX_PHOTO_BYTES)
         except ZaloError as exc:
             log.info("zalo: fetching a photo in chat %s failed: %s", event.chat_id, exc)
             key = "zalo.photo_too_large" if "too large" in str(exc) else "zalo.photo_failed"
             await self._answer(event, [Reply(t(key, mb=MAX_PHOTO_BYTES // (1024 * 1024)))], fresh=False)
             return None
-        if not content_type.startswith("image/"):
-            await self._answer(event, [Reply(t("zalo.photo_failed"))], fresh=False)
+        if self.app.deps.photos is None:
+            return replace(event, photo_ref=None) if event.text else None
+        try:
+            ref = await self.app.deps.photos.store(data)
+        except DomainError as refusal:
+            await self._answer(event, [Reply(t(refusal.key, **refusal.params))], fresh=False)
             return None
-        ref = await self.store_photo(data, content_type, update)
         return replace(event, photo_ref=ref)
-
-    async def store_photo(self, data: bytes, content_type: str, update: ZaloUpdate) -> str:
-        """Where the photo's bytes live from now on; the reference goes into ``photo_ref``."""
-        path, _ = await downloads.store(self.app.db, f"zalo-photo-{update.message_id or 'x'}.jpg", content_type,
-                                        data, key=self.app.settings.secret_key, now=self.app.deps.clock.now(),
-                                        ttl=downloads.PHOTO_TTL)
-        base = self.app.settings.public_url
-        return (base.rstrip("/") + path) if base else path
 
     async def _answer(self, event: Incoming, replies: list[Reply], *, fresh: bool) -> None:
         if not replies:
@@ -595,13 +628,6 @@ class ZaloAdapter:
             log.warning("zalo: answering in chat %s failed: %s", event.chat_id, exc)
 
     # -- HTTP: the webhook and document downloads ---------------------------------------------
-    def routes(self) -> list[web.RouteDef]:
-        """Mounted on the shared web server."""
-        routes = [web.get(FILES_PATH + "/{id:\\d+}/{expires:\\d+}/{sig}/{name}", self.serve_file)]
-        if self.webhook is not None:
-            routes.append(web.post(WEBHOOK_PATH, self.receive))
-        return routes
-
     async def receive(self, request: web.Request) -> web.Response:
         """Zalo's POST: the secret first (constant time, before reading anything), then a body
         of bounded size; the update is answered in the background (Zalo expects a quick 200)."""
@@ -625,6 +651,18 @@ class ZaloAdapter:
             await self.submit(update)
         return web.json_response({"ok": True})
 
+    async def serve_photo(self, request: web.Request) -> web.Response:
+        """A stored photo behind a signed, expiring link (Zalo's sendPhoto takes only URLs)."""
+        ref, sig = request.match_info["ref"], request.match_info["sig"]
+        if not downloads.photo_link_valid(ref, int(request.match_info["expires"]), sig,
+                                          key=self.app.settings.secret_key, now=self.app.deps.clock.now()):
+            raise web.HTTPNotFound(text="This link has expired or does not exist.")
+        photo = await self.app.deps.photos.load(ref) if self.app.deps.photos is not None else None
+        if photo is None:
+            raise web.HTTPNotFound(text="This link has expired or does not exist.")
+        return web.Response(body=photo.data, content_type=photo.mime_type,
+                            headers={"Cache-Control": "private, max-age=86400"})
+
     async def serve_file(self, request: web.Request) -> web.Response:
         try:
             download_id, expires = int(request.match_info["id"]), int(request.match_info["expires"])
@@ -640,102 +678,61 @@ class ZaloAdapter:
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
 
 
+def profile(app: App) -> ChannelProfile:
+    """What Zalo can do: text up to 2,000 characters, no buttons, edits, pop-ups or files; photos
+    only as a link (so only when the server has a public address); no deep links into the bot."""
+    return ChannelProfile(
+        name=CHANNEL, max_text=MAX_TEXT, max_input=MAX_TEXT, max_payload=64, buttons=False, edits=False,
+        toasts=False, photos=bool(app.settings.public_url), documents=False, link_base=None,
+        home=app.settings.zalo_bot_link or None,
+    )
+
+
 def webhook_for(app: App) -> ZaloWebhook | None:
     """Webhook mode is on when ZALO_WEBHOOK_SECRET is set; it needs DOCSACH_PUBLIC_URL."""
     settings = app.settings
     if not settings.zalo_webhook_secret:
         return None
     if not settings.public_url:
-        raise ValueError("ZALO_WEBHOOK_SECRET is set but DOCSACH_PUBLIC_URL is not: Zalo needs the public "
-                         "https:// address to deliver to")
+        raise ChannelError("ZALO_WEBHOOK_SECRET is set but DOCSACH_PUBLIC_URL is not: Zalo needs the public "
+                           "https:// address to deliver to (or unset the secret to use long polling).")
     if not 8 <= len(settings.zalo_webhook_secret) <= 256:
-        raise ValueError("ZALO_WEBHOOK_SECRET must be 8 to 256 characters")
+        raise ChannelError("ZALO_WEBHOOK_SECRET must be 8 to 256 characters long.")
     return ZaloWebhook(url=settings.public_url.rstrip("/") + WEBHOOK_PATH, secret=settings.zalo_webhook_secret)
 
 
-@contextlib.asynccontextmanager
-async def running(app: App, *, webhook: ZaloWebhook | None = None, **options: Any) -> AsyncIterator[ZaloAdapter]:
-    adapter = ZaloAdapter(app, **options)
-    try:
-        await adapter.start(webhook=webhook)
-        yield adapter
-    finally:
-        await adapter.stop()
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(32)
-
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, _, port = (value or "").rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"DOCSACH_LISTEN wants HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+def configure(app: App, options: RunOptions) -> ZaloAdapter | None:
+    """``docsach run``: the Zalo channel when ZALO_BOT_TOKEN is set, else None. Raises
+    :class:`ChannelError` on settings that cannot work."""
+    settings = app.settings
+    if not settings.zalo_token:
+        return None
+    if ":" not in settings.zalo_token:
+        raise ChannelError("ZALO_BOT_TOKEN does not look like a Zalo bot token (<bot id>:<secret>); copy it "
+                           "again from Zalo Bot Manager.")
+    if settings.secret_key_is_ephemeral:
+        log.warning("DOCSACH_SECRET_KEY is not set: numbered choices already in Zalo chats and download "
+                    "links will stop working after a restart. Set it in .env (see .env.example).")
+    return ZaloAdapter(app, webhook=webhook_for(app))
 
 
 @contextlib.asynccontextmanager
-async def serving(app: App, **options: Any) -> AsyncIterator[ZaloAdapter]:
-    """Zalo with the settings (polling, or the webhook when ZALO_WEBHOOK_SECRET is set), and a
-    web server on DOCSACH_LISTEN for the webhook and document links when they are needed."""
-    webhook = webhook_for(app)
-    adapter = ZaloAdapter(app, **options)
-    runner: web.AppRunner | None = None
+async def running(app: App, *, webhook: ZaloWebhook | None = None, listen: tuple[str, int] | None = None,
+                  **options: Any) -> AsyncIterator[ZaloAdapter]:
+    """The adapter serving until the block ends, as ``docsach run`` starts it; with ``listen``,
+    on its own shared server (webhook, download links) at that address (tests)."""
+    from bot.server import Server
+
+    adapter = ZaloAdapter(app, webhook=webhook, **options)
+    server = None
     try:
-        adapter.webhook = webhook          # routes() needs it before Zalo is told the address
-        if webhook is not None or app.settings.public_url:
-            host, port = parse_listen(app.settings.listen)
-            server = web.Application(client_max_size=MAX_WEBHOOK_BODY)
-            server.add_routes(adapter.routes())
-            runner = web.AppRunner(server, handle_signals=False, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, host, port).start()
-            log.info("zalo: web server on %s:%s (%s)", host, port,
-                     "webhook and downloads" if webhook else "downloads")
-        await adapter.start(webhook=webhook)
+        if listen is not None:
+            server = Server(app, *listen)
+            server.mount([adapter])
+            await server.start()
+        await adapter.start()
         yield adapter
     finally:
         await adapter.stop()
-        if runner is not None:
-            await runner.cleanup()
-
-
-async def serve(app: App, *, beside: Callable[[], Awaitable[int]] | None = None) -> int:
-    """``docsach run`` with ZALO_BOT_TOKEN: serve Zalo until SIGINT/SIGTERM — or, with
-    ``beside`` (another channel's serve, which then owns the signals), until that one returns."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if beside is None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-    try:
-        async with serving(app) as adapter:
-            log.info("Zalo bot %s is serving (%s)", adapter.display_name,
-                     f"webhook {adapter.webhook.url}" if adapter.webhook else "long polling")
-            if beside is not None:
-                return await beside()
-            await stop.wait()
-            log.info("zalo: stopping")
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    except ZaloApiError as exc:
-        if exc.error_code == 401:
-            log.error("Zalo refused ZALO_BOT_TOKEN; copy it again from Zalo Bot Manager")
-            return 2
-        log.error("the Zalo Bot API refused to start the bot: %s", exc)
-        return 1
-    except ZaloError as exc:
-        log.error("cannot reach the Zalo Bot API (ZALO_API_BASE_URL): %s", exc)
-        return 1
-    except OSError as exc:
-        log.error("cannot listen on DOCSACH_LISTEN=%s: %s", app.settings.listen, exc)
-        return 1
-    finally:
-        if beside is None:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-    return 0
+        if server is not None:
+            await server.stop()
