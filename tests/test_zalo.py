@@ -479,3 +479,33 @@ async def test_settings_that_cannot_work_are_one_clear_sentence(demo_app, api):
     with pytest.raises(ChannelError, match="Cannot reach the Zalo Bot API") as down:
         await unreachable.start()
     assert down.value.exit_code == 1 and api.token not in str(down.value)
+
+
+async def test_a_card_linked_on_zalo_and_telegram_gets_each_notice_once_where_it_was_used_last(fast, api, clock):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from handlers.messages import CollectingChannel
+    from tests.test_reminders import link
+
+    db = fast.db
+    telegram = CollectingChannel("telegram")
+    fast.deps.outbound["telegram"] = telegram
+    await link(db, "HS001", channel="telegram", language="vi")          # linked on Telegram earlier
+    async with zalo.running(fast, **options(api)) as adapter:
+        an = ZaloUser(api, adapter, AN, "An")
+        assert "Đã liên kết" in await an.say(await link_code(db, "HS001", clock))   # and now on Zalo
+        clock.set(at(2026, 12, 1, 9))
+        await lend(db, "HS001", date(2026, 12, 3))
+        assert (await sweeper_for(fast).sweep()).messages == 1
+        assert "3 thg 12, 2026" in api.texts(AN)[-1] and telegram.sent == []
+        # The student goes back to Telegram: the next notice (due today) follows them there, once.
+        async with db.transaction() as s:
+            await s.execute(update(ChatIdentity).where(ChatIdentity.channel == "telegram")
+                            .values(last_seen_at=datetime.now(UTC) + timedelta(minutes=5)))
+        sent_on_zalo = len(api.texts(AN))
+        clock.set(at(2026, 12, 3, 9))
+        assert (await sweeper_for(fast).sweep()).messages == 1
+        assert (await sweeper_for(fast).sweep()).messages == 0
+        assert len(telegram.sent) == 1 and len(api.texts(AN)) == sent_on_zalo
