@@ -86,7 +86,8 @@ class ZaloUser:
 
 
 def options(api: FakeZaloApi) -> dict:
-    return dict(token=api.token, base_url=api.base_url, poll_timeout=1, backoff=(0.05, 0.1), poll_backoff=0.1)
+    return dict(token=api.token, base_url=api.base_url, poll_timeout=1, backoff=(0.05, 0.1), poll_backoff=0.1,
+                per_chat_interval=0.01)     # pacing has its own test
 
 
 @pytest.fixture
@@ -300,6 +301,9 @@ async def test_photos_in_are_stored_and_photos_out_go_as_signed_links(fast, api,
             async with http.get(url[:-3] + "AAA") as forged:
                 assert forged.status == 404
         assert api.texts(PAO)[-1] == "Cảm nhận chờ duyệt"
+        api.fail_next("sendPhoto", 400, description="cannot download the photo")
+        await adapter.channel.send(PAO, Reply("Vẫn có chữ", photo=stored.sha256))
+        assert api.texts(PAO)[-1] == "Vẫn có chữ"                       # Zalo refused the photo, not the text
     fast.settings.public_url = None        # no public address: the photo cannot be shown, said so
     async with zalo.running(fast, **options(api)) as adapter:
         await adapter.channel.send(PAO, Reply("Cảm nhận", photo=stored.sha256))
@@ -413,13 +417,16 @@ async def test_polling_backs_off_on_errors_and_recovers(fast, api):
     assert gaps[1] > gaps[0] * 1.3                     # backing off, not hammering
 
 
-async def test_pacing_keeps_the_configured_rate(demo_app, api):
+async def test_pacing_keeps_the_configured_rate_and_two_a_second_per_chat(demo_app, api):
     demo_app.settings.zalo_messages_per_second = 10
-    async with zalo.running(demo_app, **options(api)) as adapter:
+    async with zalo.running(demo_app, **dict(options(api), per_chat_interval=zalo.PER_CHAT_INTERVAL)) as adapter:
         await asyncio.gather(*(adapter.channel.send(f"chat{i}", Reply(f"tin {i}")) for i in range(12)))
-    times = sorted(c.at for c in api.calls_to("sendMessage"))
-    for i in range(len(times) - 10):
-        assert times[i + 10] - times[i] >= 0.9         # never more than 10 in any second
+        times = sorted(c.at for c in api.calls_to("sendMessage"))
+        for i in range(len(times) - 10):
+            assert times[i + 10] - times[i] >= 0.9         # never more than 10 in any second
+        await adapter.channel.send("chat0", Reply("\n\n".join(["x" * 1500] * 3)))   # three parts, one chat
+    parts = [c.at for c in api.calls_to("sendMessage") if c.chat_id == "chat0"][1:]
+    assert len(parts) == 3 and all(b - a >= 0.45 for a, b in zip(parts, parts[1:], strict=False))
 
 
 async def test_cli_remind_once_reaches_zalo_chats(fast, api, clock, capsys):

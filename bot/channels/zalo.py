@@ -175,7 +175,7 @@ class ZaloSender:
         self.api = adapter.api
         self.app = adapter.app
         per_second = max(0.1, float(adapter.app.settings.zalo_messages_per_second))
-        self.limiter = RateLimiter(per_second=per_second, per_chat_interval=min(PER_CHAT_INTERVAL, 1 / per_second),
+        self.limiter = RateLimiter(per_second=per_second, per_chat_interval=max(adapter.per_chat_interval, 1 / per_second),
                                    window=max(1, int(per_second)))
         self.backoff = adapter.backoff
         self._warned_public_url = False
@@ -258,8 +258,14 @@ class ZaloSender:
         message_id: str | None = None
         try:
             if rendered.photo:
-                result = await self.send_part("sendPhoto", chat_id, photo=rendered.photo)
-                sent, message_id = sent + 1, _str(result.get("message_id")) or message_id
+                try:
+                    result = await self.send_part("sendPhoto", chat_id, photo=rendered.photo)
+                    sent, message_id = sent + 1, _str(result.get("message_id")) or message_id
+                except ZaloApiError as exc:
+                    if classify(exc).state != "failed":
+                        raise
+                    # Zalo would not take the photo (e.g. could not fetch it): the text still goes.
+                    log.warning("zalo refused a photo for a chat (%s); sending the text alone", exc)
             for part in rendered.parts:
                 result = await self.send_part("sendMessage", chat_id, text=part)
                 sent, message_id = sent + 1, _str(result.get("message_id")) or message_id
@@ -353,7 +359,7 @@ class ZaloAdapter:
                  base_url: str | None = None, poll_timeout: int = 30,
                  backoff: tuple[float, ...] = (0.5, 2.0, 5.0), poll_backoff: float = 0.5,
                  max_poll_backoff: float = 30.0, lease_wait: float = 5.0, concurrency: int = 16,
-                 request_timeout: float = 15.0) -> None:
+                 request_timeout: float = 15.0, per_chat_interval: float = PER_CHAT_INTERVAL) -> None:
         self.app = app
         self.router = app.router
         settings = app.settings
@@ -367,6 +373,7 @@ class ZaloAdapter:
         self.lease = f"zalo-poll:{self.api.bot_id}"[:80]
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"[:120]
         self.max_poll_backoff = max_poll_backoff
+        self.per_chat_interval = per_chat_interval
         self.sender = ZaloSender(self)
         self.channel = ZaloChannel(self)
         self.bot: dict[str, Any] = {}
