@@ -23,6 +23,9 @@ from services.textfold import fold
 
 # A reminder may be answered days later; after this the numbers no longer mean anything.
 TTL = timedelta(days=7)
+# A notice pushed into a chat quiet for this long starts its own numbering: the conversation the
+# older numbers belonged to is over, and the notice is what the person will answer.
+IDLE = timedelta(minutes=30)
 MAX_CHOICES = 60          # a chat never accumulates more; the oldest numbers are forgotten first
 _NUMBER = re.compile(r"^#?\s*(\d{1,3})\s*[.)]?$")
 _OWN_NUMBER = re.compile(r"^(\d{1,3})[.)]\s+(\S.*)$", re.DOTALL)
@@ -67,8 +70,8 @@ async def remember(db: Database, channel: str, chat_id: str, items: list[tuple[s
                    now: datetime, fresh: bool) -> list[Choice]:
     """Number ``items`` ((label, payload) pairs) for this chat and store them.
 
-    ``fresh`` replaces the chat's list; otherwise the numbers continue after the ones still
-    valid. A label's own number is kept when it is free; the others count on from the highest
+    ``fresh`` replaces the chat's list; otherwise (a pushed notice) the numbers continue after
+    the ones of a conversation still going on (active within :data:`IDLE`). A label's own number is kept when it is free; the others count on from the highest
     number in use. Returns the numbered choices, in the order given.
     """
     async with db.transaction() as s:
@@ -80,7 +83,7 @@ async def remember(db: Database, channel: str, chat_id: str, items: list[tuple[s
             query = query.with_for_update()   # a reminder and a reply racing must not lose numbers
         row = (await s.execute(query)).scalar_one()
         kept: list[dict[str, Any]] = []
-        if not fresh and now - aware(row.updated_at) <= TTL:
+        if not fresh and now - aware(row.updated_at) <= IDLE:
             kept = list(row.choices or [])
         if max((int(c["n"]) for c in kept), default=0) + len(items) > 999:
             kept = []                     # numbers stay short: start over when they grow long

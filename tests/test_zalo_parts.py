@@ -155,10 +155,13 @@ async def test_choices_fresh_replace_and_pushed_ones_continue(db, clock):
     assert [c.n for c in again] == [1]
     assert (await choices.pick(db, "zalo", "c1", "2", now=now)).kind == "unknown_number"
     assert (await choices.pick(db, "zalo", "other", "1", now=now)).kind == "no_list"
+    quiet = now + choices.IDLE + timedelta(minutes=1)       # a notice into a quiet chat starts at 1
+    assert [c.n for c in await choices.remember(db, "zalo", "c2", [("A", "p:a")], now=now, fresh=True)] == [1]
+    assert [c.n for c in await choices.remember(db, "zalo", "c2", [("B", "p:b")], now=quiet, fresh=False)] == [1]
     later = now + choices.TTL + timedelta(minutes=1)
     assert (await choices.pick(db, "zalo", "c1", "1", now=later)).kind == "stale"
     assert [c.n for c in await choices.remember(db, "zalo", "c1", [("Mới", "p:n")], now=later, fresh=False)] == [1]
-    assert await choices.prune(db, now=later + choices.TTL + timedelta(days=1)) == 1
+    assert await choices.prune(db, now=later + choices.TTL + timedelta(days=1)) == 2
 
 
 async def test_a_label_keeps_its_own_number_when_it_is_free(db, clock):
