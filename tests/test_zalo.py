@@ -87,7 +87,7 @@ class ZaloUser:
 
 def options(api: FakeZaloApi) -> dict:
     return dict(token=api.token, base_url=api.base_url, poll_timeout=1, backoff=(0.05, 0.1), poll_backoff=0.1,
-                per_chat_interval=0.01)     # pacing has its own test
+                per_chat_interval=0.01, lease_wait=0.1)     # pacing has its own test
 
 
 @pytest.fixture
@@ -448,8 +448,8 @@ async def test_cli_remind_once_reaches_zalo_chats(fast, api, clock, capsys):
 async def test_one_poller_per_bot_across_workers_and_a_takeover(fast, api, settings, clock, catalogs):
     other = build_app(settings, db=fast.db, clock=clock, catalogs=catalogs)
     other.settings.zalo_messages_per_second = 200
-    async with zalo.running(fast, **options(api), lease_wait=0.05) as first:
-        async with zalo.running(other, **options(api), lease_wait=0.05) as second:
+    async with zalo.running(fast, **dict(options(api), lease_wait=0.05)) as first:
+        async with zalo.running(other, **dict(options(api), lease_wait=0.05)) as second:
             await ZaloUser(api, first, AN, "An").say("/start")
             await asyncio.sleep(0.3)
             assert first.polls >= 1 and second.polls == 0          # the second one waits
@@ -516,3 +516,17 @@ async def test_a_card_linked_on_zalo_and_telegram_gets_each_notice_once_where_it
         assert (await sweeper_for(fast).sweep()).messages == 1
         assert (await sweeper_for(fast).sweep()).messages == 0
         assert len(telegram.sent) == 1 and len(api.texts(AN)) == sent_on_zalo
+
+
+async def test_a_broken_database_gets_an_apology_not_silence(fast, api):
+    async with zalo.running(fast, **options(api)) as adapter:
+        an = ZaloUser(api, adapter, AN, "An")
+        assert "Xin chào" in await an.say("/start")
+        await fast.db.engine.dispose()
+        real = fast.db.sessions
+        fast.db.sessions = None          # every database call now fails
+        try:
+            assert "docsach đang gặp trục trặc" in await an.say("/help")
+        finally:
+            fast.db.sessions = real
+        assert "docsach — trợ lý thư viện" in await an.say("/help")     # and it recovers

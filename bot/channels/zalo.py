@@ -521,12 +521,22 @@ class ZaloAdapter:
                 await self.handle(update)
         except Exception:
             log.exception("zalo: handling a %s update in chat %s failed", update.kind, update.chat_id)
+            await self._apologise(update)
         finally:
             self.handled += 1
             queue.holders[key] -= 1
             if not queue.holders[key]:
                 del queue.holders[key]
                 queue.locks.pop(key, None)
+
+    async def _apologise(self, update: ZaloUpdate) -> None:
+        """Something broke below the router (the database, most likely): say so in the school's
+        language rather than stay silent; no database is needed for that."""
+        if update.chat_type != "private" or not update.chat_id or update.kind == "unknown":
+            return
+        t = self.sender.translator(self.app.deps.default_language)
+        with contextlib.suppress(ZaloError):
+            await self.api.send_message(update.chat_id, t("zalo.error"))
 
     async def _tidy(self) -> None:
         """Forget old message ids, expired downloads and choice lists nobody can answer."""
