@@ -344,6 +344,15 @@ async def test_webhook_refuses_a_wrong_or_missing_secret_and_answers_the_right_o
         assert await api.post_to_webhook(update, secret=None) == 403
         assert await api.post_to_webhook(update, body=b"{" + b" " * 70_000 + b"}") == 413
         assert await api.post_to_webhook(update, body=b"not json") == 400
+
+        async def endless():                    # chunked, with no Content-Length to refuse early
+            for _ in range(10):
+                yield b" " * 10_000
+
+        async with ClientSession() as http:
+            async with http.post(base + "/zalo/webhook", data=endless(),
+                                 headers={"X-Bot-Api-Secret-Token": "s3cret-for-the-webhook"}) as chunked:
+                assert chunked.status == 413
         assert api.texts(AN) == []                                # nothing refused was handled
         assert await api.post_to_webhook(update) == 200
         assert await api.post_to_webhook(update, envelope=False) == 200     # the bare shape, repeated

@@ -6,10 +6,11 @@ turn into numbered choices ("1. Gia hạn") that the person answers with the num
 parts of at most 2,000 characters on paragraph, line or sentence boundaries, and documents
 become links to short-lived signed downloads on docsach's own web server.
 
-Updates arrive by long polling (default; one poller per bot across all processes — a lease
-in the database —, one poll at a time, bounded backoff) or by the platform's webhook (when ``ZALO_WEBHOOK_SECRET`` is set) whose secret header
-is checked in constant time before the body is read. Deliveries may repeat, so every message id
-is recorded in the database first and a repeat is dropped.
+Updates arrive by long polling (default: one poller per bot across all processes, agreed by a
+lease in the database; one poll at a time; bounded backoff) or by the platform's webhook on the
+shared server (when ``ZALO_WEBHOOK_SECRET`` is set), whose secret header is checked in constant
+time before the body is read. Deliveries may repeat, so every message id is recorded in the
+database first and a repeat is dropped.
 
 Delivery outcomes, in one place (:meth:`ZaloSender.send_part`): quota (429) and server errors
 (500/502/503) and requests that never left are retried with backoff; a request that went out
@@ -573,7 +574,6 @@ class ZaloAdapter:
             event = await self._with_photo(event, update)
             if event is None:
                 return
-        fresh = True
         if event.text and event.photo_ref is None and update.chat_type == "private":
             answer = await self._choice(event)
             if isinstance(answer, Reply):
@@ -581,8 +581,8 @@ class ZaloAdapter:
                 return
             if answer is not None:
                 event = answer
-        replies = await self.router.dispatch(event)
-        await self._answer(event, replies, fresh=fresh)
+        # An answer to something the person did: its choices replace the chat's list.
+        await self._answer(event, await self.router.dispatch(event), fresh=True)
 
     async def _choice(self, event: Incoming) -> Incoming | Reply | None:
         """A typed number or label that picks one of the chat's numbered choices → the button
@@ -655,9 +655,11 @@ class ZaloAdapter:
             return web.Response(status=403, text="forbidden")
         if (request.content_length or 0) > MAX_WEBHOOK_BODY:
             return web.Response(status=413, text="too large")
-        body = await request.content.read(MAX_WEBHOOK_BODY + 1)
-        if len(body) > MAX_WEBHOOK_BODY:
-            return web.Response(status=413, text="too large")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(16 * 1024):
+            body += chunk
+            if len(body) > MAX_WEBHOOK_BODY:       # a chunked body that never said its length
+                return web.Response(status=413, text="too large")
         try:
             updates = parse_updates(json.loads(body.decode("utf-8")))
         except (ValueError, UnicodeDecodeError):
