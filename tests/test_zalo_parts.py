@@ -228,3 +228,14 @@ async def test_a_lease_has_one_holder_until_it_lapses_or_is_released(db, clock):
     assert await leases.acquire(db, "zalo-poll:1", "a", now=now + timedelta(seconds=92), ttl=ttl)
     results = await asyncio.gather(*(leases.acquire(db, "other", f"w{i}", now=now, ttl=ttl) for i in range(6)))
     assert results.count(True) == 1
+
+
+async def test_the_zalo_profile_says_what_zalo_cannot_do(app):
+    from bot.channels import zalo
+
+    bare = zalo.profile(app)
+    assert (bare.max_text, bare.buttons, bare.edits, bare.toasts, bare.documents) == (2000, False, False, False, False)
+    assert bare.photos is False and bare.link("k1234") is None and bare.home is None
+    app.settings.public_url, app.settings.zalo_bot_link = "https://thuvien.example.vn", "https://zalo.me/s/123/"
+    full = zalo.profile(app)
+    assert full.photos and full.home == "https://zalo.me/s/123/" and full.link("t12") == "https://zalo.me/s/123/"

@@ -699,11 +699,13 @@ class ZaloAdapter:
 
 def profile(app: App) -> ChannelProfile:
     """What Zalo can do: text up to 2,000 characters, no buttons, edits, pop-ups or files; photos
-    only as a link (so only when the server has a public address); no deep links into the bot."""
+    only as a link (so only when the server has a public address). Zalo has no deep links: every
+    "open in Zalo" (a landing page's button, a QR code without a public address) opens the chat
+    with the bot through its share link (ZALO_BOT_LINK), where a code or a title is then typed."""
+    link = app.settings.zalo_bot_link or None
     return ChannelProfile(
         name=CHANNEL, max_text=MAX_TEXT, max_input=MAX_TEXT, max_payload=64, buttons=False, edits=False,
-        toasts=False, photos=bool(app.settings.public_url), documents=False, link_base=None,
-        home=app.settings.zalo_bot_link or None,
+        toasts=False, photos=bool(app.settings.public_url), documents=False, link_base=link, home=link,
     )
 
 
