@@ -91,6 +91,8 @@ class FakeZaloApi:
         self._updates: list[JSONDict] = []
         self._faults: list[_Fault] = []
         self._delays: dict[str, float] = {}
+        self._every: dict[str, list[tuple[int, int, int]]] = {}
+        self._counts: Counter = Counter()
         self._files: dict[str, tuple[bytes, str]] = {}
         self._message_ids = itertools.count(1)
         self._changed = asyncio.Event()
@@ -275,6 +277,14 @@ class FakeZaloApi:
                                                    401: "Unauthorized"}.get(error_code, "Internal error"),
                                    times, chat_id))
 
+    def fail_every(self, method: str, n: int, error_code: int = 429, *, http_status: int = 200) -> None:
+        """Also answer every ``n``-th call of ``method`` with an error (a steady trickle of faults,
+        for benchmarks); ``n=0`` stops them all for that method."""
+        if n:
+            self._every.setdefault(method.lower(), []).append((n, error_code, http_status))
+        else:
+            self._every.pop(method.lower(), None)
+
     def delay(self, method: str, seconds: float) -> None:
         """Answer ``method`` ("*" = any but getUpdates) ``seconds`` late; 0 removes the delay."""
         if seconds:
@@ -289,6 +299,7 @@ class FakeZaloApi:
     def clear_faults(self) -> None:
         self._faults.clear()
         self._delays.clear()
+        self._every.clear()
         self.blocked_chats.clear()
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -343,6 +354,10 @@ class FakeZaloApi:
         return web.Response(body=found[0], content_type=found[1])
 
     def _check_faults(self, method: str, params: JSONDict) -> None:
+        self._counts[method] += 1
+        for n, error_code, http_status in self._every.get(method, ()):
+            if self._counts[method] % n == 0:
+                raise _ApiError(error_code, "Quota exceeded" if error_code == 429 else "Internal error", http_status)
         for fault in self._faults:
             if (fault.method == method or (fault.method == "*" and method != "getupdates")) \
                     and fault.chat_id in (None, params.get("chat_id")):

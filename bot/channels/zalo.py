@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import socket
 import time
@@ -89,17 +90,26 @@ def _units(ch: str) -> int:
     return 2 if ord(ch) > 0xFFFF else 1
 
 
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+
+
 def _fit(text: str, limit: int) -> int:
     """The longest prefix of ``text`` that stays within ``limit`` units, not cutting a letter
     from its combining accent."""
-    used = 0
-    for i, ch in enumerate(text):
-        used += _units(ch)
-        if used > limit:
-            while i > 0 and unicodedata.combining(text[i]):
-                i -= 1
-            return max(i, 1)
-    return len(text)
+    if not _ASTRAL.search(text, 0, limit + 1):
+        end = min(len(text), limit)              # one unit per character: no counting needed
+    else:
+        used, end = 0, len(text)
+        for i, ch in enumerate(text):
+            used += _units(ch)
+            if used > limit:
+                end = i
+                break
+    if end >= len(text):
+        return len(text)
+    while end > 0 and unicodedata.combining(text[end]):
+        end -= 1
+    return max(end, 1)
 
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
