@@ -59,3 +59,39 @@ async def test_docsach_run_serves_zalo_until_sigterm(tmp_path):
     assert proc.returncode == 0, log
     assert "Zalo bot docsach.test is serving (long polling)" in log
     assert api.token not in log and "noi co don" not in log     # no token, no message text in the log
+
+
+async def test_docsach_run_by_webhook_on_the_shared_server(tmp_path):
+    port = free_port()
+    async with FakeZaloApi() as api:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("TELEGRAM_", "ZALO_", "DOCSACH_"))}
+        env.update(ZALO_BOT_TOKEN=api.token, ZALO_API_BASE_URL=api.base_url,
+                   ZALO_WEBHOOK_SECRET="webhook-secret-for-the-run-test",
+                   DOCSACH_PUBLIC_URL=f"http://127.0.0.1:{port}", DOCSACH_LISTEN=f"127.0.0.1:{port}",
+                   DOCSACH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'run.db'}",
+                   DOCSACH_SECRET_KEY="run-test-secret", DOCSACH_REMINDERS="off")
+        proc = await asyncio.create_subprocess_exec(
+            str(DOCSACH), "run", "--no-demo", cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert await api.wait_until(lambda: api.webhook["url"] or proc.returncode is not None, 60)
+            assert proc.returncode is None, (await proc.stderr.read()).decode()
+            assert api.webhook["url"] == f"http://127.0.0.1:{port}/zalo/webhook"
+            update = api.message("u2", text="/start")
+            assert await api.post_to_webhook(update, secret="not-the-secret") == 403
+            assert await api.post_to_webhook(update) == 200
+            [greeting] = await api.wait_for("sendMessage", timeout=20)
+            assert greeting.chat_id == "u2" and greeting.text.startswith("Xin chào")
+            assert api.calls_to("getUpdates") == []
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                raise
+        stdout, stderr = await proc.communicate()
+    log = stderr.decode() + stdout.decode()
+    assert proc.returncode == 0, log
+    assert "webhook-secret-for-the-run-test" not in log and api.token not in log
