@@ -52,6 +52,8 @@ class Settings:
     zalo_webhook_secret: str | None = None
     zalo_messages_per_second: float = 5.0
     zalo_bot_link: str | None = None   # the bot's share link from Zalo Bot Manager ("open in Zalo")
+    # Sites allowed to show the web chat in an iframe (the school's website), e.g. https://school.edu.vn
+    embed_origins: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -81,6 +83,8 @@ class Settings:
             zalo_webhook_secret=_env("ZALO_WEBHOOK_SECRET"),
             zalo_messages_per_second=_positive_float("ZALO_MESSAGES_PER_SECOND", 5.0),
             zalo_bot_link=_env("ZALO_BOT_LINK"),
+            embed_origins=[o for o in (_env("DOCSACH_EMBED_ORIGINS") or "").split()
+                           if o.startswith(("https://", "http://")) and "'" not in o and ";" not in o],
         )
         if secret:
             settings.secret_key = secret.encode()

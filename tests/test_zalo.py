@@ -485,8 +485,10 @@ async def test_settings_that_cannot_work_are_one_clear_sentence(demo_app, api):
     with pytest.raises(ChannelError, match="8 to 256 characters"):
         configured(demo_app, RunOptions())
     settings.zalo_webhook_secret = None
-    [adapter] = configured(demo_app, RunOptions())               # Zalo alone: no terminal chat
-    assert adapter.name == "zalo" and adapter.messaging and adapter.webhook is None
+    running = configured(demo_app, RunOptions())                 # Zalo (and the web chat): no terminal chat
+    assert [c.name for c in running] == ["zalo", "web"]
+    adapter = running[0]
+    assert adapter.messaging and adapter.webhook is None
     wrong = zalo.ZaloAdapter(demo_app, token="1:wrong", base_url=api.base_url)
     with pytest.raises(ChannelError, match="Zalo refused ZALO_BOT_TOKEN") as refused:
         await wrong.start()
@@ -539,3 +541,27 @@ async def test_a_broken_database_gets_an_apology_not_silence(fast, api):
         finally:
             fast.db.sessions = real
         assert "docsach — trợ lý thư viện" in await an.say("/help")     # and it recovers
+
+
+async def test_qr_landing_pages_offer_to_continue_in_zalo(fast, api):
+    from bot.server import Server
+
+    fast.settings.zalo_bot_link = "https://zalo.me/s/1234567890/"
+    async with db_title(fast.db) as title_id, zalo.running(fast, **options(api)) as adapter:
+        server = Server(fast, "127.0.0.1", 0)
+        server.mount([adapter])
+        server.mount_configured()
+        await server.start()
+        try:
+            async with ClientSession() as http, http.get(f"{server.url}/b/t{title_id}") as page:
+                html = await page.text()
+        finally:
+            await server.stop()
+    assert page.status == 200 and BOOK.split(" :")[0] in html
+    assert 'href="https://zalo.me/s/1234567890/"' in html and "Zalo" in html
+
+
+@contextlib.asynccontextmanager
+async def db_title(db):
+    async with db.session() as s:
+        yield (await s.execute(select(Title.id).where(Title.title == BOOK))).scalar_one()
