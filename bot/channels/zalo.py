@@ -617,8 +617,12 @@ class ZaloAdapter:
 
     async def _friendly(self, event: Incoming, kind: str) -> None:
         t = await self._translator(event)
-        web_chat = self.app.deps.channels.get("web")     # the web chat, when it runs
-        where = t("zalo.web_chat", url=web_chat.home) if web_chat and web_chat.home else t("zalo.web_chat_none")
+        # The web chat's address, when it runs at a public one (a phone cannot open 127.0.0.1).
+        web_chat, public = self.app.deps.channels.get("web"), self.app.settings.public_url
+        if web_chat and web_chat.home and public and web_chat.home.startswith(public):
+            where = t("zalo.web_chat", url=web_chat.home)
+        else:
+            where = t("zalo.web_chat_none")
         await self._answer(event, [Reply(t(f"zalo.{kind}") + "\n\n" + where)], fresh=False)
 
     async def _with_photo(self, event: Incoming, update: ZaloUpdate) -> Incoming | None:
