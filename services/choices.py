@@ -27,7 +27,7 @@ TTL = timedelta(days=7)
 # older numbers belonged to is over, and the notice is what the person will answer.
 IDLE = timedelta(minutes=30)
 MAX_CHOICES = 60          # a chat never accumulates more; the oldest numbers are forgotten first
-_NUMBER = re.compile(r"^#?\s*(\d{1,3})\s*[.)]?$")
+_NUMBER = re.compile(r"^(\d{1,3})\s*[.)]?$")      # not "#12": that is a title id
 _OWN_NUMBER = re.compile(r"^(\d{1,3})[.)]\s+(\S.*)$", re.DOTALL)
 
 
@@ -51,10 +51,11 @@ class Pick:
     choice: Choice | None = None
     number: int | None = None
     highest: int = 0
+    context: str | None = None       # the question open when the list was shown
 
 
 def as_number(text: str) -> int | None:
-    """"2", "#2", "2." → 2; anything else (an ISBN, a sentence) → None."""
+    """"2", "2.", "2)" → 2; anything else (an ISBN, "#2", a sentence) → None."""
     match = _NUMBER.match((text or "").strip())
     return int(match.group(1)) if match else None
 
@@ -67,12 +68,13 @@ def numbered_label(label: str) -> tuple[int | None, str]:
 
 
 async def remember(db: Database, channel: str, chat_id: str, items: list[tuple[str, str]], *,
-                   now: datetime, fresh: bool) -> list[Choice]:
+                   now: datetime, fresh: bool, context: str | None = None) -> list[Choice]:
     """Number ``items`` ((label, payload) pairs) for this chat and store them.
 
     ``fresh`` replaces the chat's list; otherwise (a pushed notice) the numbers continue after
     the ones of a conversation still going on (active within :data:`IDLE`). A label's own number is kept when it is free; the others count on from the highest
-    number in use. Returns the numbered choices, in the order given.
+    number in use. ``context`` names the question open as the list is shown (see :func:`pick`).
+    Returns the numbered choices, in the order given.
     """
     async with db.transaction() as s:
         insert = insert_for(s)
@@ -90,6 +92,7 @@ async def remember(db: Database, channel: str, chat_id: str, items: list[tuple[s
         added = _number(items, {int(c["n"]) for c in kept})
         merged = kept + [{"n": c.n, "label": c.label, "payload": c.payload} for c in added]
         row.choices = merged[-MAX_CHOICES:]
+        row.context = context[:80] if context else None
         row.updated_at = now
     return added
 
@@ -126,13 +129,13 @@ async def pick(db: Database, channel: str, chat_id: str, text: str, *, now: date
     if number is not None:
         found = next((c for c in items if c.n == number), None)
         if found is None:
-            return Pick("unknown_number", number=number, highest=max(c.n for c in items))
-        return Pick("choice", choice=found, number=number)
+            return Pick("unknown_number", number=number, highest=max(c.n for c in items), context=row.context)
+        return Pick("choice", choice=found, number=number, context=row.context)
     folded = fold(text)
     if folded:
         found = next((c for c in items if fold(c.label) == folded), None)
         if found is not None:
-            return Pick("choice", choice=found)
+            return Pick("choice", choice=found, context=row.context)
     return Pick("text")
 
 

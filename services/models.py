@@ -546,6 +546,9 @@ class ChatChoice(Base):
     chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     # [{"n": 1, "label": "...", "payload": "1:renew:..~mac"}, ...]
     choices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The question that was open when the list was shown ("checkout:copy"), or None: a number
+    # typed once another question is open answers that question, not this older list.
+    context: Mapped[str | None] = mapped_column(String(80))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -567,3 +567,17 @@ async def test_qr_landing_pages_offer_to_continue_in_zalo(fast, api):
 async def db_title(db):
     async with db.session() as s:
         yield (await s.execute(select(Title.id).where(Title.title == BOOK))).scalar_one()
+
+
+async def test_a_number_answers_the_open_question_not_an_older_list(fast, api, clock):
+    async with zalo.running(fast, **options(api)) as adapter:
+        lib = ZaloUser(api, adapter, "lib1", "Thủ thư")
+        assert "Đã liên kết" in await lib.say(await link_code(fast.db, "TT001", clock))
+        await lib.say("noi co don")                          # a list: 1–5 and "Tiếp ▶"
+        assert "Nhận trả" in await lib.say("/return")          # a question with no choices of its own
+        answer = await lib.say("3")                           # a (numeric) barcode, not book 3
+        assert not answer.startswith("📖") and "Nhận trả" not in answer
+        await lib.say("/cancel")
+        # A question that comes with its own choices: the number picks one of them.
+        assert "1. ↩️ Hủy" in await lib.say("/newcampaign")
+        assert "Đã huỷ" in await lib.say("1")

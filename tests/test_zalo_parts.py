@@ -145,7 +145,8 @@ async def test_choices_fresh_replace_and_pushed_ones_continue(db, clock):
     pushed = await choices.remember(db, "zalo", "c1", [("Gia hạn", "p:renew")], now=now, fresh=False)
     assert [c.n for c in pushed] == [3]                     # "1" and "2" still mean the books
     assert (await choices.pick(db, "zalo", "c1", "2", now=now)).choice.payload == "p:b"
-    assert (await choices.pick(db, "zalo", "c1", "#3", now=now)).choice.payload == "p:renew"
+    assert (await choices.pick(db, "zalo", "c1", "3.", now=now)).choice.payload == "p:renew"
+    assert (await choices.pick(db, "zalo", "c1", "#3", now=now)).kind == "text"          # a title id
     assert (await choices.pick(db, "zalo", "c1", "gia han", now=now)).choice.payload == "p:renew"
     off = await choices.pick(db, "zalo", "c1", "9", now=now)
     assert (off.kind, off.number, off.highest) == ("unknown_number", 9, 3)

@@ -21,6 +21,7 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=16), nullable=False),
         sa.Column("chat_id", sa.String(length=64), nullable=False),
         sa.Column("choices", sa.JSON(), nullable=False),
+        sa.Column("context", sa.String(length=80), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("channel", "chat_id", name=op.f("pk_chat_choices")),
     )

@@ -213,7 +213,8 @@ class ZaloSender:
         text = "\n".join(line for line in lines if line)
         if items:
             numbered = await choices.remember(self.app.db, CHANNEL, chat_id, items,
-                                              now=self.app.deps.clock.now(), fresh=fresh)
+                                              now=self.app.deps.clock.now(), fresh=fresh,
+                                              context=await self.adapter.open_question(chat_id))
             menu = "\n".join(f"{c.n}. {c.label}" for c in numbered)
             text = f"{text}\n\n{menu}\n{t('zalo.choose_hint', example=numbered[0].n)}"
         return Rendered(split_text(text), photo)
@@ -598,18 +599,26 @@ class ZaloAdapter:
         """A typed number or label that picks one of the chat's numbered choices → the button
         press; a number that picks nothing → a polite answer; anything else → None (text)."""
         picked = await choices.pick(self.app.db, CHANNEL, event.chat_id, event.text, now=self.app.deps.clock.now())
-        if picked.kind == "choice":
-            assert picked.choice is not None
-            return replace(event, text="", button=picked.choice.payload, message_ref=str(picked.choice.n))
         if picked.kind == "text":
             return None
-        # A bare number that is no choice: a question in progress may be asking for one.
-        state = await conversations.get_state(self.app.db, CHANNEL, event.chat_id)
-        if state is not None and state.flow in self.router.flows:
-            return None
+        question = await self.open_question(event.chat_id)
+        if picked.kind == "choice":
+            assert picked.choice is not None
+            if question is not None and picked.context != question:
+                return None      # the list is older than the question now open: this answers it
+            return replace(event, text="", button=picked.choice.payload, message_ref=str(picked.choice.n))
+        if question is not None:
+            return None          # a number that is no choice: the open question may be asking for one
         t = await self._translator(event)
         key = {"unknown_number": "zalo.unknown_number", "stale": "zalo.stale_number"}.get(picked.kind, "zalo.no_list")
         return Reply(t(key, number=picked.number, highest=picked.highest))
+
+    async def open_question(self, chat_id: str) -> str | None:
+        """The step of the conversation open in this chat ("checkout:copy"), or None."""
+        state = await conversations.get_state(self.app.db, CHANNEL, chat_id)
+        if state is None or state.flow not in self.router.flows:
+            return None
+        return f"{state.flow}:{(state.data or {}).get('step', '')}"
 
     async def _translator(self, event: Incoming) -> Translator:
         ctx = await self.router.context_for(event)
