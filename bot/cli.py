@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from bot.app import App, build_app
 from bot.config import Settings
@@ -348,10 +349,14 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     except DomainError as err:
         print(f"refused: {err.key} {err.params}", file=sys.stderr)
         return 2
-    await _printed_links(app, args.bot, ask_telegram=False)
+    if not await _printed_links(app, args.bot, ask_telegram=False):
+        print("No DOCSACH_PUBLIC_URL or bot username: the slips' QR codes hold the code itself "
+              "(set DOCSACH_PUBLIC_URL so they open the landing page).", file=sys.stderr)
     link = app.deps.printed_link
     if args.out and args.out.lower().endswith(".pdf"):
-        pdf = await slips_pdf(issued, link=link)
+        t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+        pdf = await slips_pdf(issued, link=link, t=t,
+                              school=await catalog.library_name(app.db, actor.library_id))
         await asyncio.to_thread(Path(args.out).write_bytes, pdf)
     elif args.out:
         import csv
@@ -368,7 +373,8 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     else:
         for i in issued:
             print(f"{i.card_number}\t{i.full_name}\t{i.code}")
-    print(f"{len(issued)} codes for class {args.class_name}, valid until {issued[0].expires_at:%Y-%m-%d}"
+    print(f"{len(issued)} codes for class {args.class_name}, valid until "
+          f"{issued[0].expires_at.astimezone(ZoneInfo(app.settings.timezone)):%Y-%m-%d}"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 

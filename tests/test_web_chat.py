@@ -376,3 +376,50 @@ async def test_unlink_ends_the_session_and_hides_the_history(site, browser: Brow
     assert await webchat.linked_patron(app.db, chat_key) is None
     history = await webchat.history(app.db, chat_key, None)
     assert all(m.body.get("text", "").find("Trần") < 0 for m in history)   # nothing about the patron is shown
+
+
+async def test_staff_unlink_ends_the_web_session(site, browser: Browser):
+    app = site[0]
+    await browser.open()
+    await browser.connect()
+    await browser.ws.send_json({"type": "text", "text": await code_for(app, "HS003"), "ref": "l"})
+    rotate = await browser.until(lambda f: f["type"] == "rotate")
+    swapped = await browser.client.post("/chat/rotate", json={"ticket": rotate["ticket"]},
+                                        headers={"Origin": browser.origin, "X-CSRF-Token": browser.csrf})
+    assert swapped.status == 200
+    await browser.connect()
+    holds = await browser.say("/holds")
+    assert holds["text"]
+    await browser.ws.close()
+    from services.patrons import link_trusted, resolve_actor
+
+    librarian = await link_trusted(app.db, await resolve_actor(app.db, "test", "TT001", "TT001"), "demo", "TT001")
+    assert await accounts.unlink(app.db, librarian, card="HS003", clock=app.deps.clock) == 1
+    browser.ws = await browser.client.ws_connect("/chat/ws", headers={"Origin": browser.origin})
+    await browser.ws.send_json({"type": "hello", "after": 0})
+    assert (await browser.until(lambda f: f["type"] == "reset"))["type"] == "reset"
+    again = await browser.client.get("/chat")       # a fresh, anonymous conversation
+    assert again.status == 200 and "docsach_chat=" in again.headers.get("Set-Cookie", "")
+
+
+async def test_a_librarian_downloads_the_slips_pdf(site, browser: Browser):
+    app = site[0]
+    await browser.open()
+    await browser.connect()
+    await browser.ws.send_json({"type": "text", "text": await code_for(app, "TT001"), "ref": "l"})
+    rotate = await browser.until(lambda f: f["type"] == "rotate")
+    swapped = await browser.client.post("/chat/rotate", json={"ticket": rotate["ticket"]},
+                                        headers={"Origin": browser.origin, "X-CSRF-Token": browser.csrf})
+    assert swapped.status == 200
+    await browser.connect()
+    reply = await browser.say("/codes 10A1")
+    assert reply.get("file") and reply["file"]["name"].endswith(".pdf")
+    pdf = await browser.client.get(reply["file"]["url"])
+    assert pdf.status == 200 and (await pdf.read()).startswith(b"%PDF")
+    assert "attachment" in pdf.headers["Content-Disposition"]
+    other = await second_browser(site)
+    try:
+        await other.open()
+        assert (await other.client.get(reply["file"]["url"])).status == 404
+    finally:
+        await other.close()

@@ -240,3 +240,7 @@ async def test_the_zalo_profile_says_what_zalo_cannot_do(app):
     app.settings.public_url, app.settings.zalo_bot_link = "https://thuvien.example.vn", "https://zalo.me/s/123/"
     full = zalo.profile(app)
     assert full.photos and full.home == "https://zalo.me/s/123/" and full.link("t12") == "https://zalo.me/s/123/"
+    assert not full.printable                         # it opens the bot, not the book: never on a label
+    app.settings.public_url = None
+    app.deps.channels["zalo"] = zalo.profile(app)
+    assert app.deps.printed_link("t12") is None

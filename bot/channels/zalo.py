@@ -722,13 +722,15 @@ class ZaloAdapter:
 
 def profile(app: App) -> ChannelProfile:
     """What Zalo can do: text up to 2,000 characters, no buttons, edits, pop-ups or files; photos
-    only as a link (so only when the server has a public address). Zalo has no deep links: every
-    "open in Zalo" (a landing page's button, a QR code without a public address) opens the chat
-    with the bot through its share link (ZALO_BOT_LINK), where a code or a title is then typed."""
+    only as a link (so only when the server has a public address). Zalo has no deep links: "open
+    in Zalo" (a landing page's button) opens the chat with the bot through its share link
+    (ZALO_BOT_LINK), where a code or a title is then typed — which is why it is never printed in
+    a QR code in place of the book it should open."""
     link = app.settings.zalo_bot_link or None
     return ChannelProfile(
         name=CHANNEL, max_text=MAX_TEXT, max_input=MAX_TEXT, max_payload=64, buttons=False, edits=False,
         toasts=False, photos=bool(app.settings.public_url), documents=False, link_base=link, home=link,
+        printable=False,
     )
 
 
