@@ -232,6 +232,18 @@ async def test_a_repeated_delivery_is_answered_once(fast, api):
         assert (await s.execute(select(func.count()).select_from(SeenMessage))).scalar_one() == 1
 
 
+async def test_a_message_older_than_the_remembered_ids_is_not_answered(fast, api):
+    import time
+
+    async with zalo.running(fast, **options(api)) as adapter:
+        old = api.message(AN, text="/start")
+        old["message"]["date"] = int((time.time() - 8 * 86400) * 1000)      # delivered again after 8 days
+        api.push(old)
+        assert await api.wait_until(lambda: adapter.handled >= 1)
+        assert api.texts(AN) == []
+        assert "Xin chào" in await ZaloUser(api, adapter, AN, "An").say("/start")
+
+
 async def test_a_6000_character_reply_arrives_in_parts_within_the_limit(fast, api):
     paragraphs = [(f"Đoạn {i}: " + "Sách là người bạn tốt. " * 22).strip() for i in range(12)]
     long_text = "\n\n".join(paragraphs)

@@ -569,6 +569,11 @@ class ZaloAdapter:
             return
         if update.is_bot or not update.chat_id or not update.user_id:
             return
+        if update.date_ms and time.time() * 1000 - update.date_ms > inbound.KEEP.total_seconds() * 1000:
+            # Older than the ids we keep: a repeat of it could no longer be recognised, so no
+            # message that old is answered at all (Zalo's own clock: real time, not ours).
+            log.info("zalo: message %s is more than %s old; not answered", update.message_id, inbound.KEEP)
+            return
         if update.message_id and not await inbound.first_delivery(
                 self.app.db, CHANNEL, update.message_id, now=self.app.deps.clock.now()):
             log.info("zalo: message %s delivered again; answered already", update.message_id)
