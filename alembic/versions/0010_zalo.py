@@ -1,7 +1,7 @@
 """Zalo: numbered choices per chat, seen message ids, documents as expiring downloads, leases
 
 Revision ID: 0010_zalo
-Revises: 0006_channel_seam
+Revises: 0008_kiosks_visits
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_zalo"
-down_revision: str | Sequence[str] | None = "0006_channel_seam"
+down_revision: str | Sequence[str] | None = "0008_kiosks_visits"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
