@@ -561,7 +561,7 @@ async def test_kiosk_and_door_commands(libs: Libraries, monkeypatch, tmp_path, c
     password = out.rsplit(": ", 1)[1].strip()
     assert "Đã thêm máy tự mượn K1" in out and len(password) >= 12
     assert await cli._main(["kiosk", "add", "K1", "--library", "demo", "--password", "whatever-1"]) == 2
-    assert capsys.readouterr().err.strip() == "Đã có máy tên «K1». Hãy chọn tên khác."
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "Đã có máy tên «K1». Hãy chọn tên khác."
     assert await cli._main(["kiosk", "add", "K2", "--library", "nowhere", "--password", "whatever-1"]) == 2
     assert "Không có thư viện mã «nowhere»" in capsys.readouterr().err
     assert await cli._main(["kiosk", "disable", "K1"]) == 0
