@@ -28,6 +28,8 @@ def write(domain: str, messages: dict[str, tuple[str, str]]) -> None:
                               copyright_holder="docsach contributors", fuzzy=False)
         catalog.fuzzy = False
         for key, texts in messages.items():
+            if key in catalog:  # Catalog.add keeps an existing translation; a changed table wins
+                del catalog[key]
             catalog.add(key, texts[index])
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:
