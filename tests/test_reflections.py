@@ -326,8 +326,8 @@ async def test_moderator_reject_and_changes_through_chat(demo_app, link_chat):
     await librarian.press("Từ chối")
     await librarian.say("Bài chép mạng.")
     assert "Xác nhận từ chối" in " ".join(b.label for r in librarian.last for row in r.buttons for b in row)
-    await librarian.press("Hủy")
-    assert "Đã hủy, bài vẫn chờ duyệt" in librarian.text
+    await librarian.press("Huỷ")
+    assert "Đã huỷ, bài vẫn chờ duyệt" in librarian.text
     await librarian.say("truyen kieu")                  # the chat is free again: a plain search
     assert (await reflections.get(app.db, student, d2.id)).status == ReflectionStatus.SUBMITTED
     # guests and students cannot open the queue
