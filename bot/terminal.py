@@ -1,12 +1,15 @@
 """The terminal chat: the same handlers as Telegram, in a terminal (or a pipe, for scripts).
 
-Buttons are shown as numbered choices; typing the number presses the button.
+Buttons are shown as numbered choices; typing the number presses the button. Files the bot sends
+(PDF slips, certificates) are saved in the data directory (``DOCSACH_DATA_DIR``/files), not in
+the folder the command runs from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -20,9 +23,11 @@ class TerminalChannel:
 
     name = CHANNEL
 
-    def __init__(self, out: TextIO = sys.stdout, attachments_dir: Path = Path(".")) -> None:
+    def __init__(self, out: TextIO = sys.stdout, attachments_dir: Path | None = None) -> None:
+        from bot.config import data_dir
+
         self.out = out
-        self.attachments_dir = attachments_dir
+        self.attachments_dir = attachments_dir or data_dir() / "files"
         self.choices: list[Button] = []
         self.count = 0
 
@@ -41,9 +46,10 @@ class TerminalChannel:
                 target = f" → {button.url}" if button.url else ""
                 self.out.write(f"  [{n}] {button.label}{target}\n")
         if reply.attachment is not None:
-            path = self.attachments_dir / reply.attachment.filename
+            self.attachments_dir.mkdir(parents=True, exist_ok=True)
+            path = self.attachments_dir / Path(reply.attachment.filename).name
             path.write_bytes(reply.attachment.data)
-            self.out.write(f"  (saved {path})\n")
+            self.out.write(f"  📎 {path}\n")   # no words: the chat may be in either language
         self.out.flush()
 
     def button_for(self, line: str) -> Button | None:
@@ -54,8 +60,11 @@ class TerminalChannel:
 
 
 async def run_terminal(router, *, user: str = "local", language: str | None = None,
-                       stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, prompt: bool | None = None) -> None:
-    """Read lines until end of input; each line is one message (or a button press)."""
+                       stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, prompt: bool | None = None,
+                       after_each: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Read lines until end of input; each line is one message (or a button press).
+    ``after_each`` runs after every reply (``docsach chat`` sweeps the outbox there, so notices
+    such as an approved reflection or a reminder appear in the terminal as they would on a phone)."""
     channel = TerminalChannel(out)
     # Reminders and other pushed messages for terminal chats appear here too.
     router.deps.outbound.setdefault(CHANNEL, channel)
@@ -79,5 +88,7 @@ async def run_terminal(router, *, user: str = "local", language: str | None = No
             event = Incoming(channel=CHANNEL, chat_id=user, user_id=user, text=text, language_hint=language)
         for reply in await router.dispatch(event):
             channel.show(reply)
+        if after_each is not None:
+            await after_each()
     if interactive:
         out.write("\n")
