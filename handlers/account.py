@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from handlers.core import Context, Router, deep_link_url
+from handlers.i18n import audience_for
 from handlers.messages import Attachment, Incoming, Reply
 from services import accounts
 from services.common import DomainError
@@ -15,7 +16,8 @@ STAFF = {"librarian", "admin"}
 async def _redeem(ctx: Context, code: str) -> Reply:
     result = await accounts.redeem_link_code(ctx.db, ctx.actor, code, clock=ctx.clock,
                                             key=ctx.deps.link_code_key)
-    t = ctx.t
+    # From now on they are a student or a teacher, not a guest: answer in that register.
+    t = ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, audience_for(result.role))
     where = t("account.linked_class", name=result.class_name) if result.class_name else ""
     return Reply(t("account.linked", name=result.full_name, where=where, library=result.library_name)
                  + "\n\n" + t("account.linked_next"))

@@ -7,8 +7,9 @@ missing (a checkout that skipped ``make``) the .po is read directly, so text nev
 Voice: one register per audience. Students are "em"; teachers and staff are never "em" (they get
 "thầy/cô" or a neutral sentence); anonymous visitors are "bạn". A message may exist in audience
 variants: ``key@staff`` (teachers, librarians, admins) and ``key@guest`` (not linked), chosen by the
-translator from the reader's role; without a variant everyone gets ``key``, which must then fit
-every audience that sees it (tests/test_voice.py renders every message for each and checks).
+translator from the reader's role (guests fall back to ``@staff``, the neutral wording); without a
+variant everyone gets ``key``, which must then fit every audience (tests/test_voice.py renders
+every message for each and checks).
 
 Plurals and dates follow Babel's rules for the language: ``{count:one#book|other#books}`` picks
 the plural category of ``count`` (Vietnamese has none, English "one"/"other"); dates are
@@ -99,8 +100,9 @@ class Translator:
 
     def lookup(self, key: str) -> str | None:
         messages = self.catalogs.messages[self.lang]
-        if self.audience != "student":
-            variant = messages.get(f"{key}@{self.audience}")
+        # Guests fall back to the neutral staff wording before the students' "em".
+        for audience in {"staff": ("staff",), "guest": ("guest", "staff")}.get(self.audience, ()):
+            variant = messages.get(f"{key}@{audience}")
             if variant is not None:
                 return variant
         return messages.get(key)

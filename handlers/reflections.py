@@ -73,10 +73,15 @@ def _long(text: str, buttons: list[list[Button]] | None = None, edit: bool = Fal
     return replies
 
 
-def _prompt_text(ctx: Context, prompt: str | None) -> str | None:
+def _prompt_text(ctx: Context, prompt: str | None, *, as_written_for: str | None = None) -> str | None:
+    """A prompt in the reader's words, or (``as_written_for="student"``) quoted as its author read it."""
     if not prompt:
         return None
-    return ctx.t(prompt) if prompt in reflections.DEFAULT_PROMPTS else prompt
+    if prompt not in reflections.DEFAULT_PROMPTS:
+        return prompt
+    if as_written_for:
+        return ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, as_written_for)(prompt)
+    return ctx.t(prompt)
 
 
 def _stars(rating: int | None) -> str:
@@ -415,7 +420,7 @@ async def _queue_reply(ctx: Context, skip: int, prefix: str = "") -> list[Reply]
     lines = [head + t("reflections.queue_head", count=total, n=skip + 1),
              t("reflections.mod_item", title=d.title, student=d.author, class_name=d.class_name or "—",
                stars=_stars(d.rating), words=d.word_count)]
-    prompt = _prompt_text(ctx, d.prompt)
+    prompt = _prompt_text(ctx, d.prompt, as_written_for="student")
     if prompt:
         lines.append(t("reflections.preview_prompt", prompt=prompt))
     if d.flags:

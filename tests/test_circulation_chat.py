@@ -62,9 +62,9 @@ async def test_new_reader_end_to_end_in_vietnamese(libs: Libraries, clock):
     await show_card(an, title_id)
     reserve = an.find_button("Đặt trước")
     await an.press(reserve)
-    assert "để riêng cho bạn" in an.text and "04/12/2026" in an.text
+    assert "để riêng cho em" in an.text and "04/12/2026" in an.text
     await an.press(reserve)  # double tap on the same card
-    assert "đã được để riêng cho bạn rồi" in an.text
+    assert "đã được để riêng cho em rồi" in an.text
     await show_card(an, title_id)
     assert an.find_button("Đặt trước") is None  # no Reserve button on a book you already hold
     await show_card(hoa, title_id)

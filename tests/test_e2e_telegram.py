@@ -183,10 +183,10 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         assert card.startswith(f"📖 {BOOK}") and barcode in card and "(1/1 có sẵn)" in card
         assert "📌 Đặt trước" in an.buttons()
         reserved = await an.press("Đặt trước")
-        assert "sách đã được để riêng cho bạn" in reserved and "04/12/2026" in reserved
+        assert "sách đã được để riêng cho em" in reserved and "04/12/2026" in reserved
         assert an.toast and an.toast.startswith("Đã đặt trước «Nỗi cô đơn")
         # A double tap on the same card's button is answered, not repeated.
-        assert "đã được để riêng cho bạn rồi" in await an.press(None, replies=0)
+        assert "đã được để riêng cho em rồi" in await an.press(None, replies=0)
 
         # The librarian checks the copy out: /checkout, the barcode, then the student's card.
         assert "mã vạch" in await lib.say("/checkout")
@@ -222,7 +222,7 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         await an.say("/loans")
         refusal = await an.press("Gia hạn 1", replies=0)
         assert refusal == (f"Không gia hạn được «{BOOK}»: có 1 bạn đang chờ mượn cuốn này. "
-                           "Hãy trả đúng hạn nhé.")
+                           "Em trả đúng hạn nhé.")
         assert "không có quyền" in await an.say(f"/return {barcode}")   # a student cannot check in
 
         # The reservation limit, in English (the school set it to 1; Páo already holds one).
