@@ -239,7 +239,7 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         assert "để riêng cuốn này cho Giàng A Páo (HS003)" in returned
         assert "set aside for you, pick up by 4 Dec 2026" in await pao.say("/holds")
         assert "không có ai mượn" in await lib.say(f"/return {barcode}")   # scanned twice
-        assert await an.say("/loans") == "Bạn không mượn cuốn sách nào."
+        assert await an.say("/loans") == "Em không mượn cuốn sách nào."
 
     # The database agrees: one loan, renewed once and returned; every step audited as "telegram".
     async with db.session() as s:
