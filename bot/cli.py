@@ -32,7 +32,7 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
     """Migrate, and load the demo library when the database has no library yet."""
     await upgrade_async(app.settings.database_url)
     if load_demo:
-        summary = await demo.load_demo(app.db)
+        summary = await demo.load_demo(app.db, school_life=True, clock=app.deps.clock)
         if summary.created:
             log.info("loaded the demo library: %s titles, %s copies, %s people",
                      summary.titles, summary.copies, summary.patrons)
@@ -120,10 +120,11 @@ async def cmd_db_upgrade(app: App, args: argparse.Namespace) -> int:
 
 async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
     await upgrade_async(app.settings.database_url)
-    summary = await demo.load_demo(app.db)
+    summary = await demo.load_demo(app.db, school_life=True, clock=app.deps.clock)
     state = "loaded" if summary.created else "already present"
     print(f"demo library {state}: {summary.titles} titles, {summary.copies} copies, "
-          f"{summary.patrons} people (cards HS001–HS004 students, GV001 teacher, TT001 librarian)")
+          f"{summary.patrons} people (cards HS001–HS016 students, GV001–GV003 teachers, TT001 librarian, "
+          f"AD001 admin)")
     return 0
 
 

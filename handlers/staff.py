@@ -235,7 +235,7 @@ async def overdue_cmd(event: Incoming, ctx: Context) -> Reply:
         return refusal(ctx, err)
     if not report.lines:
         key = "staff.overdue_none_class" if wanted or ctx.actor.role.value == "teacher" else "staff.overdue_none"
-        return Reply(t(key, class_name=wanted or ctx.actor.class_name or "", date=t.date(report.today)))
+        return Reply(t(key, class_name=(wanted or ctx.actor.class_name or "").upper(), date=t.date(report.today)))
     lines = [t("staff.overdue_title", count=len(report.lines), date=t.date(report.today))]
     shown = 0
     for class_name, group in report.by_class():

@@ -72,7 +72,7 @@ async def test_cancelhold_for_a_reader_and_overdue_by_class(libs: Libraries, lin
     assert "Sách quá hạn ngày 16/12/2026: 1 cuốn" in lib.text and "Lớp 10A1 (1):" in lib.text
     assert "Nguyễn Văn An (HS001)" in lib.text and "quá hạn 1 ngày" in lib.text
     await lib.say("/quahan 11a1")
-    assert "Lớp 11a1 không có sách quá hạn" in lib.text
+    assert "Lớp 11A1 không có sách quá hạn" in lib.text
 
     teacher = await link_chat("gv", "GV001", language="en")
     await teacher.say("/overdue")
