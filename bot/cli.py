@@ -24,7 +24,7 @@ def _setup_logging(settings: Settings, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic"):
+    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic", "fontTools"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -291,9 +291,16 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
                                                   key=app.deps.link_code_key)
     except DomainError as err:
         return _refused(app, err)
-    bot = args.bot or app.deps.bot_username
+    bot = (args.bot or app.deps.bot_username or app.settings.telegram_bot_username or "").lstrip("@") or None
+    t = _t(app)
+    student_t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone, "student")
     if args.out and args.out.lower().endswith(".pdf"):
-        pdf = await slips_pdf(issued, bot_username=bot)
+        if not bot:
+            # A slip whose QR code opens nothing is worse than no slip: say how to fix it.
+            print(t("cli.slips_need_bot"), file=sys.stderr)
+            return 2
+        pdf = await slips_pdf(issued, bot_username=bot, t=student_t,
+                              school=await catalog.library_name(app.db, actor.library_id))
         if pdf is None:
             print("PDF slips need services/labels.py; write --out codes.csv instead.", file=sys.stderr)
             return 2
@@ -307,14 +314,17 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
                 writer.writerow(["card", "full_name", "class", "code", "link", "expires"])
                 for i in issued:
                     writer.writerow([i.card_number, i.full_name, i.class_name or "", i.code,
-                                     deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()])
+                                     deep_link_url(bot, i.payload) if bot else i.payload,
+                                     i.expires_at.astimezone(t.zone).date().isoformat()])
 
         await asyncio.to_thread(write_csv)
     else:
         for i in issued:
             print(f"{i.card_number}\t{i.full_name}\t{i.code}")
-    print(f"{len(issued)} codes for class {args.class_name}, valid until {issued[0].expires_at:%Y-%m-%d}"
-          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    if not bot:
+        print(t("cli.no_bot_warning"), file=sys.stderr)
+    print(t("cli.codes_done", count=len(issued), name=args.class_name, date=t.date(issued[0].expires_at))
+          + (" → " + args.out if args.out else ""), file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from handlers.core import Context, Router, deep_link_url
 from handlers.i18n import audience_for
 from handlers.messages import Attachment, Incoming, Reply
-from services import accounts
+from services import accounts, catalog
 from services.common import DomainError
 
 LINKED = {"student", "teacher", "librarian", "admin"}
@@ -102,25 +102,45 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
         lines.append(line)
     lines.append(t("account.codes_footer"))
     reply = Reply("\n".join(lines))
-    pdf = await slips_pdf(issued, bot_username=ctx.deps.bot_username)
+    student_t = ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, "student")
+    pdf = await slips_pdf(issued, bot_username=ctx.deps.bot_username, t=student_t,
+                          school=await catalog.library_name(ctx.db, ctx.actor.library_id))
     if pdf is not None:
         reply.attachment = Attachment(filename=f"codes-{class_name}.pdf", data=pdf)
     return reply
 
 
-async def slips_pdf(issued: list[accounts.IssuedCode], *, bot_username: str | None) -> bytes | None:
-    """Link slips as a PDF sheet, when the labels feature is installed."""
+async def slips_pdf(issued: list[accounts.IssuedCode], *, bot_username: str | None, t=None,
+                    school: str | None = None) -> bytes | None:
+    """Link slips to cut and hand out: on each, the student, the code, its expiry date (school
+    time) and one line saying what to do. The QR code opens the bot with the code filled in; with
+    no bot name known there is no QR code at all (one that opens nothing would only confuse), and
+    the slip says to send the code instead."""
     try:
         from services import labels  # type: ignore[attr-defined]
     except ImportError:
         return None
     import asyncio
 
+    if t is None:
+        from handlers.i18n import Catalogs
+
+        t = Catalogs().translator("vi", audience="student")
+    how = (t("account.slip_scan", bot="@" + bot_username.lstrip("@")) if bot_username
+           else t("account.slip_send"))
     sheet = [labels.Label(
-        qr_data=deep_link_url(bot_username, item.payload) if bot_username else item.payload,
-        lines=[item.full_name, f"{item.class_name or ''}  {item.card_number}".strip(), item.code],
+        qr_data=deep_link_url(bot_username, item.payload) if bot_username else None,
+        lines=[item.full_name,
+               " · ".join(p for p in (t("account.slip_class", name=item.class_name) if item.class_name else "",
+                                      item.card_number) if p),
+               t("account.slip_code", code=item.code),
+               t("account.slip_expires", date=t.date(item.expires_at)),
+               *( [school] if school else []),
+               how],
     ) for item in issued]
-    return await asyncio.to_thread(labels.render_label_sheet, sheet)
+    classes = sorted({i.class_name for i in issued if i.class_name})
+    title = t("account.slip_title", school=school or "", name=", ".join(classes)).strip(" —")
+    return await asyncio.to_thread(labels.render_label_sheet, sheet, columns=2, rows=7, title=title)
 
 
 def register(router: Router) -> None:
