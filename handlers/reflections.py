@@ -205,6 +205,14 @@ async def flow_reflect(event: Incoming, ctx: Context) -> list[Reply] | Reply:
     step, rid = state.get("step"), state.get("rid")
     if step == "review" and rid:
         return await _nudge(ctx, event, int(rid))
+    if step == "replace" and rid:
+        if not event.text:
+            return Reply(ctx.t("reflections.replace_ask"))
+        draft = await reflections.replace_text(ctx.db, ctx.actor, int(rid), event.text)
+        note = ctx.t("reflections.replaced", words=draft.word_count, min=draft.min_words, max=draft.max_words)
+        replies = await _review(ctx, draft)
+        replies[0].text = note + "\n\n" + replies[0].text
+        return replies
     if step != "write" or not rid:
         return await _search_reply(ctx, event.text)
     rid = int(rid)
@@ -255,6 +263,13 @@ async def press_done(event: Incoming, ctx: Context, args: list[str]) -> Reply | 
     if draft.status not in EDITABLE:
         raise DomainError("reflections.locked_approved" if draft.status == ReflectionStatus.APPROVED
                           else "reflections.locked_rejected")
+    if draft.word_count < draft.min_words:
+        # Say it now, not only at «Submit» after the stars: how many words are still missing.
+        await ctx.set_flow(FLOW_REFLECT, step="write", rid=draft.id)
+        key = "reflections.done_empty" if not draft.word_count else "reflections.done_short"
+        return Reply(ctx.t(key, count=draft.word_count, missing=draft.min_words - draft.word_count,
+                           min=draft.min_words),
+                     buttons=[[ctx.button(ctx.t("reflections.btn_done"), "rfd", draft.id)], _close_row(ctx)])
     if draft.rating is not None:
         return await _review(ctx, draft)
     await ctx.set_flow(FLOW_REFLECT, step="review", rid=draft.id)
@@ -263,7 +278,7 @@ async def press_done(event: Incoming, ctx: Context, args: list[str]) -> Reply | 
 
 def _rating_picker(ctx: Context, draft: ReflectionView) -> Reply:
     return Reply(ctx.t("reflections.rate", title=draft.title),
-                 buttons=[[ctx.button("⭐" * n if n < 3 else f"{n}⭐", "rfr", draft.id, n) for n in range(1, 6)]])
+                 buttons=[[ctx.button(f"{n} ⭐", "rfr", draft.id, n) for n in range(1, 6)]])
 
 
 async def press_rating(event: Incoming, ctx: Context, args: list[str]) -> list[Reply]:
@@ -293,6 +308,8 @@ def _preview(ctx: Context, d: ReflectionView, edit: bool = False) -> list[Reply]
         rows.append([ctx.button(t("reflections.btn_submit"), "rfs", d.id)])
         rows.append([ctx.button(t("reflections.btn_write_more"), "rfm", d.id),
                      ctx.button(t("reflections.btn_rate"), "rfR", d.id)])
+        if d.body:
+            rows.append([ctx.button(t("reflections.btn_replace"), "rfy", d.id)])
         rows.append([ctx.button(t("reflections.btn_clear"), "rfc", d.id)])
     rows.append(_close_row(ctx))
     return _long("\n".join(lines), rows, edit)
@@ -308,6 +325,20 @@ async def press_write_more(event: Incoming, ctx: Context, args: list[str]) -> Re
     if draft.status == ReflectionStatus.SUBMITTED:
         text += "\n" + ctx.t("reflections.edit_withdraws")
     return Reply(text)
+
+
+async def press_replace(event: Incoming, ctx: Context, args: list[str]) -> list[Reply]:
+    """Revise in one go: the current text comes as a message of its own (to copy and correct),
+    and the next message replaces it whole."""
+    draft = await reflections.get(ctx.db, ctx.actor, _int(args, 0))
+    if draft.status in (ReflectionStatus.APPROVED, ReflectionStatus.REJECTED):
+        raise DomainError("reflections.locked_approved" if draft.status == ReflectionStatus.APPROVED
+                          else "reflections.locked_rejected")
+    await ctx.set_flow(FLOW_REFLECT, step="replace", rid=draft.id)
+    text = ctx.t("reflections.replace_ask", min=draft.min_words, max=draft.max_words)
+    if draft.status == ReflectionStatus.SUBMITTED:
+        text += "\n" + ctx.t("reflections.edit_withdraws")
+    return [Reply(text), Reply(draft.body)] if draft.body else [Reply(text)]
 
 
 async def press_rate_again(event: Incoming, ctx: Context, args: list[str]) -> Reply:
@@ -654,6 +685,7 @@ async def progress_cmd(event: Incoming, ctx: Context) -> Reply:
         c = p.campaign
         lines.append(t("campaigns.progress_line", name=c.name, books=p.books, goal_books=c.goal_books,
                        reflections=p.reflections, goal_reflections=c.goal_reflections, points=p.points))
+        lines.append("   " + t("campaigns.progress_counts_from", start=t.date(c.starts_on), end=t.date(c.ends_on)))
         if p.complete:
             lines.append("   " + t("campaigns.progress_complete"))
             rows.append([ctx.button(t("campaigns.btn_certificate_for", name=short(c.name, 30)), "cert", c.id)])
@@ -984,7 +1016,7 @@ def register(router: Router) -> None:
     for action, fn in {
         "rfb": press_book, "rfp": press_prompt, "rfd": press_done, "rfr": press_rating, "rfR": press_rate_again,
         "rfs": press_submit, "rfm": press_write_more, "rfc": press_clear, "rfo": press_open, "rfl": press_list,
-        "rfx": press_close, "mq": press_queue, "ma": press_approve, "mj": press_reject, "mc": press_changes,
+        "rfx": press_close, "rfy": press_replace, "mq": press_queue, "ma": press_approve, "mj": press_reject, "mc": press_changes,
         "mok": press_note_confirm, "mrw": press_note_rewrite, "mx": press_note_cancel, "ncx": press_new_cancel,
         "cj": press_join, "clb": press_leaderboard, "chn": press_hide_name, "cert": press_certificate,
         "csl": press_shortlist, "cex": press_export, "ncs": press_skip, "prx": press_remove_prompt,

@@ -217,7 +217,7 @@ async def test_done_when_reflection_to_leaderboard_and_export(demo_app, link_cha
     await student.press("2.")
     await student.say(TEXT_60)
     await student.press("Xong")
-    await student.press("5⭐")
+    await student.press("5 ⭐")
     await student.press("Nộp bài")
     assert "Đã nộp" in student.text
     librarian = await link_chat("l1", "TT001")

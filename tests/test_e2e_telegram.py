@@ -308,7 +308,7 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         assert await an.say(part2) == "Đã lưu: 43 chữ (cần 20–300). Gửi tiếp, hoặc bấm «Xong»."
         assert await an.send_photo(PHOTO) == "Đã đính kèm ảnh. Gửi tiếp bài viết, hoặc bấm «Xong»."
         assert "mấy sao?" in await an.press("Xong")
-        preview = await an.press("5⭐")
+        preview = await an.press("5 ⭐")
         assert preview == (f"📖 Cảm nhận về: {BOOK}\n💬 {first_prompt}\n\n{part1}\n\n{part2}\n\n"
                            "📷 Có ảnh đính kèm\n43 chữ (cần 20–300) · ★★★★★ · bản nháp")
         # text typed after the preview (a search, say) is not added to the reflection
