@@ -29,6 +29,7 @@ SHELF_PAGE = 10
 # trouble" scores about 42) and is not offered at all.
 GOOD_MATCH = 75.0
 SIMILARITY_FLOOR = 60.0
+RESEMBLANCE = 75.0          # rapidfuzz similarity of the folded query to the hit's title + authors
 STATUS_KEYS = {
     CopyStatus.AVAILABLE: N_("search.status_available"),
     CopyStatus.ON_LOAN: N_("search.status_on_loan"),
@@ -62,6 +63,24 @@ def query_problem(query: str) -> str | None:
     return None
 
 
+def _resembles(query: str, hit) -> bool:
+    """When the engine had to correct the query (unknown words), its best hit must still look like
+    what was typed ("hary poter" → Harry Potter), not merely share fuzzy subject words
+    ("harry potter" → "Here comes trouble", subjects "Friendship | Stories in rhyme")."""
+    from rapidfuzz import fuzz, process
+
+    asked, found = fold(query), fold(f"{hit.title} {hit.authors}")
+    if fuzz.partial_ratio(asked, found) >= RESEMBLANCE:
+        return True
+    words = [w for w in asked.split() if len(w) >= 3]
+    candidates = found.split()
+    if not words or not candidates:
+        return False
+    # word by word: each typed word against its most similar word of the title or authors
+    best = [process.extractOne(w, candidates, scorer=fuzz.ratio)[1] for w in words]
+    return sum(best) / len(best) >= RESEMBLANCE
+
+
 def _int(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 10 else None
 
@@ -92,7 +111,9 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
         lines.append(t("search.truncated", limit=MAX_QUERY))
     hits = results.hits
     has_more = results.has_more
-    weak = results.kind == "text" and offset == 0 and (not hits or hits[0].score < GOOD_MATCH)
+    weak = results.kind == "text" and offset == 0 and (not hits or hits[0].score < GOOD_MATCH
+                                                       or (results.suggestion is not None
+                                                           and not _resembles(results.query, hits[0])))
     if results.kind == "text" and offset == 0:
         # Results are ranked: once one falls under the floor, the rest (and later pages) are noise.
         close = [h for h in hits if h.score >= SIMILARITY_FLOOR]
@@ -101,6 +122,8 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
     if weak:
         # Nothing matches well: say so plainly, then offer only the close matches (never a
         # confident "did you mean" about an unrelated book).
+        if results.suggestion is not None:
+            hits = [h for h in hits if _resembles(results.query, h)]
         lines.append(t("search.not_held", query=shown))
         if not hits:
             lines += [t("search.none_tips"), t("search.ask_librarian")]
