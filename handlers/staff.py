@@ -15,7 +15,7 @@ from handlers.core import Context, Router
 from handlers.i18n import N_
 from handlers.messages import Button, Incoming, Reply
 from handlers.text import short
-from services import catalog, rules
+from services import catalog, conversations, rules
 from services import circulation as circ
 from services.common import DomainError
 from services.models import CopyStatus, HoldStatus
@@ -171,8 +171,6 @@ async def addbook_cmd(event: Incoming, ctx: Context) -> Reply:
 
 
 async def addbook_flow(event: Incoming, ctx: Context) -> Reply:
-    from services import conversations
-
     state = await conversations.find_state(ctx.db, event.channel, event.chat_id, "addbook") or {}
     if fold(event.text).strip() in ("huy", "cancel", "thoi"):
         await ctx.clear_flow("addbook")

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services import audit
 from services.common import Clock, DomainError, NotFound
 from services.db import Database
+from services.importer import Record, db_clock  # the importer's key rules: re-imports match these titles
 from services.models import Copy, CopyStatus, Hold, HoldStatus, Library, Loan, Location, Title
 from services.patrons import Actor, require_staff
 from services.textfold import fold, normalize_isbn
@@ -275,8 +276,6 @@ async def title_by_isbn(db: Database, isbn: str, library_id: int | None = None) 
 
 
 async def _add_title(s: AsyncSession, actor: Actor, new: NewTitle) -> AddedTitle:
-    from services.importer import Record, db_clock  # the importer's key rules: re-imports match these titles
-
     isbn13 = _parse_isbn(new.isbn)
     if isbn13 is not None:
         existing = (await s.execute(select(Title).where(Title.isbn13 == isbn13).order_by(Title.id).limit(1))

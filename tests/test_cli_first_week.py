@@ -103,3 +103,14 @@ async def test_terminal_chat_shows_pushed_notices_and_saves_files_in_the_data_di
     saved = list((tmp_path / "data" / "files").glob("*.pdf"))
     assert saved and f"📎 {saved[0]}" in text
     assert not list(tmp_path.glob("*.pdf"))
+
+
+async def test_import_without_holdings_says_that_copies_exists(libs: Libraries, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
+    path = tmp_path / "books.csv"
+    path.write_text("title,author,year\nBỉ vỏ,Nguyên Hồng,1938\n", encoding="utf-8")
+    assert await cli._main(["import", str(path), "--library", "demo"]) == 0
+    err = capsys.readouterr().err
+    assert "--copies N" in err and "chưa thêm bản nào vào thư viện demo" in err
+    assert await cli._main(["import", str(path), "--library", "demo", "--copies", "2"]) == 0
+    assert "--copies N" not in capsys.readouterr().err
