@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from handlers.core import Context, Router, deep_link_url
-from handlers.i18n import audience_for
-from handlers.messages import Attachment, Incoming, Reply
-from services import accounts, catalog
-from services.common import DomainError
+import asyncio
+from collections.abc import Callable
 
-LINKED = {"student", "teacher", "librarian", "admin"}
-STAFF = {"librarian", "admin"}
+from handlers.core import LINKED, STAFF, Context, Router
+from handlers.i18n import Translator, audience_for
+from handlers.messages import Attachment, Incoming, Reply
+from services import accounts, catalog, labels
+from services.common import DomainError
 
 
 async def _redeem(ctx: Context, code: str) -> Reply:
@@ -97,45 +97,37 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
     lines = [t("account.codes_title", name=class_name, count=len(issued), expires=t.date(issued[0].expires_at))]
     for item in issued:
         line = t("account.codes_line", name=item.full_name, card=item.card_number, code=item.code)
-        if ctx.deps.bot_username:
-            line += "\n   " + deep_link_url(ctx.deps.bot_username, item.payload)
+        link = ctx.deps.printed_link(item.payload)
+        if link:
+            line += "\n   " + link
         lines.append(line)
     lines.append(t("account.codes_footer"))
     reply = Reply("\n".join(lines))
+    # Slips are read by the students they are for: their register, not the librarian's.
     student_t = ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, "student")
-    pdf = await slips_pdf(issued, bot_username=ctx.deps.bot_username, t=student_t,
+    pdf = await slips_pdf(issued, link=ctx.deps.printed_link, t=student_t,
                           school=await catalog.library_name(ctx.db, ctx.actor.library_id))
     if pdf is not None:
         reply.attachment = Attachment(filename=f"codes-{class_name}.pdf", data=pdf)
     return reply
 
 
-async def slips_pdf(issued: list[accounts.IssuedCode], *, bot_username: str | None, t=None,
-                    school: str | None = None) -> bytes | None:
-    """Link slips to cut and hand out: on each, the student, the code, its expiry date (school
-    time) and one line saying what to do. The QR code opens the bot with the code filled in; with
-    no bot name known there is no QR code at all (one that opens nothing would only confuse), and
-    the slip says to send the code instead."""
-    try:
-        from services import labels  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    import asyncio
-
-    if t is None:
-        from handlers.i18n import Catalogs
-
-        t = Catalogs().translator("vi", audience="student")
-    how = (t("account.slip_scan", bot="@" + bot_username.lstrip("@")) if bot_username
-           else t("account.slip_send"))
+async def slips_pdf(issued: list[accounts.IssuedCode], *, link: Callable[[str], str | None],
+                    t: Translator, school: str | None) -> bytes:
+    """Link slips to cut and hand out: on each, who it is for, the code, the school, the expiry date
+    (school time) and one line saying what to do. The QR code opens the link (a landing page, a
+    chat) or, with nowhere to open, holds the code itself so a scanner app shows it for typing —
+    never a link that opens nothing."""
+    links = {item.payload: link(item.payload) for item in issued}
+    how = t("account.slip_scan") if any(links.values()) else t("account.slip_send")
     sheet = [labels.Label(
-        qr_data=deep_link_url(bot_username, item.payload) if bot_username else None,
+        qr_data=links[item.payload] or item.code,
         lines=[item.full_name,
                " · ".join(p for p in (t("account.slip_class", name=item.class_name) if item.class_name else "",
                                       item.card_number) if p),
                t("account.slip_code", code=item.code),
                t("account.slip_expires", date=t.date(item.expires_at)),
-               *( [school] if school else []),
+               *([school] if school else []),
                how],
     ) for item in issued]
     classes = sorted({i.class_name for i in issued if i.class_name})

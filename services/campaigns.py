@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, notifications
+from services import audit, outbox
 from services.common import Clock, DomainError, NotFound, aware
 from services.db import Database, insert_for
 from services.models import (
@@ -48,7 +48,8 @@ from services.models import (
     Role,
     Title,
 )
-from services.patrons import Actor, require_linked, require_staff
+from services.patrons import Actor, public_author, require_linked, require_staff
+from services.textfold import fold_accents as fold
 
 FONTS = Path(__file__).resolve().parent / "fonts"
 BOOK_POINTS, REFLECTION_POINTS = 1, 2
@@ -57,12 +58,6 @@ STREAK_WEEKS = 4
 BADGES = ("first_reflection", "five_books", "month_streak")
 EXPORT_FORMATS = ("csv", "xlsx", "pdf")
 Translate = Callable[..., str]
-
-
-def fold(text: str) -> str:
-    """Lower case without Vietnamese accents ("Lịch sử" → "lich su"), for subject matching."""
-    text = unicodedata.normalize("NFD", text.lower().replace("đ", "d").replace("Đ", "d"))
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
 
 
 def _matches(c: Campaign, title_id: int, subjects: str | None) -> bool:
@@ -345,7 +340,7 @@ async def _check_member(s: AsyncSession, c: Campaign, m: CampaignMember, counts:
         m.completed_at = now
         audit.record(s, "campaign.complete", "campaign", c.id, library_id=c.library_id,
                      actor_patron_id=m.patron_id, books=counts[0], reflections=counts[1])
-        await notifications.enqueue(s, patron_id=m.patron_id, kind="campaign_completed",
+        await outbox.enqueue(s, patron_id=m.patron_id, kind="campaign_completed",
                                     key=f"campaign:{c.id}:complete:{m.patron_id}", send_after=now,
                                     payload={"campaign_id": c.id, "name": c.name})
 
@@ -359,7 +354,7 @@ async def _refresh(s: AsyncSession, patron_id: int, now: datetime) -> None:
         counts = (await _counts(s, c, [patron_id]))[patron_id]
         await _check_member(s, c, m, counts, now)
     for badge in await _badges(s, patron_id):
-        await notifications.enqueue(s, patron_id=patron_id, kind="badge_earned",
+        await outbox.enqueue(s, patron_id=patron_id, kind="badge_earned",
                                     key=f"badge:{patron_id}:{badge.code}", send_after=now,
                                     payload={"badge": badge.code})
 
@@ -413,8 +408,6 @@ async def leaderboard(db: Database, actor: Actor, campaign_id: int, scope: str =
                       top: int = 10) -> Leaderboard:
     """Students ranked by points (school-wide or in the actor's class), and classes by points."""
     require_linked(actor)
-    from services.reflections import public_author
-
     async with db.session() as s:
         c = await _campaign(s, actor, campaign_id)
         library = await s.get(Library, c.library_id)

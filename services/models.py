@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -46,6 +47,11 @@ class Role(enum.StrEnum):
     @property
     def is_staff(self) -> bool:
         return self in (Role.LIBRARIAN, Role.ADMIN)
+
+    @property
+    def can_moderate(self) -> bool:
+        """Teachers review their students' reflections; staff review everyone's."""
+        return self in (Role.TEACHER, Role.LIBRARIAN, Role.ADMIN)
 
 
 class CopyStatus(enum.StrEnum):
@@ -159,6 +165,8 @@ class ChatIdentity(TimestampMixin, Base):
     linked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when the platform says we may no longer write (e.g. Telegram 403: blocked by the user).
     unreachable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Added by 0006: when the person last wrote from this chat; notices go to the chat used last.
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Title(TimestampMixin, Base):
@@ -466,3 +474,62 @@ class SearchQuery(Base):
     digest: Mapped[str] = mapped_column(String(40), unique=True)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# -- channel seam (issue 10) --------------------------------------------------------------------------
+
+class StoredPhoto(Base):
+    """A photo a person sent (a handwritten reflection, a drawing), kept by docsach itself so any
+    channel or web page can show it. Named by the SHA-256 of its bytes; the bytes live here or, when
+    ``DOCSACH_FILES_DIR`` is set, in that directory (``data`` is then NULL)."""
+
+    __tablename__ = "stored_photos"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime_type: Mapped[str] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    library_id: Mapped[int | None] = mapped_column(ForeignKey("libraries.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebSession(Base):
+    """A browser's session in the web chat. The cookie holds ``id`` and a random token (signed);
+    only the token's SHA-256 is stored. ``chat_key`` names the conversation (the chat identity's
+    external id); linking rotates the session (new token, same conversation), /unlink ends it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chat_key: Mapped[str] = mapped_column(String(64), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    patron_id: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"))
+    rotate_ticket_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebMessage(Base):
+    """One message in a web chat conversation, in order (``id`` is the resume cursor): what the
+    person sent (``outgoing`` False) and what docsach said, pushed notices included (unread until
+    ``read_at``). ``patron_id`` is whom it concerns: after an unlink, those messages are hidden."""
+
+    __tablename__ = "web_messages"
+    __table_args__ = (
+        UniqueConstraint("chat_key", "client_ref"),
+        Index("ix_web_messages_chat", "chat_key", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chat_key: Mapped[str] = mapped_column(String(64))
+    patron_id: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"))
+    outgoing: Mapped[bool] = mapped_column(Boolean, default=True)
+    notice: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[dict] = mapped_column(JSON, default=dict)
+    client_ref: Mapped[str | None] = mapped_column(String(40))
+    attachment: Mapped[bytes | None] = mapped_column(LargeBinary)
+    attachment_name: Mapped[str | None] = mapped_column(String(200))
+    attachment_type: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -76,8 +76,8 @@ async def test_terminal_chat_shows_pushed_notices_and_saves_files_in_the_data_di
                                                                                   monkeypatch):
     import io
 
+    from bot.channels.terminal import CHANNEL, run_terminal
     from bot.scheduler import Sweeper
-    from bot.terminal import CHANNEL, run_terminal
     from services import circulation as circ
     from services import patrons
 

@@ -41,29 +41,32 @@ async def test_link_slips_say_school_expiry_and_what_to_do(libs, clock, catalogs
     clock.set(datetime(2026, 12, 1, 18, 30, tzinfo=UTC))     # 01:30 on 2 December in Lào Cai
     issued = await accounts.issue_link_codes(libs.db, await libs.actor("TT001"), class_name="10A1", clock=clock)
     t = catalogs.translator("vi", audience="student")
-    pdf = await slips_pdf(issued, bot_username="docsach_demo_bot", t=t, school="Trường THPT Demo Lào Cai")
+    pdf = await slips_pdf(issued, link=lambda payload: f"https://t.me/docsach_demo_bot?start={payload}", t=t,
+                          school="Trường THPT Demo Lào Cai")
     text = " ".join(pdf_text(pdf).split())
     # 14 days from 2 December in school time (in UTC it is still 1 December: the slip must not say so)
     assert "Dùng được đến hết ngày 16/12/2026" in text and "15/12/2026" not in text
-    assert "Trường THPT Demo Lào Cai" in text and "Quét mã QR bằng điện thoại, hoặc nhắn mã này cho @docsach_demo_bot." \
-        in text
+    assert "Trường THPT Demo Lào Cai" in text and "Quét mã QR bằng điện thoại, hoặc nhắn mã này cho trợ lý" in text
     assert all(item.code in text for item in issued)
     assert sorted(decode_pdf(pdf)[0]) == sorted(f"https://t.me/docsach_demo_bot?start={i.payload}" for i in issued)
 
-    bare = await slips_pdf(issued, bot_username=None, t=t, school="Trường THPT Demo Lào Cai")
-    assert decode_pdf(bare) == [[]]                            # no QR code that opens nothing
+    bare = await slips_pdf(issued, link=lambda payload: None, t=t, school="Trường THPT Demo Lào Cai")
+    # nothing can open a link yet: the QR code holds the code itself (a scanner shows it), never a dead link
+    assert sorted(decode_pdf(bare)[0]) == sorted(i.code for i in issued)
     assert "Nhắn mã này cho trợ lý thư viện docsach" in " ".join(pdf_text(bare).split())
 
 
-async def test_cli_refuses_pdf_slips_without_a_bot_name(libs, monkeypatch, capsys, tmp_path):
+async def test_cli_warns_when_printed_codes_cannot_open_anything(libs, monkeypatch, capsys, tmp_path):
     from bot import cli
 
     monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
-    monkeypatch.delenv("TELEGRAM_BOT_USERNAME", raising=False)
+    for name in ("TELEGRAM_BOT_USERNAME", "TELEGRAM_BOT_TOKEN", "DOCSACH_PUBLIC_URL"):
+        monkeypatch.delenv(name, raising=False)
     out = tmp_path / "codes.pdf"
-    assert await cli._main(["link-codes", "--library", "demo", "--class", "10A1", "--out", str(out)]) == 2
-    assert not out.exists()
-    assert "--bot" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert await cli._main(["link-codes", "--library", "demo", "--class", "10A1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "DOCSACH_PUBLIC_URL" in err and "--bot" in err           # one translated warning, with the fix
+    assert out.exists() and decode_pdf(out.read_bytes())[0]          # QR codes hold the codes themselves
 
 
 def test_certificate_has_place_date_and_signature_block_in_its_lower_part(catalogs):
