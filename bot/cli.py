@@ -545,8 +545,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     handlers: dict[str, Callable] = {}
 
     p = sub.add_parser("run", help="migrate, load the demo library if empty, and start the bot",
-                       description="Start the bot: Telegram when TELEGRAM_BOT_TOKEN is set, "
-                                   "otherwise a chat in this terminal.")
+                       description="Start every configured channel on one HTTP server: the web chat "
+                                   "(/chat) and QR landing pages (/b/…) always, Telegram when "
+                                   "TELEGRAM_BOT_TOKEN is set. Without a messaging platform it also "
+                                   "chats in this terminal (when there is input to read), and end of "
+                                   "input stops the process.")
     _add_chat_options(p)
     p.add_argument("--webhook", action="store_true", help="Telegram: receive updates by webhook, not polling")
     p.add_argument("--listen", default=None, metavar="HOST:PORT",

@@ -168,16 +168,24 @@ async def test_new_student_journey_in_a_phone_browser(demo_app: App, tmp_path, l
             await page.locator(".msg.notice", has_text=words["ready"]).wait_for(timeout=15000)
             assert await page.locator(".msg.notice", has_text=words["ready"]).count() == 1
             assert await page.locator(".msg.bot", has_text=words["linked"]).count() == 1
+            # 7. The network drops; what the student types meanwhile goes out once it is back.
+            for conn in [c for group in adapter.hub.connections.values() for c in group]:
+                await conn.ws.close()
+            await page.wait_for_selector("#status:not([hidden])", timeout=15000)
             await page.fill("#text", "/loans")
             await page.press("#text", "Enter")
-            await page.locator(".msg.bot", has_text=own_title[:20]).last.wait_for(timeout=15000)
+            await page.locator(".msg.bot", has_text=own_title[:20]).last.wait_for(timeout=20000)
+            assert await page.locator(".msg.me", has_text="/loans").count() == 1     # sent once, not lost
+            assert await page.locator(".msg.pending").count() == 0
+            await page.screenshot(path=SHOTS / f"loans-{lang}.png")
 
-            # 7. Another browser without the session sees nothing of it, and cannot ask.
+            # 8. Another browser without the session sees nothing of it, and cannot ask.
             other = await browser.new_context(**phone)
             stranger = await other.new_page()
             await stranger.goto(f"{base}/chat")
             await stranger.wait_for_selector("#status", state="hidden", timeout=15000)
-            assert await stranger.locator(".msg").count() == 0
+            await stranger.locator(".msg.bot").first.wait_for(timeout=15000)    # a greeting, nothing else
+            assert own_title[:20] not in await stranger.inner_text("body")
             await stranger.fill("#text", "/loans")
             await stranger.press("#text", "Enter")
             await stranger.wait_for_selector(f".msg.bot >> text={TEXTS['vi']['needs_link']}", timeout=15000)

@@ -423,3 +423,42 @@ async def test_a_librarian_downloads_the_slips_pdf(site, browser: Browser):
         assert (await other.client.get(reply["file"]["url"])).status == 404
     finally:
         await other.close()
+
+
+async def test_landing_offers_the_configured_messaging_apps(site, browser: Browser):
+    from bot.channels import telegram
+
+    app = site[0]
+    html = await (await browser.client.get("/b/l1")).text()
+    assert "t.me" not in html and 'href="/chat?start=l1"' in html          # only "here" without Telegram
+    app.deps.channels["telegram"] = telegram.profile("docsach_bot")
+    response = await browser.client.get("/b/t1?lang=en")
+    html = await response.text()
+    assert 'href="https://t.me/docsach_bot?start=t1"' in html and "Open in Telegram" in html
+    assert 'href="/chat?start=t1&amp;lang=en"' in html
+    link = await (await browser.client.get("/b/kABCD2345")).text()
+    assert "Phiếu liên kết" in link or "link slip" in link
+
+
+async def test_link_code_slips_name_the_school_expiry_and_how_to(site):
+    import pypdfium2
+    import zxingcpp
+
+    from handlers.account import slips_pdf
+    from services import catalog
+
+    app = site[0]
+    app.deps.public_url = "https://thuvien.example.vn"
+    operator = await accounts.operator_actor(app.db, "demo")
+    issued = await accounts.issue_link_codes(app.db, operator, class_name="10A1", clock=app.deps.clock,
+                                             key=app.deps.link_code_key)
+    t = app.deps.catalogs.translator("vi", app.deps.timezone)
+    pdf = await slips_pdf(issued, link=app.deps.printed_link, t=t,
+                          school=await catalog.library_name(app.db, operator.library_id))
+    [page] = list(pypdfium2.PdfDocument(pdf))
+    text = page.get_textpage().get_text_range()
+    expiry = t.date(issued[0].expires_at, "dd/MM/yyyy")
+    assert "Trường THPT Demo Lào Cai" in text and f"Hết hạn: {expiry}" in text and "Quét mã QR" in text
+    codes = {r.text for r in zxingcpp.read_barcodes(page.render(scale=3).to_pil(),
+                                                    formats=zxingcpp.BarcodeFormat.QRCode)}
+    assert codes == {f"https://thuvien.example.vn/b/{i.payload}" for i in issued}

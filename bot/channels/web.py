@@ -152,6 +152,7 @@ class Hub:
                     await conn.ws.close()
 
     def add(self, conn: Connection) -> None:
+        self.cursor = max(self.cursor, conn.floor, max(conn.sent, default=0))
         self.connections.setdefault(conn.chat_key, set()).add(conn)
 
     def remove(self, conn: Connection) -> None:
@@ -180,15 +181,18 @@ class Hub:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def deliver_new(self) -> None:
+        """Bring what was stored since the last look to the open pages. Nothing to do (and no
+        query) while no page is open: a page that connects gets its history in ``hello``."""
         keys = list(self.connections)
-        # A window behind the cursor: on PostgreSQL a lower id may commit after a higher one.
-        rows = await webchat.new_since(self.db, keys, max(0, self.cursor - 200)) if keys else []
+        if not keys:
+            return
+        # A window behind the cursor: on PostgreSQL a lower id may commit after a higher one;
+        # each connection skips what it already has (``Connection.floor`` / ``sent``).
+        rows = await webchat.new_since(self.db, keys, max(0, self.cursor - 200))
         for chat_key, patron_id, message in rows:
             self.cursor = max(self.cursor, message.id)
             for conn in list(self.connections.get(chat_key, ())):
                 await conn.push(message, patron_id)
-        if not keys:
-            self.cursor = max(self.cursor, await webchat.last_id(self.db))
 
 
 class WebChannel:
