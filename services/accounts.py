@@ -428,8 +428,14 @@ def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str
     return columns, rows
 
 
-async def import_patrons(db: Database, path: str | Path, library_code: str) -> ImportReport:
-    """Create or update the library's patrons from a CSV file; rows that do not make sense are reported."""
+async def import_patrons(db: Database, path: str | Path, library_code: str, *,
+                         actor: Actor | None = None) -> ImportReport:
+    """Create or update the library's patrons from a CSV file; rows that do not make sense are reported.
+    ``actor``: a staff member of that library (the desk); None: the operator's CLI on the server."""
+    if actor is not None:
+        require_staff(actor)
+        if actor.library_code != library_code:
+            raise PermissionDenied()
     raw = await asyncio.to_thread(Path(path).read_bytes)
     try:
         data = raw.decode("utf-8-sig")
@@ -492,7 +498,8 @@ async def import_patrons(db: Database, path: str | Path, library_code: str) -> I
                 report.updated += 1
             else:
                 report.unchanged += 1
-        audit.record(s, "patrons.import", "library", library.id, library_id=library.id, channel="cli",
+        audit.record(s, "patrons.import", "library", library.id, library_id=library.id,
+                     channel=actor.channel if actor else "cli", actor_patron_id=actor.patron_id if actor else None,
                      created=report.created, updated=report.updated, unchanged=report.unchanged,
                      rejected=len(report.rejected))
     return report
