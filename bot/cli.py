@@ -856,7 +856,8 @@ async def _main(argv: list[str] | None) -> int:
     app = build_app(settings)
     t = _t(app)
     url = settings.redacted()["database"]
-    if args.command != "search":  # search prints results for scripts; everything else says where it works
+    # search and import print for scripts, backup/restore speak in exact sentences; the rest says where it works
+    if args.command not in ("search", "import", "backup", "restore"):
         print(t("cli.database", url=url), file=sys.stderr)
     try:
         return await handlers[args.command](app, args)
