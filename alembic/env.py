@@ -18,8 +18,13 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return (config.get_main_option("sqlalchemy.url") or os.environ.get("DOCSACH_DATABASE_URL")
-            or "sqlite+aiosqlite:///./docsach.db")
+    if config.get_main_option("sqlalchemy.url") or os.environ.get("DOCSACH_DATABASE_URL"):
+        return config.get_main_option("sqlalchemy.url") or os.environ["DOCSACH_DATABASE_URL"]
+    from bot.config import default_database_url, ensure_sqlite_folder
+
+    url = default_database_url()   # the same default as the docsach command (bot/config.py)
+    ensure_sqlite_folder(url)
+    return url
 
 
 def _configure(connection: Connection | None = None, **kw) -> None:

@@ -9,10 +9,11 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from zoneinfo import ZoneInfo
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from bot.app import App, build_app
-from bot.config import Settings
+from bot.config import Settings, ensure_sqlite_folder
 from services import accounts, catalog, circulation, demo, patrons, rules
 from services.common import DomainError
 from services.db import upgrade_async
@@ -30,7 +31,7 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
     """Migrate, and load the demo library when the database has no library yet."""
     await upgrade_async(app.settings.database_url)
     if load_demo:
-        summary = await demo.load_demo(app.db)
+        summary = await demo.load_demo(app.db, school_life=True, clock=app.deps.clock)
         if summary.created:
             log.info("loaded the demo library: %s titles, %s copies, %s people",
                      summary.titles, summary.copies, summary.patrons)
@@ -38,6 +39,20 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
     search = app.deps.extras.get("search")
     if search is not None:
         app.deps.extras["search_warmup"] = asyncio.create_task(search.ensure_ready())
+
+
+def _t(app: App):
+    """The operator's language for what the CLI says (DOCSACH_DEFAULT_LANGUAGE)."""
+    return app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone, "staff")
+
+
+def _refused(app: App, err: DomainError) -> int:
+    """A service refusal as one translated sentence on stderr, and exit status 2."""
+    t = _t(app)
+    params = {k: (t.date(v) if hasattr(v, "isoformat") and not isinstance(v, str) else v)
+              for k, v in err.params.items()}
+    print(t(err.key, **params), file=sys.stderr)
+    return 2
 
 
 # -- subcommands -----------------------------------------------------------------------
@@ -159,7 +174,18 @@ async def _chat(app: App, args: argparse.Namespace) -> int:
 
     if getattr(args, "as_card", None) and await _link_terminal(app, args) != 0:
         return 2
-    await run_terminal(app.router, user=getattr(args, "user", None) or "local")
+    after_each = None
+    if app.settings.reminders_enabled:
+        from bot.scheduler import Sweeper
+
+        async def after_each() -> None:
+            """Pushed notices for terminal chats (approvals, reminders, holds ready) show up at once."""
+            try:
+                await Sweeper(app.router, worker="terminal-chat").sweep()
+            except Exception:  # a failed sweep must never end the chat; `docsach remind` shows why
+                log.warning("outbox sweep failed", exc_info=True)
+
+    await run_terminal(app.router, user=getattr(args, "user", None) or "local", after_each=after_each)
     return 0
 
 
@@ -172,7 +198,7 @@ async def _link_terminal(app: App, args: argparse.Namespace) -> int:
     try:
         await patrons.link_trusted(app.db, actor, args.library, args.as_card)
     except DomainError:
-        print(f"No card {args.as_card} in library {args.library}.", file=sys.stderr)
+        print(_t(app)("cli.no_card", card=args.as_card, library=args.library), file=sys.stderr)
         return 2
     return 0
 
@@ -185,10 +211,11 @@ async def cmd_db_upgrade(app: App, args: argparse.Namespace) -> int:
 
 async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
     await upgrade_async(app.settings.database_url)
-    summary = await demo.load_demo(app.db)
+    summary = await demo.load_demo(app.db, school_life=True, clock=app.deps.clock)
     state = "loaded" if summary.created else "already present"
     print(f"demo library {state}: {summary.titles} titles, {summary.copies} copies, "
-          f"{summary.patrons} people (cards HS001–HS004 students, GV001 teacher, TT001 librarian)")
+          f"{summary.patrons} people (cards HS001–HS016 students, GV001–GV003 teachers, TT001 librarian, "
+          f"AD001 admin)")
     return 0
 
 
@@ -374,8 +401,7 @@ async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
     try:
         report = await accounts.import_patrons(app.db, args.file, args.library)
     except DomainError as err:
-        print(f"import refused: {err.key} {err.params}", file=sys.stderr)
-        return 2
+        return _refused(app, err)
     except OSError as err:
         print(f"cannot read {args.file}: {err}", file=sys.stderr)
         return 2
@@ -394,15 +420,16 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
         issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
                                                   key=app.deps.link_code_key)
     except DomainError as err:
-        print(f"refused: {err.key} {err.params}", file=sys.stderr)
-        return 2
+        return _refused(app, err)
+    t = _t(app)
     if not await _printed_links(app, args.bot, ask_telegram=False):
-        print("No DOCSACH_PUBLIC_URL or bot username: the slips' QR codes hold the code itself "
-              "(set DOCSACH_PUBLIC_URL so they open the landing page).", file=sys.stderr)
+        # Nothing can open a printed link yet: the QR codes hold the code itself. Say so.
+        print(t("cli.no_link_warning"), file=sys.stderr)
     link = app.deps.printed_link
     if args.out and args.out.lower().endswith(".pdf"):
-        t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
-        pdf = await slips_pdf(issued, link=link, t=t,
+        # The slips are read by the students: their register.
+        student_t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone, "student")
+        pdf = await slips_pdf(issued, link=link, t=student_t,
                               school=await catalog.library_name(app.db, actor.library_id))
         await asyncio.to_thread(Path(args.out).write_bytes, pdf)
     elif args.out:
@@ -414,15 +441,15 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
                 writer.writerow(["card", "full_name", "class", "code", "link", "expires"])
                 for i in issued:
                     writer.writerow([i.card_number, i.full_name, i.class_name or "", i.code,
-                                     link(i.payload) or i.payload, i.expires_at.date()])
+                                     link(i.payload) or i.payload,
+                                     i.expires_at.astimezone(t.zone).date().isoformat()])
 
         await asyncio.to_thread(write_csv)
     else:
         for i in issued:
             print(f"{i.card_number}\t{i.full_name}\t{i.code}")
-    print(f"{len(issued)} codes for class {args.class_name}, valid until "
-          f"{issued[0].expires_at.astimezone(ZoneInfo(app.settings.timezone)):%Y-%m-%d}"
-          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    print(t("cli.codes_done", count=len(issued), name=args.class_name, date=t.date(issued[0].expires_at))
+          + (" → " + args.out if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -433,44 +460,49 @@ async def cmd_rules(app: App, args: argparse.Namespace) -> int:
         if args.rules_command == "set":
             await rules.set_rule(app.db, actor, args.name, args.value, role=args.role)
         elif args.rules_command == "reset":
-            await rules.reset_rule(app.db, actor, args.name, role=args.role)
+            if args.name in ("quiet_hours", "before_days", "overdue_days"):
+                await rules.reset_reminder_settings(app.db, actor, args.name)
+            else:
+                await rules.reset_rule(app.db, actor, args.name, role=args.role)
+        elif args.rules_command == "quiet":
+            await rules.set_quiet_hours(app.db, actor, args.start, args.end)
+        elif args.rules_command == "reminders":
+            await rules.set_reminder_days(app.db, actor, before_days=args.before, overdue_days=args.overdue)
+        reminder = await rules.reminder_settings(app.db, actor)
     except DomainError as err:
-        print(f"refused: {err.key} {err.params}", file=sys.stderr)
-        return 2
+        return _refused(app, err)
     days = "mon tue wed thu fri sat sun".split()
     for role in ("student", "teacher", "librarian", "admin"):
         r = await rules.get_rules(app.db, actor.library_id, role)
         values = ", ".join(f"{name}={getattr(r, name)}" for name in rules.RULE_NAMES if name != "weekend")
         print(f"{role:9} {values}")
     print("weekend   " + (",".join(days[d] for d in r.weekend) or "none"))
+    print(f"quiet_hours={reminder.quiet_start:%H:%M}-{reminder.quiet_end:%H:%M}, before_days={reminder.before_days}, "
+          f"overdue_days={','.join(map(str, reminder.overdue_days))}")
     return 0
 
 
 async def cmd_calendar(app: App, args: argparse.Namespace) -> int:
-    from datetime import date
-
     await upgrade_async(app.settings.database_url)
+    t = _t(app)
     try:
         actor = await accounts.operator_actor(app.db, args.library)
         if args.calendar_command == "add":
-            start = date.fromisoformat(args.start)
-            end = date.fromisoformat(args.end) if args.end else None
+            start = rules.parse_day(args.start)
+            end = rules.parse_day(args.end) if args.end else None
             added = await rules.add_closed_days(app.db, actor, start, end, args.name)
-            print(f"closed #{added.id}: {added.start} – {added.end} {added.name}")
+            print(t("cli.calendar_added", id=added.id, start=t.date(added.start), end=t.date(added.end),
+                    name=added.name))
             return 0
         if args.calendar_command == "remove":
             await rules.remove_closed_days(app.db, actor, args.id)
-            print(f"removed #{args.id}")
+            print(t("cli.calendar_removed", id=args.id))
             return 0
         for r in await rules.list_closed_days(app.db, actor):
             print(f"#{r.id}\t{r.start}\t{r.end}\t{r.name}")
         return 0
-    except ValueError as err:
-        print(f"bad date: {err} (use YYYY-MM-DD)", file=sys.stderr)
-        return 2
     except DomainError as err:
-        print(f"refused: {err.key} {err.params}", file=sys.stderr)
-        return 2
+        return _refused(app, err)
 
 
 async def cmd_expire_holds(app: App, args: argparse.Namespace) -> int:
@@ -498,6 +530,9 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
         print(f"{args.file}: {t(exc.key, **exc.params)}", file=sys.stderr)
         return 2
     print(f"{args.file} ({summary.format}): {summary.line()}")
+    if args.library_code and not args.copies and not summary.copies_added and (summary.added or summary.updated
+                                                                              or summary.unchanged):
+        print(_t(app)("cli.no_copies_hint", library=args.library_code), file=sys.stderr)
     if summary.report_path:
         print(f"rejected rows and reasons: {summary.report_path}")
     return 0
@@ -764,8 +799,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--bot", default=None, help="bot username for the t.me links in QR codes")
     handlers["link-codes"] = cmd_link_codes
 
-    p = sub.add_parser("rules", help="show or change circulation rules",
-                       description="Circulation rules per library and role: " + ", ".join(rules.RULE_NAMES) + ".")
+    p = sub.add_parser("rules", help="show or change circulation rules, quiet hours and reminder days",
+                       description="Circulation rules per library and role: " + ", ".join(rules.RULE_NAMES)
+                       + "; and the library's reminder quiet hours and days.")
     p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
     rules_sub = p.add_subparsers(dest="rules_command", metavar="ACTION")
     rules_sub.add_parser("show", help="show the effective rules for every role")
@@ -773,8 +809,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     rs.add_argument("name", choices=rules.RULE_NAMES)
     rs.add_argument("value", help="a number; for weekend, days like sat,sun or sun or none")
     rs.add_argument("--role", default=None, choices=["student", "teacher", "librarian", "admin"])
-    rr = rules_sub.add_parser("reset", help="back to the default for one rule")
-    rr.add_argument("name", choices=rules.RULE_NAMES)
+    rr = rules_sub.add_parser("reset", help="back to the default for one rule (or quiet_hours, before_days, "
+                                            "overdue_days)")
+    rr.add_argument("name", choices=rules.RULE_NAMES + ("quiet_hours", "before_days", "overdue_days"))
+    rq = rules_sub.add_parser("quiet", help="no reminders between START and END, school time "
+                                            "(e.g. `rules quiet 21:00 06:30`)")
+    rq.add_argument("start", help="e.g. 20:00 or 20h")
+    rq.add_argument("end", help="e.g. 07:00 or 7h")
+    rm = rules_sub.add_parser("reminders", help="when reminders go out "
+                                                "(e.g. `rules reminders --before 2 --overdue 1,7,14`)")
+    rm.add_argument("--before", metavar="DAYS", help="days before the due date for the due-soon reminder (0: none)")
+    rm.add_argument("--overdue", metavar="DAYS", help="days after the due date for overdue reminders, e.g. 1,7,14")
     rr.add_argument("--role", default=None, choices=["student", "teacher", "librarian", "admin"])
     handlers["rules"] = cmd_rules
 
@@ -783,8 +828,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
     cal_sub = p.add_subparsers(dest="calendar_command", metavar="ACTION", required=True)
     ca = cal_sub.add_parser("add", help="close from START to END (inclusive)")
-    ca.add_argument("start", help="YYYY-MM-DD")
-    ca.add_argument("end", nargs="?", default=None, help="YYYY-MM-DD (default: START)")
+    ca.add_argument("start", help="DD/MM/YYYY (as in chat) or YYYY-MM-DD")
+    ca.add_argument("end", nargs="?", default=None, help="DD/MM/YYYY or YYYY-MM-DD (default: START)")
     ca.add_argument("--name", default="", help='e.g. "Tết Nguyên đán"')
     cal_sub.add_parser("list", help="list closed days")
     cr = cal_sub.add_parser("remove", help="remove a closed range by its #id")
@@ -840,9 +885,26 @@ async def _main(argv: list[str] | None) -> int:
         args.library = settings.default_library
     _setup_logging(settings, quiet=args.command in ("chat", "search", "import", "doctor", "backup", "restore") or
                    (args.command == "run" and not settings.telegram_token and not settings.zalo_token))
+    ensure_sqlite_folder(settings.database_url)
     app = build_app(settings)
+    t = _t(app)
+    url = settings.redacted()["database"]
+    # search and import print for scripts, backup/restore speak in exact sentences; the rest says where it works
+    if args.command not in ("search", "import", "backup", "restore"):
+        print(t("cli.database", url=url), file=sys.stderr)
     try:
         return await handlers[args.command](app, args)
+    except DomainError as err:
+        return _refused(app, err)
+    except (OperationalError, InterfaceError, ConnectionError) as exc:
+        log.debug("database error", exc_info=True)
+        print(t("cli.database_unavailable", url=url, error=str(getattr(exc, "orig", exc)).splitlines()[0][:200]),
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        log.debug("os error", exc_info=True)
+        print(t("cli.failed", error=f"{exc.strerror or exc} {exc.filename or ''}".strip()), file=sys.stderr)
+        return 1
     finally:
         await app.close()
 

@@ -12,7 +12,6 @@ from dotenv import load_dotenv
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./docsach.db"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -20,9 +19,37 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def data_dir() -> Path:
+    """Where docsach keeps its files when nothing else is configured: ``DOCSACH_DATA_DIR``, else
+    ``$XDG_DATA_HOME/docsach`` (usually ``~/.local/share/docsach``). One place, whatever folder a
+    command is run from — never a fresh ``./docsach.db`` in the current directory."""
+    configured = _env("DOCSACH_DATA_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = _env("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "docsach"
+
+
+def default_database_url() -> str:
+    """SQLite in the data directory (created on first use)."""
+    return f"sqlite+aiosqlite:///{data_dir() / 'docsach.db'}"
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a file SQLite database (SQLite creates the file, not its folder)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
 @dataclass
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = field(default_factory=default_database_url)
     telegram_token: str | None = None
     telegram_api_base_url: str = "https://api.telegram.org/bot"
     telegram_webhook_secret: str | None = None
@@ -67,7 +94,7 @@ class Settings:
             load_dotenv(env_file, override=False)
         secret = _env("DOCSACH_SECRET_KEY")
         settings = cls(
-            database_url=_env("DOCSACH_DATABASE_URL", DEFAULT_DATABASE_URL),
+            database_url=_env("DOCSACH_DATABASE_URL") or default_database_url(),
             telegram_token=_env("TELEGRAM_BOT_TOKEN"),
             telegram_api_base_url=_env("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot"),
             telegram_webhook_secret=_env("TELEGRAM_WEBHOOK_SECRET"),

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from handlers.core import LINKED, STAFF, Context, Router
-from handlers.i18n import Translator
+from handlers.i18n import Translator, audience_for
 from handlers.messages import Attachment, Incoming, Reply
 from services import accounts, catalog, labels
 from services.common import DomainError
@@ -16,7 +16,8 @@ from services.common import DomainError
 async def _redeem(ctx: Context, code: str) -> Reply:
     result = await accounts.redeem_link_code(ctx.db, ctx.actor, code, clock=ctx.clock,
                                             key=ctx.deps.link_code_key)
-    t = ctx.t
+    # From now on they are a student or a teacher, not a guest: answer in that register.
+    t = ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, audience_for(result.role))
     where = t("account.linked_class", name=result.class_name) if result.class_name else ""
     return Reply(t("account.linked", name=result.full_name, where=where, library=result.library_name)
                  + "\n\n" + t("account.linked_next"))
@@ -102,7 +103,9 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
         lines.append(line)
     lines.append(t("account.codes_footer"))
     reply = Reply("\n".join(lines))
-    pdf = await slips_pdf(issued, link=ctx.deps.printed_link, t=t,
+    # Slips are read by the students they are for: their register, not the librarian's.
+    student_t = ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, "student")
+    pdf = await slips_pdf(issued, link=ctx.deps.printed_link, t=student_t,
                           school=await catalog.library_name(ctx.db, ctx.actor.library_id))
     if pdf is not None:
         reply.attachment = Attachment(filename=f"codes-{class_name}.pdf", data=pdf)
@@ -111,15 +114,25 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
 
 async def slips_pdf(issued: list[accounts.IssuedCode], *, link: Callable[[str], str | None],
                     t: Translator, school: str | None) -> bytes:
-    """Link slips as a PDF sheet: who it is for, the code, the school, the expiry date (school
-    time) and how to use it; the QR code opens the link (a landing page, a chat) or, with nowhere
-    to open, holds the code itself so a scanner app shows it for typing."""
+    """Link slips to cut and hand out: on each, who it is for, the code, the school, the expiry date
+    (school time) and one line saying what to do. The QR code opens the link (a landing page, a
+    chat) or, with nowhere to open, holds the code itself so a scanner app shows it for typing —
+    never a link that opens nothing."""
+    links = {item.payload: link(item.payload) for item in issued}
+    how = t("account.slip_scan") if any(links.values()) else t("account.slip_send")
     sheet = [labels.Label(
-        qr_data=link(item.payload) or item.code,
-        lines=[item.full_name, f"{item.class_name or ''}  {item.card_number}".strip(), item.code,
-               *([school] if school else []), t("slip.expires", date=t.date(item.expires_at, "dd/MM/yyyy")), t("slip.howto")],
+        qr_data=links[item.payload] or item.code,
+        lines=[item.full_name,
+               " · ".join(p for p in (t("account.slip_class", name=item.class_name) if item.class_name else "",
+                                      item.card_number) if p),
+               t("account.slip_code", code=item.code),
+               t("account.slip_expires", date=t.date(item.expires_at)),
+               *([school] if school else []),
+               how],
     ) for item in issued]
-    return await asyncio.to_thread(labels.render_label_sheet, sheet, columns=2, rows=8)
+    classes = sorted({i.class_name for i in issued if i.class_name})
+    title = t("account.slip_title", school=school or "", name=", ".join(classes)).strip(" —")
+    return await asyncio.to_thread(labels.render_label_sheet, sheet, columns=2, rows=7, title=title)
 
 
 def register(router: Router) -> None:

@@ -189,8 +189,8 @@ async def _choose_patron(ctx: Context, copy_id: int, query: str) -> Reply:
         return Reply(ctx.t("checkout.no_patron", query=short(query, 40)))
     if len(matches) == 1:
         return await _do_checkout(ctx, copy_id, matches[0].patron_id)
-    buttons = [[ctx.button(f"{m.full_name} · {m.class_name or ''} · {m.card_number}", "co", copy_id, m.patron_id)]
-               for m in matches]
+    buttons = [[ctx.button(" · ".join(part for part in (m.full_name, m.class_name, m.card_number) if part),
+                           "co", copy_id, m.patron_id)] for m in matches]
     return Reply(ctx.t("checkout.pick_patron", count=len(matches)), buttons=buttons)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from handlers.i18n import Catalogs, Translator
+from handlers.i18n import Catalogs, Translator, audience_for
 from handlers.messages import PLAIN, Button, ChannelProfile, Incoming, OutputChannel, Reply
 from services import conversations, patrons
 from services.common import Clock, DomainError
@@ -95,7 +95,8 @@ class Context:
 
     @property
     def t(self) -> Translator:
-        return self.deps.catalogs.translator(self.actor.language, self.deps.timezone)
+        return self.deps.catalogs.translator(self.actor.language, self.deps.timezone,
+                                             audience_for(self.actor.role))
 
     def button(self, label: str, action: str, *args: object) -> Button:
         """A callback button bound to this chat (see :meth:`Router.encode`)."""

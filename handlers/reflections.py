@@ -71,10 +71,15 @@ def _long(channel: ChannelProfile, text: str, buttons: list[list[Button]] | None
     return replies
 
 
-def _prompt_text(ctx: Context, prompt: str | None) -> str | None:
+def _prompt_text(ctx: Context, prompt: str | None, *, as_written_for: str | None = None) -> str | None:
+    """A prompt in the reader's words, or (``as_written_for="student"``) quoted as its author read it."""
     if not prompt:
         return None
-    return ctx.t(prompt) if prompt in reflections.DEFAULT_PROMPTS else prompt
+    if prompt not in reflections.DEFAULT_PROMPTS:
+        return prompt
+    if as_written_for:
+        return ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, as_written_for)(prompt)
+    return ctx.t(prompt)
 
 
 def _stars(rating: int | None) -> str:
@@ -198,6 +203,14 @@ async def flow_reflect(event: Incoming, ctx: Context) -> list[Reply] | Reply:
     step, rid = state.get("step"), state.get("rid")
     if step == "review" and rid:
         return await _nudge(ctx, event, int(rid))
+    if step == "replace" and rid:
+        if not event.text:
+            return Reply(ctx.t("reflections.replace_ask"))
+        draft = await reflections.replace_text(ctx.db, ctx.actor, int(rid), event.text)
+        note = ctx.t("reflections.replaced", words=draft.word_count, min=draft.min_words, max=draft.max_words)
+        replies = await _review(ctx, draft)
+        replies[0].text = note + "\n\n" + replies[0].text
+        return replies
     if step != "write" or not rid:
         return await _search_reply(ctx, event.text)
     rid = int(rid)
@@ -248,6 +261,13 @@ async def press_done(event: Incoming, ctx: Context, args: list[str]) -> Reply | 
     if draft.status not in EDITABLE:
         raise DomainError("reflections.locked_approved" if draft.status == ReflectionStatus.APPROVED
                           else "reflections.locked_rejected")
+    if draft.word_count < draft.min_words:
+        # Say it now, not only at «Submit» after the stars: how many words are still missing.
+        await ctx.set_flow(FLOW_REFLECT, step="write", rid=draft.id)
+        key = "reflections.done_empty" if not draft.word_count else "reflections.done_short"
+        return Reply(ctx.t(key, count=draft.word_count, missing=draft.min_words - draft.word_count,
+                           min=draft.min_words),
+                     buttons=[[ctx.button(ctx.t("reflections.btn_done"), "rfd", draft.id)], _close_row(ctx)])
     if draft.rating is not None:
         return await _review(ctx, draft)
     await ctx.set_flow(FLOW_REFLECT, step="review", rid=draft.id)
@@ -256,7 +276,7 @@ async def press_done(event: Incoming, ctx: Context, args: list[str]) -> Reply | 
 
 def _rating_picker(ctx: Context, draft: ReflectionView) -> Reply:
     return Reply(ctx.t("reflections.rate", title=draft.title),
-                 buttons=[[ctx.button("⭐" * n if n < 3 else f"{n}⭐", "rfr", draft.id, n) for n in range(1, 6)]])
+                 buttons=[[ctx.button(f"{n} ⭐", "rfr", draft.id, n) for n in range(1, 6)]])
 
 
 async def press_rating(event: Incoming, ctx: Context, args: list[str]) -> list[Reply]:
@@ -286,6 +306,8 @@ def _preview(ctx: Context, d: ReflectionView, edit: bool = False) -> list[Reply]
         rows.append([ctx.button(t("reflections.btn_submit"), "rfs", d.id)])
         rows.append([ctx.button(t("reflections.btn_write_more"), "rfm", d.id),
                      ctx.button(t("reflections.btn_rate"), "rfR", d.id)])
+        if d.body:
+            rows.append([ctx.button(t("reflections.btn_replace"), "rfy", d.id)])
         rows.append([ctx.button(t("reflections.btn_clear"), "rfc", d.id)])
     rows.append(_close_row(ctx))
     return _long(ctx.channel, "\n".join(lines), rows, edit)
@@ -301,6 +323,20 @@ async def press_write_more(event: Incoming, ctx: Context, args: list[str]) -> Re
     if draft.status == ReflectionStatus.SUBMITTED:
         text += "\n" + ctx.t("reflections.edit_withdraws")
     return Reply(text)
+
+
+async def press_replace(event: Incoming, ctx: Context, args: list[str]) -> list[Reply]:
+    """Revise in one go: the current text comes as a message of its own (to copy and correct),
+    and the next message replaces it whole."""
+    draft = await reflections.get(ctx.db, ctx.actor, _int(args, 0))
+    if draft.status in (ReflectionStatus.APPROVED, ReflectionStatus.REJECTED):
+        raise DomainError("reflections.locked_approved" if draft.status == ReflectionStatus.APPROVED
+                          else "reflections.locked_rejected")
+    await ctx.set_flow(FLOW_REFLECT, step="replace", rid=draft.id)
+    text = ctx.t("reflections.replace_ask", min=draft.min_words, max=draft.max_words)
+    if draft.status == ReflectionStatus.SUBMITTED:
+        text += "\n" + ctx.t("reflections.edit_withdraws")
+    return [Reply(text), Reply(draft.body)] if draft.body else [Reply(text)]
 
 
 async def press_rate_again(event: Incoming, ctx: Context, args: list[str]) -> Reply:
@@ -413,7 +449,7 @@ async def _queue_reply(ctx: Context, skip: int, prefix: str = "") -> list[Reply]
     lines = [head + t("reflections.queue_head", count=total, n=skip + 1),
              t("reflections.mod_item", title=d.title, student=d.author, class_name=d.class_name or "—",
                stars=_stars(d.rating), words=d.word_count)]
-    prompt = _prompt_text(ctx, d.prompt)
+    prompt = _prompt_text(ctx, d.prompt, as_written_for="student")
     if prompt:
         lines.append(t("reflections.preview_prompt", prompt=prompt))
     if d.flags:
@@ -647,6 +683,7 @@ async def progress_cmd(event: Incoming, ctx: Context) -> Reply:
         c = p.campaign
         lines.append(t("campaigns.progress_line", name=c.name, books=p.books, goal_books=c.goal_books,
                        reflections=p.reflections, goal_reflections=c.goal_reflections, points=p.points))
+        lines.append("   " + t("campaigns.progress_counts_from", start=t.date(c.starts_on), end=t.date(c.ends_on)))
         if p.complete:
             lines.append("   " + t("campaigns.progress_complete"))
             rows.append([ctx.button(t("campaigns.btn_certificate_for", name=short(c.name, 30)), "cert", c.id)])
@@ -977,7 +1014,7 @@ def register(router: Router) -> None:
     for action, fn in {
         "rfb": press_book, "rfp": press_prompt, "rfd": press_done, "rfr": press_rating, "rfR": press_rate_again,
         "rfs": press_submit, "rfm": press_write_more, "rfc": press_clear, "rfo": press_open, "rfl": press_list,
-        "rfx": press_close, "mq": press_queue, "ma": press_approve, "mj": press_reject, "mc": press_changes,
+        "rfx": press_close, "rfy": press_replace, "mq": press_queue, "ma": press_approve, "mj": press_reject, "mc": press_changes,
         "mok": press_note_confirm, "mrw": press_note_rewrite, "mx": press_note_cancel, "ncx": press_new_cancel,
         "cj": press_join, "clb": press_leaderboard, "chn": press_hide_name, "cert": press_certificate,
         "csl": press_shortlist, "cex": press_export, "ncs": press_skip, "prx": press_remove_prompt,

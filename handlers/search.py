@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 
 PAGE = 5
 SHELF_PAGE = 10
+# Scores from the search engine (services/search_index.py): an exact title scores about 100+,
+# a strong partial or author match 75–99. Below GOOD_MATCH the best hit is not what was asked
+# for; below SIMILARITY_FLOOR a hit is not even close (e.g. "harry potter" → "Here comes
+# trouble" scores about 42) and is not offered at all.
+GOOD_MATCH = 75.0
+SIMILARITY_FLOOR = 60.0
+RESEMBLANCE = 75.0          # rapidfuzz similarity of the folded query to the hit's title + authors
 STATUS_KEYS = {
     CopyStatus.AVAILABLE: N_("search.status_available"),
     CopyStatus.ON_LOAN: N_("search.status_on_loan"),
@@ -56,6 +63,24 @@ def query_problem(query: str) -> str | None:
     return None
 
 
+def _resembles(query: str, hit) -> bool:
+    """When the engine had to correct the query (unknown words), its best hit must still look like
+    what was typed ("hary poter" → Harry Potter), not merely share fuzzy subject words
+    ("harry potter" → "Here comes trouble", subjects "Friendship | Stories in rhyme")."""
+    from rapidfuzz import fuzz, process
+
+    asked, found = fold(query), fold(f"{hit.title} {hit.authors}")
+    if fuzz.partial_ratio(asked, found) >= RESEMBLANCE:
+        return True
+    words = [w for w in asked.split() if len(w) >= 3]
+    candidates = found.split()
+    if not words or not candidates:
+        return False
+    # word by word: each typed word against its most similar word of the title or authors
+    best = [process.extractOne(w, candidates, scorer=fuzz.ratio)[1] for w in words]
+    return sum(best) / len(best) >= RESEMBLANCE
+
+
 def _int(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 10 else None
 
@@ -84,15 +109,41 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
     lines: list[str] = []
     if results.truncated:
         lines.append(t("search.truncated", limit=MAX_QUERY))
-    if not results.hits:
-        lines += [t("search.none", query=shown), t("search.none_tips")]
-        return Reply("\n".join(lines), edit=edit)
-    if results.suggestion and offset == 0:
+    hits = results.hits
+    has_more = results.has_more
+    weak = results.kind == "text" and offset == 0 and (not hits or hits[0].score < GOOD_MATCH
+                                                       or (results.suggestion is not None
+                                                           and not _resembles(results.query, hits[0])))
+    if results.kind == "text" and offset == 0:
+        # Results are ranked: once one falls under the floor, the rest (and later pages) are noise.
+        close = [h for h in hits if h.score >= SIMILARITY_FLOOR]
+        if len(close) < len(hits):
+            hits, has_more = close, False
+    if weak:
+        # Nothing matches well: say so plainly, then offer only the close matches (never a
+        # confident "did you mean" about an unrelated book).
+        if results.suggestion is not None:
+            hits = [h for h in hits if _resembles(results.query, h)]
+        lines.append(t("search.not_held", query=shown))
+        if not hits:
+            lines += [t("search.none_tips"), t("search.ask_librarian")]
+            return Reply("\n".join(lines), edit=edit)
+        lines.append(t("search.closest", count=len(hits)))
+    elif results.suggestion and offset == 0 and hits and hits[0].score >= SIMILARITY_FLOOR:
         lines.append(t("search.did_you_mean", title=short(results.suggestion, 80)))
-    lines.append(t("search.results", first=offset + 1, last=offset + len(results.hits),
-                   total=max(results.total, offset + len(results.hits)), query=shown))
+    if not weak:
+        last = offset + len(hits)
+        total = max(results.total, last)
+        if offset == 0 and not has_more:
+            lines.append(t("search.results_all", count=len(hits), query=shown))
+        else:
+            lines.append(t("search.results", first=offset + 1, last=last, total=total, query=shown))
+    elsewhere: dict[int, list[str]] = {}
+    if ctx.actor.library_id is not None:
+        missing = [h.id for h in hits if h.copies == 0]
+        elsewhere = await catalog.held_elsewhere(ctx.db, missing, ctx.actor.library_id) if missing else {}
     buttons: list[list[Button]] = []
-    for n, hit in enumerate(results.hits, offset + 1):
+    for n, hit in enumerate(hits, offset + 1):
         if hit.copies == 0:
             state = t("search.line_none_here")
         elif hit.available:
@@ -102,13 +153,18 @@ async def run_search(ctx: Context, query: str, offset: int = 0, *, edit: bool = 
         byline = f" — {short(hit.authors, 40)}" if hit.authors else ""
         year = f" ({hit.year})" if hit.year else ""
         lines.append(f"{n}. {short(hit.title, 100)}{byline}{year} · {state}")
+        if hit.id in elsewhere:
+            lines.append("   " + t("search.held_elsewhere", libraries=", ".join(elsewhere[hit.id])))
         buttons.append([ctx.button(f"{n}. {short(hit.title, 40)}", "book", hit.id)])
+    if weak:
+        lines.append(t("search.ask_librarian"))
+        return Reply("\n".join(lines), buttons=buttons, edit=edit)
     paging: list[Button] = []
-    if offset > 0 or results.has_more:
+    if offset > 0 or has_more:
         query_id = await remember_query(ctx.db, results.query)
         if offset > 0:
             paging.append(ctx.button(t("search.prev"), "sp", query_id, max(0, offset - PAGE)))
-        if results.has_more:
+        if has_more:
             paging.append(ctx.button(t("search.next"), "sp", query_id, offset + PAGE))
     if paging:
         buttons.append(paging)
@@ -157,11 +213,20 @@ async def book_card(ctx: Context, title_id: int, *, scanned_copy: int | None = N
                 lines.append(t("search.card_copy_other", library=copy.library_code, barcode=copy.barcode,
                                place=place, status=status))
             else:
+                if copy.due_date is not None:
+                    status = t("search.status_on_loan_due", due=t.date(copy.due_date))
                 lines.append(t("search.card_copy", barcode=copy.barcode, place=place, status=status))
         if len(card.copies) > 30:
             lines.append("…")
+        if library_id is not None and not card.available and card.next_due is not None:
+            lines.append(t("search.card_next_due", due=t.date(card.next_due), count=card.holds_waiting))
     else:
         lines.append(t("search.card_no_copies"))
+        if library_id is not None:
+            elsewhere = (await catalog.held_elsewhere(ctx.db, [title_id], library_id)).get(title_id)
+            if elsewhere:
+                lines.append(t("search.held_elsewhere", libraries=", ".join(elsewhere)))
+                lines.append(t("search.ask_librarian"))
     lines.append(t("search.card_holds", count=card.holds_waiting) if card.holds_waiting
                  else t("search.card_no_holds"))
     buttons: list[list[Button]] = []

@@ -298,15 +298,24 @@ async def find_patrons(db: Database, actor: Actor, query: str, limit: int = 8) -
         exact = (await s.execute(base.where(func.upper(Patron.card_number) == query.upper()))).scalars().first()
         if exact is not None:
             return [PatronView(exact.id, exact.card_number, exact.full_name, exact.class_name, exact.role)]
-        words = fold(query).split()
-        found = []
+        wanted = fold(query)
+        words = wanted.split()
+        ranked = []
         for p in (await s.execute(base.order_by(Patron.full_name, Patron.id))).scalars():
             name = fold(p.full_name)
-            if all(w in name.split() or w in name for w in words):
-                found.append(PatronView(p.id, p.card_number, p.full_name, p.class_name, p.role))
-                if len(found) >= limit:
-                    break
-        return found
+            parts = name.split()
+            if not all(w in parts or w in name for w in words):
+                continue
+            # The exact full name first, then every word whole (in order), whole words, then pieces.
+            if name == wanted:
+                rank = 0
+            elif all(w in parts for w in words):
+                rank = 1 if " ".join(words) in name else 2
+            else:
+                rank = 3
+            ranked.append((rank, p))
+        ranked.sort(key=lambda item: item[0])  # stable: by name within a rank
+        return [PatronView(p.id, p.card_number, p.full_name, p.class_name, p.role) for _, p in ranked[:limit]]
 
 
 @dataclass(frozen=True)

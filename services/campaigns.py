@@ -535,41 +535,95 @@ async def certificate_pdf(db: Database, actor: Actor, campaign_id: int, t: Trans
         library = await s.get(Library, c.library_id)
         books, refl = (await _counts(s, c, [actor.patron_id]))[actor.patron_id]
         completed = aware(m.completed_at).astimezone(ZoneInfo(library.timezone)).date()
+    return render_certificate(t, school=library.name, name=patron.full_name, class_name=patron.class_name,
+                              campaign=c.name, theme=c.theme, books=books, reflections=refl, day=completed,
+                              settings=library.settings or {})
+
+
+def render_certificate(t: Translate, *, school: str, name: str, class_name: str | None, campaign: str,
+                       theme: str | None, books: int, reflections: int, day: date,
+                       settings: dict | None = None) -> bytes:
+    """A certificate laid out as Vietnamese school certificates are: the issuing body and school
+    top left, the national motto top right, the title and the student in the middle, and the place
+    and date line ("Lào Cai, ngày 2 tháng 12 năm 2026") above the signer's title, room to sign and
+    stamp, and the signer's name. ``settings["certificate"]`` may give ``place``, ``authority``,
+    ``signer_title`` and ``signer_name`` (defaults: Lào Cai, the provincial education department,
+    the principal, a line to write the name on)."""
+    cfg = (settings or {}).get("certificate") or {}
+    place = cfg.get("place") or "Lào Cai"
+    authority = cfg.get("authority") or t("campaigns.cert_authority")
+    signer_title = cfg.get("signer_title") or t("campaigns.cert_signer")
+    signer_name = cfg.get("signer_name") or ""
+    when = t.date(day, "long") if hasattr(t, "date") else day.strftime("%d/%m/%Y")
+    green = (30, 90, 60)
     pdf = _pdf()
+    pdf.set_auto_page_break(False)
     pdf.add_page()
-    pdf.set_draw_color(30, 90, 60)
+    pdf.set_draw_color(*green)
     pdf.set_line_width(1.5)
     pdf.rect(10, 10, 277, 190)
     pdf.set_line_width(0.5)
     pdf.rect(14, 14, 269, 182)
-    pdf.set_y(28)
-    pdf.set_font("DejaVu", "", 14)
-    pdf.cell(0, 8, library.name, align="C", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(6)
-    pdf.set_font("DejaVu", "B", 30)
-    pdf.set_text_color(30, 90, 60)
-    pdf.cell(0, 16, t("campaigns.cert_title"), align="C", new_x="LMARGIN", new_y="NEXT")
+    left, width = 26.0, 245.0
+    col = width / 2 - 4
+
+    def centred(x: float, y: float, w: float, text: str, size: float, style: str = "", h: float = 6) -> None:
+        pdf.set_font("DejaVu", style, size)
+        pdf.set_xy(x, y)
+        pdf.cell(w, h, _fit_text(pdf, text, w), align="C")
+
+    # header: issuing body and school | national motto
+    centred(left, 22, col, authority.upper(), 11)
+    centred(left, 28, col, school.upper(), 11.5, "B")
+    centred(left + col + 8, 22, col, t("campaigns.cert_nation"), 11, "B")
+    centred(left + col + 8, 28, col, t("campaigns.cert_motto"), 11.5, "B")
+    pdf.set_line_width(0.3)
+    pdf.set_draw_color(0, 0, 0)
+    for x0 in (left + col / 2 - 18, left + col + 8 + col / 2 - 25):
+        pdf.line(x0, 35.5, x0 + (36 if x0 < left + col else 50), 35.5)
+    # title, the student, what they did
+    pdf.set_text_color(*green)
+    centred(left, 48, width, t("campaigns.cert_title"), 30, "B", 16)
     pdf.set_text_color(0, 0, 0)
-    pdf.ln(4)
+    centred(left, 70, width, t("campaigns.cert_awarded_to"), 14)
+    centred(left, 80, width, name, 26, "B", 14)
+    y = 96.0
+    if class_name:
+        centred(left, y, width, t("campaigns.cert_class", class_name=class_name), 14)
+        y += 9
     pdf.set_font("DejaVu", "", 14)
-    pdf.cell(0, 8, t("campaigns.cert_awarded_to"), align="C", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("DejaVu", "B", 26)
-    pdf.cell(0, 16, patron.full_name, align="C", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("DejaVu", "", 14)
-    if patron.class_name:
-        pdf.cell(0, 8, t("campaigns.cert_class", class_name=patron.class_name), align="C",
-                 new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(4)
-    pdf.multi_cell(0, 8, t("campaigns.cert_body", campaign=c.name, books=books, reflections=refl),
-                   align="C", new_x="LMARGIN", new_y="NEXT")
-    if c.theme:
+    pdf.set_xy(left + 15, y + 2)
+    pdf.multi_cell(width - 30, 8, t("campaigns.cert_body", campaign=campaign, books=books, reflections=reflections),
+                   align="C")
+    if theme:
         pdf.set_font("DejaVu", "", 12)
-        pdf.multi_cell(0, 7, t("campaigns.cert_theme", theme=c.theme), align="C", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(8)
+        pdf.set_x(left + 15)
+        pdf.multi_cell(width - 30, 7, t("campaigns.cert_theme", theme=theme), align="C")
+    # place and date, signer, room to sign and stamp, name
+    sign_x, sign_w = left + width - 105, 105.0
     pdf.set_font("DejaVu", "", 12)
-    pdf.cell(0, 8, t("campaigns.cert_date", date=completed.strftime("%d/%m/%Y")), align="C",
-             new_x="LMARGIN", new_y="NEXT")
+    pdf.set_xy(sign_x, 146)
+    pdf.cell(sign_w, 7, _fit_text(pdf, t("campaigns.cert_place_date", place=place, date=when), sign_w), align="C")
+    centred(sign_x, 154, sign_w, signer_title.upper(), 12, "B", 7)
+    pdf.set_font("DejaVu", "", 9)
+    pdf.set_text_color(110, 110, 110)
+    pdf.set_xy(sign_x, 161)
+    pdf.cell(sign_w, 5, t("campaigns.cert_sign_hint"), align="C")
+    pdf.set_text_color(0, 0, 0)
+    if signer_name:
+        centred(sign_x, 184, sign_w, signer_name, 12, "B", 7)
+    else:
+        pdf.set_draw_color(150, 150, 150)
+        pdf.line(sign_x + 20, 189, sign_x + sign_w - 20, 189)
     return bytes(pdf.output())
+
+
+def _fit_text(pdf, text: str, width: float) -> str:
+    if pdf.get_string_width(text) <= width:
+        return text
+    while text and pdf.get_string_width(text + "…") > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
 
 
 # -- ambassador shortlist and export ----------------------------------------------------------

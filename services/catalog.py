@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services import audit
 from services.common import Clock, DomainError, NotFound
 from services.db import Database
-from services.models import Copy, CopyStatus, Hold, HoldStatus, Library, Location, Title
+from services.importer import Record, db_clock  # the importer's key rules: re-imports match these titles
+from services.models import Copy, CopyStatus, Hold, HoldStatus, Library, Loan, Location, Title
 from services.patrons import Actor, require_staff
 from services.textfold import fold, normalize_isbn
 
@@ -33,6 +34,7 @@ class CopyLine:
     library_code: str
     location_id: int | None
     location_name: str | None
+    due_date: date | None = None          # on loan: when it is due back
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class TitleCard:
     copies: list[CopyLine] = field(default_factory=list)
     available: int = 0
     holds_waiting: int = 0
+
+    @property
+    def next_due(self) -> date | None:
+        """The earliest due date among copies on loan (when the next one should come back)."""
+        dates = [c.due_date for c in self.copies if c.due_date is not None]
+        return min(dates) if dates else None
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ async def library_id(db: Database, code: str) -> int | None:
 
 
 async def library_name(db: Database, library_id: int | None) -> str | None:
-    """A library's name (printed on slips), or None."""
+    """A library's name (printed on slips and labels), or None."""
     if library_id is None:
         return None
     async with db.session() as s:
@@ -91,9 +99,10 @@ async def get_title_card(db: Database, title_id: int, library_id: int | None = N
         if title is None:
             raise NotFound("search.no_such_book")
         query = (select(Copy.id, Copy.barcode, Copy.status, Copy.library_id, Library.code,
-                        Copy.location_id, Location.name)
+                        Copy.location_id, Location.name, Loan.due_date)
                  .join(Library, Library.id == Copy.library_id)
                  .outerjoin(Location, Location.id == Copy.location_id)
+                 .outerjoin(Loan, (Loan.copy_id == Copy.id) & Loan.returned_at.is_(None))
                  .where(Copy.title_id == title_id)
                  .order_by(Copy.library_id, Copy.barcode))
         holds = select(func.count()).select_from(Hold).where(
@@ -145,6 +154,27 @@ async def find_copy(db: Database, library_id: int, barcode_or_id: str | int) -> 
         if row is None and value.isdigit() and len(value) < 10:
             row = (await s.execute(base.where(Copy.id == int(value)))).first()
     return CopyLine(*row) if row else None
+
+
+async def held_elsewhere(db: Database, title_ids: list[int], library_id: int | None,
+                         limit: int = 3) -> dict[int, list[str]]:
+    """{title id: names of other libraries in the province that hold a lendable copy}: what to
+    tell a reader whose own school lacks the book (ask the librarian; they may be able to borrow it)."""
+    if not title_ids:
+        return {}
+    query = (select(Copy.title_id, Library.name).join(Library, Library.id == Copy.library_id)
+             .where(Copy.title_id.in_(title_ids),
+                    Copy.status.in_((CopyStatus.AVAILABLE, CopyStatus.ON_LOAN, CopyStatus.ON_HOLD_SHELF)))
+             .group_by(Copy.title_id, Library.name).order_by(Copy.title_id, Library.name))
+    if library_id is not None:
+        query = query.where(Copy.library_id != library_id)
+    out: dict[int, list[str]] = {}
+    async with db.session() as s:
+        for title_id, name in (await s.execute(query)).all():
+            names = out.setdefault(title_id, [])
+            if len(names) < limit:
+                names.append(name)
+    return out
 
 
 async def title_for_copy(db: Database, copy_id: int) -> int | None:
@@ -246,8 +276,6 @@ async def title_by_isbn(db: Database, isbn: str, library_id: int | None = None) 
 
 
 async def _add_title(s: AsyncSession, actor: Actor, new: NewTitle) -> AddedTitle:
-    from services.importer import Record, db_clock  # the importer's key rules: re-imports match these titles
-
     isbn13 = _parse_isbn(new.isbn)
     if isbn13 is not None:
         existing = (await s.execute(select(Title).where(Title.isbn13 == isbn13).order_by(Title.id).limit(1))

@@ -36,7 +36,7 @@ LINE_H = 3.2                            # millimetres per text line at FONT_PT
 class Label:
     """One label: what the QR code encodes, and the text printed beside it (first line bold)."""
 
-    qr_data: str
+    qr_data: str | None
     lines: list[str] = field(default_factory=list)
 
 
@@ -77,35 +77,55 @@ def render_label_sheet(labels: Sequence[Label], *, columns: int = 3, rows: int =
     return bytes(pdf.output())
 
 
+FONT_SIZES = (FONT_PT, 7.0, 6.5, 6.0)     # shrink before cutting anything
+
+
 def _draw_label(pdf: FPDF, label: Label, x: float, y: float, w: float, h: float, guides: bool) -> None:
     if guides:
         pdf.set_draw_color(200, 200, 200)
         pdf.set_line_width(0.1)
         pdf.rect(x, y, w, h)
-    side = max(8.0, min(h - 2 * PAD, w * 0.5))
-    _draw_qr(pdf, label.qr_data, x + PAD, y + (h - side) / 2, side)
-    text_x = x + PAD + side + PAD
+    text_x = x + PAD
+    if label.qr_data:  # no QR code rather than one that opens nothing
+        side = max(8.0, min(h - 2 * PAD, w * 0.5))
+        _draw_qr(pdf, label.qr_data, x + PAD, y + (h - side) / 2, side)
+        text_x = x + PAD + side + PAD
     text_w = w - (text_x - x) - PAD
     if text_w < 5 or not label.lines:
         return
-    capacity = max(1, int((h - 2 * PAD) // LINE_H))
-    # The first line (a title) wraps into the room left; the others (authors, call number,
-    # barcode) get one line each, shortened with "…", so the codes are never pushed off.
-    rest = [_nfc(line) for line in label.lines[1:]][:capacity - 1]
-    pdf.set_font("DejaVu", "B", FONT_PT)
-    head = _wrap(pdf, _nfc(label.lines[0]), text_w) or [""]
-    room = capacity - len(rest)
-    if len(head) > room:
-        head = head[:room - 1] + [_fit(pdf, " ".join(head[room - 1:]), text_w)]
-    wrapped = [("B", part) for part in head]
-    pdf.set_font("DejaVu", "", FONT_PT)
-    wrapped += [("", _fit(pdf, line, text_w)) for line in rest]
+    wrapped, size = _layout(pdf, [_nfc(line) for line in label.lines], text_w, h - 2 * PAD)
+    line_h = LINE_H * size / FONT_PT
     pdf.set_text_color(0, 0, 0)
-    text_y = y + (h - len(wrapped) * LINE_H) / 2
+    text_y = y + (h - len(wrapped) * line_h) / 2
     for n, (style, part) in enumerate(wrapped):
-        pdf.set_font("DejaVu", style, FONT_PT)
-        pdf.set_xy(text_x, text_y + n * LINE_H)
-        pdf.cell(text_w, LINE_H, part)
+        pdf.set_font("DejaVu", style, size)
+        pdf.set_xy(text_x, text_y + n * line_h)
+        pdf.cell(text_w, line_h, part)
+
+
+def _layout(pdf: FPDF, lines: list[str], width: float, height: float) -> tuple[list[tuple[str, str]], float]:
+    """The label's lines wrapped at spaces (the first bold), at the largest size that fits.
+
+    Every line wraps — an instruction such as "Quét để xem sách ở kệ này" or a long call number
+    is never cut mid-word; a call number breaks only between its parts. When even the smallest
+    size does not fit, the first line (the title) gives up room first, ending in "…"; the codes
+    after it (call number, barcode) are kept whole.
+    """
+    for size in FONT_SIZES:
+        capacity = max(1, int(height // (LINE_H * size / FONT_PT)))
+        pdf.set_font("DejaVu", "B", size)
+        head = _wrap(pdf, lines[0], width) or [""]
+        pdf.set_font("DejaVu", "", size)
+        rest = [part for line in lines[1:] for part in _wrap(pdf, line, width)]
+        if len(head) + len(rest) <= capacity:
+            return [("B", part) for part in head] + [("", part) for part in rest], size
+    room = max(1, capacity - len(rest))
+    pdf.set_font("DejaVu", "B", size)
+    if len(head) > room:
+        head = head[:room - 1] + [_fit(pdf, " ".join(head[room - 1:]), width)]
+    pdf.set_font("DejaVu", "", size)
+    rest = rest[:max(0, capacity - len(head))]
+    return [("B", part) for part in head] + [("", part) for part in rest], size
 
 
 def _draw_qr(pdf: FPDF, data: str, x: float, y: float, side: float) -> None:
@@ -134,7 +154,8 @@ def _nfc(text: str) -> str:
 
 
 def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
-    """Greedy word wrap by measured width; words longer than a line are cut."""
+    """Greedy word wrap by measured width; a word longer than a line breaks after a "." or "-"
+    inside it when it has one (call numbers: "PL4378.9.N42"), else it is cut."""
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -148,6 +169,9 @@ def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
             cut = len(word)
             while cut > 1 and pdf.get_string_width(word[:cut]) > width:
                 cut -= 1
+            soft = max(word.rfind(".", 0, cut), word.rfind("-", 0, cut))
+            if soft > 0:
+                cut = soft + 1
             lines.append(word[:cut])
             word = word[cut:]
         current = word

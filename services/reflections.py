@@ -314,6 +314,25 @@ async def append_text(db: Database, actor: Actor, reflection_id: int, text: str)
     return await _edit(db, actor, reflection_id, change, "reflection.write", added_words=count_words(text))
 
 
+async def replace_text(db: Database, actor: Actor, reflection_id: int, text: str) -> ReflectionView:
+    """Replace the whole body with a corrected version in one step (a student revising after a
+    teacher's note): checked first, so a refused text leaves the old one as it was."""
+    text = unicodedata.normalize("NFC", (text or "").strip())
+    if not text:
+        raise DomainError("reflections.empty")
+    if count_words(text) == 0:
+        raise DomainError("reflections.no_words")
+
+    async def change(s: AsyncSession, r: Reflection) -> None:
+        words = count_words(text)
+        _, hi = await _limits(s, r.campaign_id)
+        if words > hi or len(text) > MAX_BODY_CHARS:
+            raise DomainError("reflections.too_long", count=words, max=hi)
+        r.body, r.word_count = text, words
+
+    return await _edit(db, actor, reflection_id, change, "reflection.replace", words=count_words(text))
+
+
 async def clear_text(db: Database, actor: Actor, reflection_id: int) -> ReflectionView:
     async def change(s: AsyncSession, r: Reflection) -> None:
         r.body, r.word_count = "", 0

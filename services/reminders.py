@@ -44,6 +44,8 @@ from services.models import (
     Notification,
     NotificationStatus,
     Patron,
+    Reflection,
+    ReflectionStatus,
     Role,
     Title,
 )
@@ -373,7 +375,12 @@ async def stale(db: Database, clock: Clock, notices: Sequence[Claimed], rules: d
     hold_ids = {n.payload.get("hold_id") for n in notices if n.kind in HOLD_KINDS + EVENT_KINDS}
     loan_ids.discard(None)
     hold_ids.discard(None)
+    # A "please revise" notice is only true while the reflection still waits for the revision.
+    revise_ids = {n.payload.get("reflection_id") for n in notices if n.kind == "reflection_changes_requested"}
+    revise_ids.discard(None)
     async with db.session() as s:
+        revising = {rid: status for rid, status in (await s.execute(
+            select(Reflection.id, Reflection.status).where(Reflection.id.in_(revise_ids)))).all()} if revise_ids else {}
         loans = {r.id: r for r in (await s.execute(
             select(Loan.id, Loan.due_date, Loan.returned_at).where(Loan.id.in_(loan_ids)))).all()} if loan_ids else {}
         holds = {r.id: r for r in (await s.execute(
@@ -381,6 +388,10 @@ async def stale(db: Database, clock: Clock, notices: Sequence[Claimed], rules: d
             .join(Title, Title.id == Hold.title_id).where(Hold.id.in_(hold_ids)))).all()} if hold_ids else {}
     why: dict[int, str] = {}
     for n in notices:
+        if n.kind == "reflection_changes_requested" and n.payload.get("reflection_id") is not None:
+            if revising.get(n.payload["reflection_id"]) != ReflectionStatus.CHANGES_REQUESTED:
+                why[n.id] = "stale: reflection no longer waiting for a revision"
+            continue
         library_rules_ = rules.get(library_of.get(n.patron_id, -1))
         today = now.astimezone(library_rules_.zone).date() if library_rules_ else clock.today()
         if n.kind in LOAN_KINDS:

@@ -230,6 +230,22 @@ async def is_closed(db: Database, library_id: int, day: date) -> bool:
     return (await calendar_for(db, library_id, day)).is_closed(day)
 
 
+_DAY = re.compile(r"^\s*(?:(\d{4})-(\d{1,2})-(\d{1,2})|(\d{1,2})[/.](\d{1,2})[/.](\d{4}))\s*$")
+
+
+def parse_day(text: str) -> date:
+    """A date as schools write it, ``12/02/2027`` or ``12.02.2027`` (day first), or ISO ``2027-02-12``."""
+    match = _DAY.match(str(text))
+    try:
+        if match and match.group(1):
+            return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+        if match:
+            return date(int(match.group(6)), int(match.group(5)), int(match.group(4)))
+    except ValueError:
+        pass
+    raise DomainError("calendar.bad_date", value=str(text)[:20])
+
+
 @dataclass(frozen=True)
 class ClosedRange:
     id: int

@@ -185,7 +185,11 @@ async def test_cli_import_rules_calendar_and_codes(libs: Libraries, tmp_path, mo
                             "--name", "Tết Nguyên đán"]) == 0
     assert await cli._main(["calendar", "--library", "demo", "list"]) == 0
     assert "2027-02-05\t2027-02-12\tTết Nguyên đán" in capsys.readouterr().out
-    assert await cli._main(["calendar", "--library", "demo", "add", "5/2/2027"]) == 2
+    assert await cli._main(["calendar", "--library", "demo", "add", "5/2/2027"]) == 0   # day first, as in chat
+    assert "05/02/2027" in capsys.readouterr().out
+    assert await cli._main(["calendar", "--library", "demo", "add", "31/02/2027"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "Ngày «31/02/2027» không hợp lệ: viết ngày/tháng/năm, ví dụ 12/02/2027."
     out_file = tmp_path / "codes.csv"
     assert await cli._main(["link-codes", "--class", "10A2", "--library", "demo", "--out", str(out_file),
                             "--bot", "docsach_bot"]) == 0

@@ -36,7 +36,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 TEXTS = {
     "vi": {"here": "Trò chuyện ngay tại đây", "copies": "cuốn đang có trên giá", "linked": "Đã liên kết",
            "reserve": "Đặt trước", "queued": "thứ 1", "ready": "đã sẵn sàng", "needs_link": "liên kết thẻ"},
-    "en": {"here": "Chat right here", "copies": "copies on the shelf", "linked": "Linked!",
+    "en": {"here": "Chat right here", "copies": "on the shelf", "linked": "Linked!",
            "reserve": "Reserve", "queued": "number 1", "ready": "is ready for you", "needs_link": "link your library card"},
 }
 

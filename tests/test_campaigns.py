@@ -193,7 +193,7 @@ async def test_newcampaign_checks_each_answer_keeps_them_on_a_refusal_and_can_be
     assert row.title_ids == [first] and (row.min_words, row.max_words) == (100, 800)
     # a librarian who walks away can leave with a button; later text is a plain search again
     await lib.say("/newcampaign")
-    await lib.press("Hủy")
+    await lib.press("Huỷ")
     assert "Đã huỷ" in lib.text
     await lib.say("truyen kieu")
     assert "Từ ngày nào" not in lib.text
@@ -217,7 +217,7 @@ async def test_done_when_reflection_to_leaderboard_and_export(demo_app, link_cha
     await student.press("2.")
     await student.say(TEXT_60)
     await student.press("Xong")
-    await student.press("5⭐")
+    await student.press("5 ⭐")
     await student.press("Nộp bài")
     assert "Đã nộp" in student.text
     librarian = await link_chat("l1", "TT001")

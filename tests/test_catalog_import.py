@@ -83,10 +83,10 @@ CSV_VI = (
     "\ufeffNhan đề;Tác giả;ISBN;Nhà xuất bản;Năm xuất bản;Số đăng ký cá biệt (ĐKCB);Kho/kệ\n"
     "Dế Mèn phiêu lưu ký;Tô Hoài;978-604-2-08848-0;Kim Đồng;2019;VN-001;Kệ A — Văn học Việt Nam\n"
     "Dế Mèn phiêu lưu ký;Tô Hoài;978-604-2-08848-0;Kim Đồng;2019;VN-002;Góc đọc lớp 10A1\n"
-    "Số đỏ;Vũ Trọng Phụng;;NXB Văn học;1936;VN-003;Kệ mới\n"
+    "Bỉ vỏ;Nguyên Hồng;;NXB Văn học;1938;VN-003;Kệ mới\n"
     "Sách hỏng;Ai đó;978-0-00-000000-1;;;;\n"
     ";Không tên;;;;;\n"
-    "Số đỏ bản khác;Vũ Trọng Phụng;;;;VN-001;\n"
+    "Bỉ vỏ bản khác;Nguyên Hồng;;;;VN-001;\n"
 )
 
 

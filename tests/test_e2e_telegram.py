@@ -204,27 +204,27 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         assert card.startswith(f"📖 {BOOK}") and barcode in card and "(1/1 có sẵn)" in card
         assert "📌 Đặt trước" in an.buttons()
         reserved = await an.press("Đặt trước")
-        assert "sách đã được để riêng cho bạn" in reserved and "4 thg 12, 2026" in reserved
+        assert "sách đã được để riêng cho em" in reserved and "04/12/2026" in reserved
         assert an.toast and an.toast.startswith("Đã đặt trước «Nỗi cô đơn")
         # A double tap on the same card's button is answered, not repeated.
-        assert "đã được để riêng cho bạn rồi" in await an.press(None, replies=0)
+        assert "đã được để riêng cho em rồi" in await an.press(None, replies=0)
 
         # The librarian checks the copy out: /checkout, the barcode, then the student's card.
         assert "mã vạch" in await lib.say("/checkout")
         assert "để riêng cho người đặt trước" in await lib.say(barcode)
         lent = await lib.say("HS001")
-        assert "✅ Đã cho mượn" in lent and "Nguyễn Văn An (HS001)" in lent and "15 thg 12, 2026" in lent
+        assert "✅ Đã cho mượn" in lent and "Nguyễn Văn An (HS001)" in lent and "15/12/2026" in lent
         assert "đặt trước của bạn đọc này đã hoàn tất" in lent
 
         # The student sees the loan and renews it (a second tap on the same button renews once).
         loans = await an.say("/loans")
-        assert "Sách đang mượn (1)" in loans and "hạn trả 15 thg 12, 2026" in loans
+        assert "Sách đang mượn (1)" in loans and "hạn trả 15/12/2026" in loans
         [listing] = an.last
         renewed = await an.press("Gia hạn 1")
-        assert an.toast == f"Đã gia hạn «{BOOK}». Hạn trả mới: 29 thg 12, 2026 (còn 1 lần gia hạn)."
+        assert an.toast == f"Đã gia hạn «{BOOK}». Hạn trả mới: 29/12/2026 (còn 1 lần gia hạn)."
         # The list is edited in place, so it no longer shows the old due date.
         assert an.last[0]["message_id"] == listing["message_id"]
-        assert renewed.startswith(an.toast) and "hạn trả 29 thg 12, 2026" in renewed and "15 thg 12" not in renewed
+        assert renewed.startswith(an.toast) and "hạn trả 29/12/2026" in renewed and "15 thg 12" not in renewed
         assert "vừa được gia hạn rồi" in await an.press(None, replies=0)
 
         # A second student, in English: a wrong code, then linked; reserves the borrowed book.
@@ -243,7 +243,7 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         await an.say("/loans")
         refusal = await an.press("Gia hạn 1", replies=0)
         assert refusal == (f"Không gia hạn được «{BOOK}»: có 1 bạn đang chờ mượn cuốn này. "
-                           "Hãy trả đúng hạn nhé.")
+                           "Em trả đúng hạn nhé.")
         assert "không có quyền" in await an.say(f"/return {barcode}")   # a student cannot check in
 
         # The reservation limit, in English (the school set it to 1; Páo already holds one).
@@ -258,9 +258,9 @@ async def test_new_reader_links_reserves_borrows_renews_and_returns(demo_app, fa
         returned = await lib.say(f"/return {barcode}")
         assert "✅ Đã nhận trả" in returned and "Nguyễn Văn An (HS001)" in returned
         assert "để riêng cuốn này cho Giàng A Páo (HS003)" in returned
-        assert "set aside for you, pick up by Dec 4, 2026" in await pao.say("/holds")
+        assert "set aside for you, pick up by 4 Dec 2026" in await pao.say("/holds")
         assert "không có ai mượn" in await lib.say(f"/return {barcode}")   # scanned twice
-        assert await an.say("/loans") == "Bạn không mượn cuốn sách nào."
+        assert await an.say("/loans") == "Em không mượn cuốn sách nào."
 
     # The database agrees: one loan, renewed once and returned; every step audited as "telegram".
     async with db.session() as s:
@@ -305,7 +305,7 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         await lib.say("Sách về quê hương")
         assert "Độ dài cảm nhận" in await lib.press("Bỏ qua")
         created = await lib.say("20 300")
-        assert created.startswith("✅ Đã tạo chiến dịch") and f"{campaign} (1/11/26 – 31/1/27)" in created
+        assert created.startswith("✅ Đã tạo chiến dịch") and f"{campaign} (01/11/2026 – 31/01/2027)" in created
         async with db.session() as s:
             campaign_id = (await s.execute(select(Campaign.id))).scalar_one()
 
@@ -330,7 +330,7 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         api.files[PHOTO] = UploadedFile("photo", "page.png", "image/png", PAGE_BYTES, file_id=PHOTO)
         assert await an.send_photo(PHOTO) == "Đã đính kèm ảnh. Gửi tiếp bài viết, hoặc bấm «Xong»."
         assert "mấy sao?" in await an.press("Xong")
-        preview = await an.press("5⭐")
+        preview = await an.press("5 ⭐")
         assert preview == (f"📖 Cảm nhận về: {BOOK}\n💬 {first_prompt}\n\n{part1}\n\n{part2}\n\n"
                            "📷 Có ảnh đính kèm\n43 chữ (cần 20–300) · ★★★★★ · bản nháp")
         # text typed after the preview (a search, say) is not added to the reflection

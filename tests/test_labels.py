@@ -67,7 +67,7 @@ async def test_qr_command_refusals(demo_app, tmp_path, capsys):
     assert await handlers["qr"](demo_app, parser.parse_args([*named[:3], "zz", *named[4:]])) == 2
     assert await handlers["qr"](demo_app, parser.parse_args(named)) == 0
     [codes] = decode_pdf((tmp_path / "x.pdf").read_bytes())
-    assert len(codes) == 7 and all(c.startswith("https://t.me/b?start=l") for c in codes)
+    assert len(codes) == 8 and all(c.startswith("https://t.me/b?start=l") for c in codes)  # 6 shelves (with the textbook shelf KE-G) + 2 corners
     # A shelf's code lists what is on it.
     _, shelves = await catalog_label_items(demo_app.db, "shelves", "demo")
     replies = await demo_app.router.dispatch(Incoming(

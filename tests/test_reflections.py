@@ -255,7 +255,7 @@ async def test_reflect_flow_in_chat_moderation_card_and_publication(demo_app, li
     await app.router.dispatch(Incoming(channel="test", chat_id="s1", user_id="s1", photo_ref="AgAC-drawing"))
     await student.press("Xong")
     assert "mấy sao" in student.text
-    await student.press("4⭐")
+    await student.press("4 ⭐")
     assert "★★★★☆" in student.text and "chữ" in student.text
     await student.say("/drafts")
     assert book[:20] in student.text and "bản nháp" in student.text
@@ -326,8 +326,8 @@ async def test_moderator_reject_and_changes_through_chat(demo_app, link_chat):
     await librarian.press("Từ chối")
     await librarian.say("Bài chép mạng.")
     assert "Xác nhận từ chối" in " ".join(b.label for r in librarian.last for row in r.buttons for b in row)
-    await librarian.press("Hủy")
-    assert "Đã hủy, bài vẫn chờ duyệt" in librarian.text
+    await librarian.press("Huỷ")
+    assert "Đã huỷ, bài vẫn chờ duyệt" in librarian.text
     await librarian.say("truyen kieu")                  # the chat is free again: a plain search
     assert (await reflections.get(app.db, student, d2.id)).status == ReflectionStatus.SUBMITTED
     # guests and students cannot open the queue
@@ -374,12 +374,12 @@ async def test_text_after_the_preview_is_never_added_nor_withdraws_a_submitted_o
     await student.press("Tự viết")
     await student.say(TEXT_60)
     await student.press("Xong")
-    stars = student.find_button("4⭐")
+    stars = student.find_button("4 ⭐")
     await student.say("de men phieu luu ky")            # while the stars are shown
     assert "chưa thêm tin nhắn" in student.text
     assert {"📨 Nộp bài", "✍️ Viết thêm", "✖️ Thoát (giữ bản nháp)"} <= set(reply_labels(student))
     await student.press("Nộp bài")                       # no stars yet: asked for them, not refused flatly
-    assert "chấm sao" in student.text and "4⭐" in reply_labels(student)
+    assert "chấm sao" in student.text and "4 ⭐" in reply_labels(student)
     await student.press(stars)
     assert "★★★★☆" in student.text
     await student.say("de men phieu luu ky")            # after the preview

@@ -53,7 +53,7 @@ async def test_reminder_over_http_and_renew_pressed_on_it(tg, clock: Clock):
     report = await sweeper_for(app).sweep()
     assert report.messages == 2 and api.stats.too_many_requests == 0
     [message] = api.sent_messages(4202)
-    assert "Dec 3, 2026" in message["text"]
+    assert "3 Dec 2026" in message["text"]
     keyboard = message["reply_markup"]["inline_keyboard"]
     renew = next(b for row in keyboard for b in row if "Renew" in b["text"])
     assert len(renew["callback_data"].encode()) <= 64

@@ -270,7 +270,7 @@ async def test_the_reader_gets_the_cancelled_hold_notice_once_in_their_language(
     await Sweeper(libs.app.router, worker="test").sweep()
     texts = {chat: reply.text for chat, reply in channel.sent}
     assert len(channel.sent) == 2
-    assert texts["HS001"].startswith("Thư viện đã hủy lượt đặt trước «") and "đội tuyển" in texts["HS001"]
+    assert texts["HS001"].startswith("Thư viện đã huỷ lượt đặt trước «") and "đội tuyển" in texts["HS001"]
     assert texts["HS002"].startswith("The library cancelled your hold on «")
 
 

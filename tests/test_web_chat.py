@@ -458,7 +458,7 @@ async def test_link_code_slips_name_the_school_expiry_and_how_to(site):
     [page] = list(pypdfium2.PdfDocument(pdf))
     text = page.get_textpage().get_text_range()
     expiry = t.date(issued[0].expires_at, "dd/MM/yyyy")
-    assert "Trường THPT Demo Lào Cai" in text and f"Hết hạn: {expiry}" in text and "Quét mã QR" in text
+    assert "Trường THPT Demo Lào Cai" in text and f"Dùng được đến hết ngày {expiry}" in text and "Quét mã QR" in text
     codes = {r.text for r in zxingcpp.read_barcodes(page.render(scale=3).to_pil(),
                                                     formats=zxingcpp.BarcodeFormat.QRCode)}
     assert codes == {f"https://thuvien.example.vn/b/{i.payload}" for i in issued}

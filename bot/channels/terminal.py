@@ -2,7 +2,9 @@
 
 Buttons are shown as numbered choices; typing the number presses the button. ``docsach run`` opens
 it only when no messaging platform is configured, and end of input then stops the whole process
-(so ``printf '/start\n/help\n' | docsach run`` works in scripts).
+(so ``printf '/start\n/help\n' | docsach run`` works in scripts). Files the bot sends (PDF slips,
+certificates) are saved in the data directory (``DOCSACH_DATA_DIR``/files), not in the folder the
+command runs from.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -30,9 +33,11 @@ class TerminalChannel:
 
     name = CHANNEL
 
-    def __init__(self, out: TextIO = sys.stdout, attachments_dir: Path = Path(".")) -> None:
+    def __init__(self, out: TextIO = sys.stdout, attachments_dir: Path | None = None) -> None:
+        from bot.config import data_dir
+
         self.out = out
-        self.attachments_dir = attachments_dir
+        self.attachments_dir = attachments_dir or data_dir() / "files"
         self.choices: list[Button] = []
         self.count = 0
 
@@ -51,9 +56,10 @@ class TerminalChannel:
                 target = f" → {button.url}" if button.url else ""
                 self.out.write(f"  [{n}] {button.label}{target}\n")
         if reply.attachment is not None:
-            path = self.attachments_dir / reply.attachment.filename
+            self.attachments_dir.mkdir(parents=True, exist_ok=True)
+            path = self.attachments_dir / Path(reply.attachment.filename).name
             path.write_bytes(reply.attachment.data)
-            self.out.write(f"  (saved {path})\n")
+            self.out.write(f"  📎 {path}\n")   # no words: the chat may be in either language
         self.out.flush()
 
     def button_for(self, line: str) -> Button | None:
@@ -64,8 +70,11 @@ class TerminalChannel:
 
 
 async def run_terminal(router, *, user: str = "local", language: str | None = None,
-                       stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, prompt: bool | None = None) -> None:
-    """Read lines until end of input; each line is one message (or a button press)."""
+                       stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, prompt: bool | None = None,
+                       after_each: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Read lines until end of input; each line is one message (or a button press).
+    ``after_each`` runs after every reply (``docsach chat`` sweeps the outbox there, so notices
+    such as an approved reflection or a reminder appear in the terminal as they would on a phone)."""
     channel = TerminalChannel(out)
     # Reminders and other pushed messages for terminal chats appear here too.
     router.deps.outbound.setdefault(CHANNEL, channel)
@@ -90,6 +99,8 @@ async def run_terminal(router, *, user: str = "local", language: str | None = No
             event = Incoming(channel=CHANNEL, chat_id=user, user_id=user, text=text, language_hint=language)
         for reply in await router.dispatch(event):
             channel.show(reply)
+        if after_each is not None:
+            await after_each()
     if interactive:
         out.write("\n")
 
