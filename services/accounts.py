@@ -20,10 +20,16 @@ database or backup does not give away codes that are still valid (40 bits fall q
 offline search of a plain hash). Without a stable secret (none configured, so every process would
 invent its own) codes use the plain SHA-256 digest, and a keyed deployment still accepts those,
 so codes printed before the key was set keep working until they expire. Changing the secret
-invalidates the codes issued under the old one (as it does buttons already in chats). Guessing is rate-limited in the database (so every worker agrees): per
-chat identity 5 attempts per 15 minutes, and deployment-wide 200 attempts per 10 minutes. A wrong
-guess cannot tell which library it was aimed at, so the "global" limit covers every library at
-once, which is stricter than one limit per library.
+invalidates the codes issued under the old one (as it does buttons already in chats).
+
+Guessing is rate-limited in the database (so every worker agrees), in an order that one attacker
+cannot turn against everyone else: each chat identity (one platform account) has 5 attempts per
+15 minutes, and each ``source`` the adapter names (the web chat's client address) 30; an attempt
+refused by a limit counts nowhere. Wrong guesses are also counted deployment-wide; past 200 in
+10 minutes, guesses spread over many chats are slowed: a wrong guess then uses up its chat's
+whole window at once. The global count never refuses a chat that is under its own limit, so a
+valid code from such a chat always links it. A wrong guess cannot tell which library it was
+aimed at, so the global count covers every library at once.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 8
 CODE_TTL = timedelta(days=14)
 CHAT_LIMIT = (5, 15 * 60)        # attempts, window in seconds
-GLOBAL_LIMIT = (200, 10 * 60)
+SOURCE_LIMIT = (30, 15 * 60)     # per client address (web chat): a school may share one
+GLOBAL_LIMIT = (200, 10 * 60)    # wrong guesses deployment-wide before guessing is slowed
 MAX_IMPORT_ROWS = 20_000
 
 
@@ -175,38 +182,76 @@ async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None
         return issued
 
 
-async def _hit(s: AsyncSession, key: str, window: int, now: datetime) -> tuple[int, int]:
-    """Count one attempt against ``key`` in the current fixed window: (count so far, seconds left)."""
+def _window(now: datetime, window: int) -> tuple[int, int]:
+    """(start of the fixed window containing ``now``, seconds left in it)."""
     epoch = int(now.timestamp())
     start = epoch - epoch % window
+    return start, start + window - epoch
+
+
+async def _take(s: AsyncSession, key: str, window: int, limit: int, now: datetime,
+                cost: int = 1) -> tuple[int | None, int]:
+    """Use ``cost`` attempts of ``key``'s current window if it has any left: (count now, or None
+    when the window is already full and nothing was counted; seconds left in the window)."""
+    start, left = _window(now, window)
     insert = insert_for(s)
-    stmt = insert(RateCounter).values(key=key, window_start=start, count=1)
+    stmt = insert(RateCounter).values(key=key, window_start=start, count=cost)
     stmt = stmt.on_conflict_do_update(index_elements=["key", "window_start"],
-                                      set_={"count": RateCounter.count + 1}).returning(RateCounter.count)
-    count = (await s.execute(stmt)).scalar_one()
-    return count, start + window - epoch
+                                      set_={"count": RateCounter.count + cost},
+                                      where=RateCounter.count < limit).returning(RateCounter.count)
+    return (await s.execute(stmt)).scalar_one_or_none(), left
+
+
+def _wait(left: int) -> DomainError:
+    return DomainError("account.too_many_attempts", minutes=max(1, -(-left // 60)))
 
 
 async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Clock,
-                           key: bytes | None = None) -> LinkResult:
-    """Link this chat to the patron the code was issued for. Each attempt counts against the limits."""
+                           key: bytes | None = None, source: str | None = None) -> LinkResult:
+    """Link this chat to the patron the code was issued for. Each attempt that is not refused
+    counts against the chat's (and ``source``'s) limit; a wrong one also against the global count."""
     if actor.identity_id is None:
         raise DomainError("account.link_failed")
     if actor.is_linked:
         raise DomainError("account.already_linked")
-    now = clock.now()
-    async with db.transaction() as s:
-        await s.execute(delete(RateCounter).where(
-            RateCounter.key.like("link:%"), RateCounter.window_start < int(now.timestamp()) - 86400))
-        chat_count, chat_left = await _hit(s, f"link:chat:{actor.identity_id}", CHAT_LIMIT[1], now)
-        all_count, all_left = await _hit(s, "link:all", GLOBAL_LIMIT[1], now)
-    if chat_count > CHAT_LIMIT[0]:
-        raise DomainError("account.too_many_attempts", minutes=max(1, -(-chat_left // 60)))
-    if all_count > GLOBAL_LIMIT[0]:
-        raise DomainError("account.too_many_attempts", minutes=max(1, -(-all_left // 60)))
     normalized = normalize_code(code)
     if normalized is None:
-        raise DomainError("account.code_invalid")
+        raise DomainError("account.code_invalid")   # not a code at all: probes nothing, counts nothing
+    now = clock.now()
+    chat_key = f"link:chat:{actor.identity_id}"
+    source_key = f"link:src:{source[:60]}" if source else None
+    async with db.transaction() as s:   # a refusal rolls back every count taken here
+        await s.execute(delete(RateCounter).where(
+            RateCounter.key.like("link:%"), RateCounter.window_start < int(now.timestamp()) - 86400))
+        taken, left = await _take(s, chat_key, CHAT_LIMIT[1], CHAT_LIMIT[0], now)
+        if taken is None:
+            raise _wait(left)
+        if source_key is not None:
+            taken, left = await _take(s, source_key, SOURCE_LIMIT[1], SOURCE_LIMIT[0], now)
+            if taken is None:
+                raise _wait(left)
+    try:
+        return await _claim(db, actor, normalized, key, now)
+    except DomainError as refusal:
+        if refusal.key in ("account.code_invalid", "account.code_used", "account.code_expired"):
+            await _count_wrong_guess(db, chat_key, now)
+        raise
+
+
+async def _count_wrong_guess(db: Database, chat_key: str, now: datetime) -> None:
+    """Count a wrong guess deployment-wide; past the global limit, it uses up its chat's window."""
+    async with db.transaction() as s:
+        start, _ = _window(now, GLOBAL_LIMIT[1])
+        insert = insert_for(s)
+        count = (await s.execute(insert(RateCounter).values(key="link:wrong", window_start=start, count=1)
+                                 .on_conflict_do_update(index_elements=["key", "window_start"],
+                                                        set_={"count": RateCounter.count + 1})
+                                 .returning(RateCounter.count))).scalar_one()
+        if count > GLOBAL_LIMIT[0]:
+            await _take(s, chat_key, CHAT_LIMIT[1], CHAT_LIMIT[0], now, cost=CHAT_LIMIT[0])
+
+
+async def _claim(db: Database, actor: Actor, normalized: str, key: bytes | None, now: datetime) -> LinkResult:
     digests = _digests(normalized, key)
     async with db.transaction() as s:
         claimed = (await s.execute(
