@@ -243,6 +243,6 @@ def register(router: Router) -> None:
     router.button("book", press_book, in_groups=True)
     router.button("sp", press_page, in_groups=True)
     router.button("loc", press_location, in_groups=True)
-    router.deep_link("t", link_title)
-    router.deep_link("c", link_copy)
-    router.deep_link("l", link_location)
+    router.deep_link("t", link_title, in_groups=True)   # catalog only: nobody's personal data
+    router.deep_link("c", link_copy, in_groups=True)
+    router.deep_link("l", link_location, in_groups=True)

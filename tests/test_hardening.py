@@ -72,3 +72,30 @@ async def test_one_address_has_its_own_limit_and_refusals_count_nowhere(libs: Li
     for _ in range(5):
         assert await _refusal(accounts.redeem_link_code(db, web, "AAAA-AAAC", clock=clock)) == "account.code_invalid"
     assert await _refusal(accounts.redeem_link_code(db, web, "AAAA-AAAC", clock=clock)) == "account.too_many_attempts"
+
+
+# -- 3. link codes (and every personal answer) never run in a group -----------------------------------
+
+async def test_a_link_code_deep_link_in_a_group_is_refused_and_not_used_up(libs: Libraries, clock):
+    from handlers.messages import Incoming
+
+    app = libs.app
+    lib = await libs.actor("TT001")
+    student = await libs.actor("HS001")
+    [slip] = await accounts.issue_link_codes(libs.db, lib, patron_ids=[student.patron_id], clock=clock)
+
+    async def say(text: str, chat_type: str, chat_id: str) -> str:
+        replies = await app.router.dispatch(Incoming(channel="test", chat_id=chat_id, user_id="u7", text=text,
+                                                     chat_type=chat_type))
+        return "\n".join(r.text for r in replies)
+
+    said = await say(f"/start {slip.payload}", "supergroup", "-100")
+    assert student.full_name not in said and (student.class_name or "") not in said
+    assert "riêng" in said   # "private chat only", in the group's language
+    assert not (await chat_actor(libs, "u7")).is_linked
+    # Catalog deep links still work in groups (nothing personal in a book card).
+    assert "📖" in await say("/start t1", "group", "-100")
+    # The same code, in the private chat, still links: it was not consumed.
+    said = await say(f"/start {slip.payload}", "private", "u7")
+    assert student.full_name in said and (await chat_actor(libs, "u7")).is_linked
+    assert student.full_name not in await say("/start", "group", "-100")   # no greeting by name either
