@@ -273,15 +273,14 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
             return 2
         await asyncio.to_thread(Path(args.out).write_bytes, pdf)
     elif args.out:
-        import csv
+        from services.spreadsheets import write_csv as safe_rows
 
         def write_csv() -> None:
             with open(args.out, "w", encoding="utf-8-sig", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["card", "full_name", "class", "code", "link", "expires"])
-                for i in issued:
-                    writer.writerow([i.card_number, i.full_name, i.class_name or "", i.code,
-                                     deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()])
+                safe_rows(fh, [["card", "full_name", "class", "code", "link", "expires"],
+                               *([i.card_number, i.full_name, i.class_name or "", i.code,
+                                  deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()]
+                                 for i in issued)])
 
         await asyncio.to_thread(write_csv)
     else:

@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit
+from services import audit, spreadsheets
 from services.common import DomainError
 from services.db import Database
 from services.models import Copy, CopyStatus, Library, Location, Title
@@ -710,10 +710,8 @@ def write_report(path: Path, rejected: list[Rejected], report: Path | None = Non
                 pass
         return None
     body = io.StringIO()
-    writer = csv.writer(body)
-    writer.writerow(["position", "title", "reason"])
-    for r in rejected:
-        writer.writerow([r.position, r.title, r.reason])
+    spreadsheets.write_csv(body, [["position", "title", "reason"],
+                                  *([r.position, r.title, r.reason] for r in rejected)])
     for candidate in (target, Path.cwd() / target.name):
         try:
             candidate.write_text(body.getvalue(), encoding="utf-8")

