@@ -599,6 +599,27 @@ async def _quietly(call: Awaitable[Any]) -> None:
         log.info("telegram call ignored: %s", exc)
 
 
+class RefusalLog:
+    """Requests refused for a wrong secret, logged at most once per ``interval`` seconds with a
+    count, so whoever finds the webhook URL cannot flood the log (one line per request would)."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self.total = 0
+        self._unlogged = 0
+        self._last: float | None = None
+
+    def note(self, remote: str | None) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if self._last is not None and now - self._last < self.interval:
+            return
+        log.warning("webhook: refused %d request(s) without the right secret since the last report "
+                    "(latest from %s; %d in all)", self._unlogged, remote, self.total)
+        self._unlogged, self._last = 0, now
+
+
 class WebhookServer:
     """aiohttp server for Telegram's POSTs: refuses any request without the secret header."""
 
@@ -606,6 +627,7 @@ class WebhookServer:
         self.application = application
         self.webhook = webhook
         self.runner: web.AppRunner | None = None
+        self.refusals = RefusalLog()
 
     async def start(self) -> None:
         server = web.Application(client_max_size=1024 * 1024)
@@ -624,11 +646,12 @@ class WebhookServer:
     async def receive(self, request: web.Request) -> web.Response:
         supplied = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(supplied.encode(), self.webhook.secret.encode()):
-            log.warning("webhook request from %s without the right secret: refused", request.remote)
+            self.refusals.note(request.remote)
             return web.Response(status=403, text="forbidden")
         try:
             update = Update.de_json(await request.json(), self.application.bot)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            # RecursionError: a body nested thousands of levels deep ("[[[[…"), which json gives up on
             return web.Response(status=400, text="not an update")
         if update is None:
             return web.Response(status=400, text="not an update")

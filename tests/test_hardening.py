@@ -196,3 +196,39 @@ async def test_an_update_ptb_cannot_parse_is_skipped_once(app, fake_bot_api, cap
     skipped = [r for r in caplog.records if "skipped update" in r.getMessage()]
     assert len(skipped) == 1 and str(bad["update_id"]) in skipped[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+
+
+# -- 8. the webhook survives hostile bodies and cannot flood the log --------------------------------------
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+async def test_webhook_refuses_deep_json_and_counts_bad_secrets_in_few_log_lines(app, fake_bot_api, caplog):
+    import logging
+
+    from aiohttp import ClientSession
+
+    from bot import telegram
+    from tests.test_telegram import free_port
+
+    api = fake_bot_api
+    port = free_port()
+    hook = telegram.Webhook(url=f"http://127.0.0.1:{port}/tg/hook", host="127.0.0.1", port=port, secret="s3cret")
+    caplog.set_level(logging.WARNING)
+    async with telegram.running(app, webhook=hook, token=api.token, base_url=api.base_url, poll_timeout=1,
+                                backoff=(0.05, 0.1)) as adapter, ClientSession() as http:
+        good = {telegram.SECRET_HEADER: "s3cret", "Content-Type": "application/json"}
+        async with http.post(hook.url, data="[" * 200_000, headers=good) as response:
+            assert response.status == 400
+        for _ in range(100):
+            async with http.post(hook.url, json={"update_id": 1}, headers={telegram.SECRET_HEADER: "guess"}) as r:
+                assert r.status == 403
+        refused = [r.getMessage() for r in caplog.records if "without the right secret" in r.getMessage()]
+        assert len(refused) == 1
+        adapter.webhook_server.refusals.interval = 0   # the next report says how many were refused
+        async with http.post(hook.url, json={"update_id": 1}, headers={telegram.SECRET_HEADER: "x"}) as r:
+            assert r.status == 403
+        refused = [r.getMessage() for r in caplog.records if "without the right secret" in r.getMessage()]
+        assert len(refused) == 2 and "refused 100 request(s)" in refused[1] and "101 in all" in refused[1]
+        # still serving real updates
+        assert await api.post_update_to_webhook(None, api.message_update(4242, "/start", language_code="en")) == 200
+        [hello] = await api.wait_for_sent(4242)
+        assert hello["text"].startswith("Hello!")
