@@ -463,6 +463,7 @@ class TelegramAdapter:
             channel=CHANNEL, chat_id=str(chat.id), user_id=str(user.id), text=text,
             language_hint=user.language_code, display_name=user.full_name, chat_type=chat.type,
             photo_ref=message.photo[-1].file_id if message.photo else None,
+            mentioned=chat.type != "private" and not text.startswith("/"),
         )
         await self.deliver(event, await self.router.dispatch(event))
 

@@ -27,6 +27,7 @@ class Incoming:
     display_name: str | None = None
     chat_type: str = "private"
     photo_ref: str | None = None       # a platform file id, for photos sent in a flow
+    mentioned: bool = False            # a group message addressed to the bot by @name (mention removed)
 
     @property
     def command(self) -> str | None:

@@ -66,8 +66,8 @@ async def search_command(event: Incoming, ctx: Context) -> Reply:
 
 
 async def search_text(event: Incoming, ctx: Context) -> Reply | None:
-    if event.chat_type != "private":  # in a group, only /search is meant for the bot
-        return None
+    if event.chat_type != "private" and not event.mentioned:
+        return None   # in a group, only /search and "@bot words" are meant for the bot
     return await run_search(ctx, event.text)
 
 

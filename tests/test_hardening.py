@@ -232,3 +232,22 @@ async def test_webhook_refuses_deep_json_and_counts_bad_secrets_in_few_log_lines
         assert await api.post_update_to_webhook(None, api.message_update(4242, "/start", language_code="en")) == 200
         [hello] = await api.wait_for_sent(4242)
         assert hello["text"].startswith("Hello!")
+
+
+# -- 11. "@bot words" in a group is a catalog search --------------------------------------------------------
+
+async def test_a_group_message_mentioning_the_bot_is_searched(demo_app, fake_bot_api):
+    from bot import telegram
+
+    api = fake_bot_api
+    group = -100555
+    async with telegram.running(demo_app, token=api.token, base_url=api.base_url, poll_timeout=1,
+                                backoff=(0.05, 0.1)):
+        api.push_message(group, "@docsach_test_bot charlote doyle", user_id=4242, language_code="en")
+        [results] = await api.wait_for_sent(group, timeout=10)
+        assert "Charlotte Doyle" in results["text"]
+        api.push_message(group, "charlote doyle", user_id=4242, language_code="en")   # not for us
+        api.push_message(group, "ask @docsach_test_bot, it knows", user_id=4242, language_code="en")
+        await api.wait_for_sent(group, count=2, timeout=10)
+        await api.wait_idle()
+        assert len(api.sent_messages(group)) == 2
