@@ -5,6 +5,7 @@ Two phases, so a broken file never leaves a half-imported catalog:
 1. *parse* the whole file into :class:`Record`s (or :class:`Rejected` rows with a reason); a file
    that cannot be read as a whole (not CSV/XLSX/MARC, no title column, a truncated MARC record,
    broken XML) raises :class:`MalformedFile` before anything is written;
+   over-long text (``LIMITS``) is shortened at a word boundary and the row listed in the report;
 2. *apply* every record in ONE transaction: match existing titles by ``source_key`` (LCCN, ISBN,
    MARC 001, or a hash of folded title+author+year), else by ISBN-13; update only what differs,
    so importing the same file twice changes nothing the second time.
@@ -39,6 +40,11 @@ from services.textfold import fold, normalize_isbn
 
 BATCH = 500
 FIELDS = ("title", "authors", "isbn13", "publisher", "year", "language", "subjects", "call_number")
+# Longest text kept per field: generous for real catalog data (LoC titles with subtitles run to a
+# few hundred characters), but a 100,000-character "title" must not reach a chat. Longer text is
+# shortened at a word boundary and the row is listed in the report.
+LIMITS = {"title": 500, "authors": 500, "publisher": 200, "subjects": 1000}
+LOCATION_LIMIT = 100
 
 
 class MalformedFile(DomainError):
@@ -77,6 +83,7 @@ class Record:
     copies: list[CopySpec] = field(default_factory=list)
     min_copies: int = 0             # "copies / số bản" column: at least this many
     shelf: str | None = None        # where generated copies go (spreadsheet location column)
+    notes: list[str] = field(default_factory=list)   # what was changed on the way in (shortened text)
 
     @property
     def key(self) -> str:
@@ -99,6 +106,36 @@ class Rejected:
     position: str
     title: str
     reason: str
+    imported: bool = False          # a warning: the row was imported, but not exactly as written
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:/.-") + "…"
+
+
+def cap_fields(record: Record) -> Record:
+    """Shorten over-long text fields (see ``LIMITS``), noting each in ``record.notes``."""
+    for name, limit in LIMITS.items():
+        value = getattr(record, name)
+        if value and len(value) > limit:
+            setattr(record, name, _cut(value, limit))
+            record.notes.append(f"{name} had {len(value)} characters; kept the first {limit}")
+    if record.shelf and len(record.shelf) > LOCATION_LIMIT:
+        record.notes.append(f"location had {len(record.shelf)} characters; kept the first {LOCATION_LIMIT}")
+        record.shelf = _cut(record.shelf, LOCATION_LIMIT)
+    for spec in record.copies:
+        if spec.location and len(spec.location) > LOCATION_LIMIT:
+            note = f"location had {len(spec.location)} characters; kept the first {LOCATION_LIMIT}"
+            if note not in record.notes:
+                record.notes.append(note)
+            spec.location = _cut(spec.location, LOCATION_LIMIT)
+    return record
 
 
 @dataclass
@@ -108,6 +145,7 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    warnings: list[Rejected] = field(default_factory=list)   # imported, but changed (see Record.notes)
     copies_added: int = 0
     holdings_ignored: int = 0       # holdings in the file, but no library was given
     report_path: Path | None = None
@@ -119,6 +157,8 @@ class ImportSummary:
                 f"rejected {len(self.rejected)}; copies added {self.copies_added}")
         if self.holdings_ignored:
             text += f"; {self.holdings_ignored} holdings ignored (give --library CODE to import copies)"
+        if self.warnings:
+            text += f"; {len(self.warnings)} imported with shortened text"
         return text
 
 
@@ -503,7 +543,11 @@ def parse_file(path: Path | str, *, progress: bool = False) -> tuple[str, list[R
 
         items = tqdm(items, desc="reading", unit=" rec", file=sys.stderr, leave=False)
     for item in items:
-        (records if isinstance(item, Record) else rejected).append(item)
+        if isinstance(item, Record):
+            records.append(cap_fields(item))
+        else:
+            item.title = _cut(item.title, LIMITS["title"])
+            rejected.append(item)
     return fmt, records, rejected
 
 
@@ -727,7 +771,9 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
     """Import a catalog file in one transaction; see the module docstring."""
     path = Path(path)
     fmt, records, rejected = parse_file(path, progress=progress)
-    summary = ImportSummary(format=fmt, rejected=rejected)
+    summary = ImportSummary(format=fmt, rejected=rejected,
+                            warnings=[Rejected(r.position, r.title, "imported, but " + "; ".join(r.notes), True)
+                                      for r in records if r.notes])
     async with db.transaction() as s:
         library = None
         if library_code:
@@ -741,5 +787,5 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
                      library_id=library.id if library else None, channel=channel, file=path.name,
                      format=fmt, added=summary.added, updated=summary.updated, unchanged=summary.unchanged,
                      rejected=len(summary.rejected), copies_added=summary.copies_added)
-    summary.report_path = write_report(path, summary.rejected, report)
+    summary.report_path = write_report(path, summary.rejected + summary.warnings, report)
     return summary

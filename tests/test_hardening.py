@@ -251,3 +251,38 @@ async def test_a_group_message_mentioning_the_bot_is_searched(demo_app, fake_bot
         await api.wait_for_sent(group, count=2, timeout=10)
         await api.wait_idle()
         assert len(api.sent_messages(group)) == 2
+
+
+# -- 5. unbounded catalog text --------------------------------------------------------------------------------
+
+async def test_huge_catalog_text_is_capped_on_import_and_a_card_is_one_message(demo_app, tmp_path):
+    from sqlalchemy import select, update
+
+    from handlers.messages import Incoming
+    from services import importer
+    from services.models import Title
+
+    app = demo_app
+    path = tmp_path / "kho.csv"
+    huge = "Dế Mèn phiêu lưu ký " * 5000    # 100,000 characters
+    path.write_text("Nhan de,Tac gia,Chu de,DKCB,Kho\n"
+                    f"{huge},{'Tô Hoài ' * 2000},{'thiếu nhi ' * 3000},DM-0001,{'Kệ A ' * 100}\n"
+                    "Truyện ngắn,Nam Cao,,DM-0002,Kệ B\n", encoding="utf-8")
+    summary = await importer.import_file(app.db, path, library_code="demo")
+    assert summary.added == 2 and not summary.rejected
+    [warning] = summary.warnings
+    assert warning.position == "row 2" and "title had 99999 characters" in warning.reason
+    assert "authors had" in warning.reason and "subjects had" in warning.reason and "location had" in warning.reason
+    assert "row 2" in summary.report_path.read_text(encoding="utf-8")
+    async with app.db.session() as s:
+        title = (await s.execute(select(Title).where(Title.title.like("Dế Mèn%")))).scalar_one()
+    assert len(title.title) <= importer.LIMITS["title"] and title.title.endswith("…")
+    # Text already in the database (from before the cap) still makes one message, in a group too.
+    async with app.db.transaction() as s:
+        await s.execute(update(Title).where(Title.id == title.id).values(title=huge, authors=huge, publisher=huge))
+    for chat_type in ("private", "supergroup"):
+        replies = await app.router.dispatch(Incoming(channel="test", chat_id="-1" if chat_type != "private" else "u1",
+                                                     user_id="u1", text=f"/start t{title.id}", chat_type=chat_type))
+        assert len(replies) == 1 and len(replies[0].text) <= 4096 and replies[0].text.startswith("📖 Dế Mèn")
+    replies = await app.router.dispatch(Incoming(channel="test", chat_id="u1", user_id="u1", text="de men phieu luu"))
+    assert len(replies) == 1 and len(replies[0].text) <= 4096
