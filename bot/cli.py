@@ -7,7 +7,6 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from bot.app import App, build_app
 from bot.config import Settings
@@ -38,6 +37,13 @@ async def _prepare(app: App, *, load_demo: bool) -> None:
     search = app.deps.extras.get("search")
     if search is not None:
         app.deps.extras["search_warmup"] = asyncio.create_task(search.ensure_ready())
+
+
+def _say_refusal(app: App, refusal: DomainError) -> int:
+    """A refusal as one sentence in the school's language on stderr; exit status 2."""
+    t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+    print(t(refusal.key, **refusal.params), file=sys.stderr)
+    return 2
 
 
 # -- subcommands -----------------------------------------------------------------------
@@ -103,10 +109,15 @@ async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
 async def cmd_qr(app: App, args: argparse.Namespace) -> int:
     """Print QR labels whose codes open the book, copy or shelf in the Telegram bot."""
     from handlers.core import deep_link_payload, deep_link_url
+    from services import files
     from services.labels import KINDS, Label, catalog_label_items, render_label_sheet
 
     settings = app.settings
     t = app.deps.catalogs.translator(settings.default_language, settings.timezone)
+    try:
+        out = files.check_writable(args.out)     # before asking Telegram or drawing any label
+    except DomainError as refusal:
+        return _say_refusal(app, refusal)
     username = args.bot_username or settings.telegram_bot_username
     if not username and settings.telegram_token:
         from bot import telegram
@@ -139,8 +150,10 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
               for item in items]
     pdf = await asyncio.to_thread(render_label_sheet, labels, columns=args.columns, rows=args.rows,
                                   title=f"{library_name} — {headings[what]}")
-    out = Path(args.out)
-    await asyncio.to_thread(out.write_bytes, pdf)
+    try:
+        await asyncio.to_thread(files.write_bytes, out, pdf)
+    except DomainError as refusal:
+        return _say_refusal(app, refusal)
     pages = -(-len(labels) // (args.columns * args.rows))
     print(f"{len(labels)} labels on {pages} A4 page(s): {out}")
     return 0
@@ -217,23 +230,27 @@ async def cmd_export(app: App, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from handlers.i18n import Catalogs
-    from services import campaigns
+    from services import campaigns, files
 
     await upgrade_async(app.settings.database_url)
     t = Catalogs().translator(args.language or app.settings.default_language, app.settings.timezone)
     try:
+        if args.output and args.output != "-":
+            files.check_writable(args.output)
         campaign = await campaigns.find(app.db, args.campaign)
+        output = Path(args.output or f"reflections-campaign-{campaign.id}.{args.format}")
+        if str(output) != "-":
+            files.check_writable(output)
         data = await campaigns.export_reflections(app.db, campaign.id, args.format, t,
                                                   shortlisted_only=args.shortlisted)
+        if str(output) == "-":
+            sys.stdout.buffer.write(data)
+            return 0
+        await asyncio.to_thread(files.write_bytes, output, data)
     except DomainError as refusal:
         print(t(refusal.key, **refusal.params), file=sys.stderr)
         return 2
-    output = Path(args.output or f"reflections-campaign-{campaign.id}.{args.format}")
-    if str(output) == "-":
-        sys.stdout.buffer.write(data)
-    else:
-        await asyncio.to_thread(output.write_bytes, data)
-        print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
+    print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
     return 0
 
 
@@ -254,38 +271,44 @@ async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
+    import io
+
     from handlers.account import slips_pdf
     from handlers.core import deep_link_url
+    from services import files
+    from services.spreadsheets import write_csv as safe_rows
 
     await upgrade_async(app.settings.database_url)
+    bot = args.bot or app.deps.bot_username
+
+    async def hand_out(issued: list[accounts.IssuedCode]) -> None:
+        """Runs inside the issuing transaction: if the slips cannot be written, no code is
+        issued and the old unused slips stay valid."""
+        if args.out and args.out.lower().endswith(".pdf"):
+            pdf = await slips_pdf(issued, bot_username=bot)
+            if pdf is None:
+                raise DomainError("files.pdf_unavailable")
+            await asyncio.to_thread(files.write_bytes, args.out, pdf)
+        elif args.out:
+            body = io.StringIO(newline="")
+            safe_rows(body, [["card", "full_name", "class", "code", "link", "expires"],
+                             *([i.card_number, i.full_name, i.class_name or "", i.code,
+                                deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()]
+                               for i in issued)])
+            await asyncio.to_thread(files.write_text, args.out, body.getvalue(), "utf-8-sig")
+        else:
+            for i in issued:
+                print(f"{i.card_number}\t{i.full_name}\t{i.code}")
+            sys.stdout.flush()
+
     try:
+        if args.out:
+            files.check_writable(args.out)    # before anything is revoked or issued
         actor = await accounts.operator_actor(app.db, args.library)
         issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
-                                                  key=app.deps.link_code_key)
+                                                  key=app.deps.link_code_key, deliver=hand_out)
     except DomainError as err:
-        print(f"refused: {err.key} {err.params}", file=sys.stderr)
-        return 2
-    bot = args.bot or app.deps.bot_username
-    if args.out and args.out.lower().endswith(".pdf"):
-        pdf = await slips_pdf(issued, bot_username=bot)
-        if pdf is None:
-            print("PDF slips need services/labels.py; write --out codes.csv instead.", file=sys.stderr)
-            return 2
-        await asyncio.to_thread(Path(args.out).write_bytes, pdf)
-    elif args.out:
-        from services.spreadsheets import write_csv as safe_rows
-
-        def write_csv() -> None:
-            with open(args.out, "w", encoding="utf-8-sig", newline="") as fh:
-                safe_rows(fh, [["card", "full_name", "class", "code", "link", "expires"],
-                               *([i.card_number, i.full_name, i.class_name or "", i.code,
-                                  deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()]
-                                 for i in issued)])
-
-        await asyncio.to_thread(write_csv)
-    else:
-        for i in issued:
-            print(f"{i.card_number}\t{i.full_name}\t{i.code}")
+        return _say_refusal(app, err)
     print(f"{len(issued)} codes for class {args.class_name}, valid until {issued[0].expires_at:%Y-%m-%d}"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
@@ -351,10 +374,17 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
     from services import importer
 
     await upgrade_async(app.settings.database_url)
+    t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+    try:
+        report, moved = importer.report_destination(Path(args.file), Path(args.report) if args.report else None)
+    except DomainError as refusal:
+        return _say_refusal(app, refusal)
+    if moved:   # said before importing, not discovered afterwards
+        print(t("files.report_moved", folder=str(Path(args.file).parent), path=str(report)), file=sys.stderr)
     try:
         summary = await importer.import_file(
             app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
-            progress=not args.quiet, report=Path(args.report) if args.report else None)
+            progress=not args.quiet, report=report if args.report or moved else None)
     except importer.MalformedFile as exc:
         print(f"{args.file}: cannot import: {exc.detail}. Nothing was changed.", file=sys.stderr)
         return 2
@@ -364,7 +394,10 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
         return 2
     print(f"{args.file} ({summary.format}): {summary.line()}")
     if summary.report_path:
-        print(f"rejected rows and reasons: {summary.report_path}")
+        print(f"rejected or shortened rows, with reasons: {summary.report_path}")
+    if summary.report_error is not None:
+        _say_refusal(app, summary.report_error)
+        return 1
     return 0
 
 

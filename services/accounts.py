@@ -42,6 +42,7 @@ import io
 import re
 import secrets
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -148,8 +149,12 @@ class LinkResult:
 
 async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None = None,
                            patron_ids: list[int] | None = None, clock: Clock,
-                           ttl: timedelta = CODE_TTL, key: bytes | None = None) -> list[IssuedCode]:
-    """New single-use codes for a class or for given patrons of the staff member's library."""
+                           ttl: timedelta = CODE_TTL, key: bytes | None = None,
+                           deliver: Callable[[list[IssuedCode]], Awaitable[None]] | None = None,
+                           ) -> list[IssuedCode]:
+    """New single-use codes for a class or for given patrons of the staff member's library.
+    ``deliver`` (e.g. write the slips file) runs inside the transaction: if it fails, nothing
+    is issued and the earlier unused codes stay valid, so no live code is left unseen."""
     require_staff(actor)
     if not class_name and not patron_ids:
         raise DomainError("account.codes_need_class")
@@ -179,6 +184,8 @@ async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None
             audit.record(s, "account.code_issue", "patron", patron.id, actor_patron_id=actor.patron_id,
                          library_id=patron.library_id, channel=actor.channel)
         await s.flush()  # a (vanishingly rare) duplicate digest fails the whole batch: just run it again
+        if deliver is not None:
+            await deliver(issued)
         return issued
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, spreadsheets
+from services import audit, files, spreadsheets
 from services.common import DomainError
 from services.db import Database
 from services.models import Copy, CopyStatus, Library, Location, Title
@@ -149,6 +149,7 @@ class ImportSummary:
     copies_added: int = 0
     holdings_ignored: int = 0       # holdings in the file, but no library was given
     report_path: Path | None = None
+    report_error: DomainError | None = None     # the report could not be written (disk full…)
     title_ids: list[int] = field(default_factory=list)   # per applied record, in file order
     changed_ids: list[int] = field(default_factory=list)
 
@@ -742,27 +743,36 @@ async def apply_records(s: AsyncSession, records: list[Record], *, library: Libr
     return summary
 
 
+def report_destination(path: Path, report: Path | None = None) -> tuple[Path, bool]:
+    """Where the report of rejected and shortened rows will go, decided before importing:
+    ``report`` when given (a DomainError if it cannot be written), else ``FILE.rejected.csv``
+    beside the input, else (that folder is read-only) the current directory. The flag says the
+    report moved to the current directory, so the caller can say so up front."""
+    if report is not None:
+        return files.check_writable(report), False
+    beside = path.with_name(path.name + ".rejected.csv")
+    try:
+        return files.check_writable(beside), False
+    except DomainError:
+        return files.check_writable(Path.cwd() / beside.name), True
+
+
 def write_report(path: Path, rejected: list[Rejected], report: Path | None = None) -> Path | None:
-    """Rejected rows go to ``FILE.rejected.csv`` beside the input (or the current directory when
-    that folder is read-only). A clean import removes a stale report."""
-    target = report or path.with_name(path.name + ".rejected.csv")
+    """Write the rows (rejected, or imported with a warning) and their reasons to ``report``
+    (default: see :func:`report_destination`). A clean import removes a stale default report."""
     if not rejected:
+        target = report or path.with_name(path.name + ".rejected.csv")
         if report is None and target.exists():
             try:
                 target.unlink()
             except OSError:
                 pass
         return None
+    target = report or report_destination(path)[0]
     body = io.StringIO()
     spreadsheets.write_csv(body, [["position", "title", "reason"],
                                   *([r.position, r.title, r.reason] for r in rejected)])
-    for candidate in (target, Path.cwd() / target.name):
-        try:
-            candidate.write_text(body.getvalue(), encoding="utf-8")
-            return candidate
-        except OSError:
-            continue
-    return None
+    return files.write_text(target, body.getvalue())
 
 
 async def import_file(db: Database, path: Path | str, *, library_code: str | None = None, copies: int = 0,
@@ -770,6 +780,8 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
                       actor_patron_id: int | None = None) -> ImportSummary:
     """Import a catalog file in one transaction; see the module docstring."""
     path = Path(path)
+    if report is not None:
+        files.check_writable(report)   # say so before importing, not after
     fmt, records, rejected = parse_file(path, progress=progress)
     summary = ImportSummary(format=fmt, rejected=rejected,
                             warnings=[Rejected(r.position, r.title, "imported, but " + "; ".join(r.notes), True)
@@ -787,5 +799,8 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
                      library_id=library.id if library else None, channel=channel, file=path.name,
                      format=fmt, added=summary.added, updated=summary.updated, unchanged=summary.unchanged,
                      rejected=len(summary.rejected), copies_added=summary.copies_added)
-    summary.report_path = write_report(path, summary.rejected + summary.warnings, report)
+    try:
+        summary.report_path = write_report(path, summary.rejected + summary.warnings, report)
+    except DomainError as exc:   # the import itself is committed; say why the report is missing
+        summary.report_error = exc
     return summary

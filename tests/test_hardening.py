@@ -286,3 +286,83 @@ async def test_huge_catalog_text_is_capped_on_import_and_a_card_is_one_message(d
         assert len(replies) == 1 and len(replies[0].text) <= 4096 and replies[0].text.startswith("📖 Dế Mèn")
     replies = await app.router.dispatch(Incoming(channel="test", chat_id="u1", user_id="u1", text="de men phieu luu"))
     assert len(replies) == 1 and len(replies[0].text) <= 4096
+
+
+# -- 6 and 9. output paths are checked before any work; one sentence, non-zero exit --------------------------
+
+BAD_OUTPUTS = ("missing-folder/out.x", "a-folder", "/dev/full")
+
+
+def _bad(tmp_path, which: str) -> str:
+    (tmp_path / "a-folder").mkdir(exist_ok=True)
+    return which if which.startswith("/") else str(tmp_path / which)
+
+
+def _one_sentence(err: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and "files." not in err, err
+    assert lines[0].startswith("Không ghi được"), err
+
+
+@pytest.mark.parametrize("which", BAD_OUTPUTS)
+async def test_link_codes_to_a_bad_output_issue_nothing_and_keep_the_old_slips(libs: Libraries, clock, tmp_path,
+                                                                              monkeypatch, capsys, which):
+    from sqlalchemy import func, select
+
+    from bot import cli
+    from services.models import LinkCode
+
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
+    lib = await libs.actor("TT001")
+    student = await libs.actor("HS001")
+    [old] = await accounts.issue_link_codes(libs.db, lib, patron_ids=[student.patron_id], clock=clock)
+    async with libs.db.session() as s:
+        before = await s.scalar(select(func.count()).select_from(LinkCode))
+    out = _bad(tmp_path, which).replace(".x", ".csv")
+    assert await cli._main(["link-codes", "--class", student.class_name, "--library", "demo", "--out", out]) == 2
+    _one_sentence(capsys.readouterr().err)
+    async with libs.db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(LinkCode)) == before   # nothing issued
+    linked = await accounts.redeem_link_code(libs.db, await chat_actor(libs, "slip"), old.code, clock=clock)
+    assert linked.patron_id == student.patron_id                                      # nothing revoked
+
+
+@pytest.mark.parametrize("which", BAD_OUTPUTS)
+async def test_export_and_qr_to_a_bad_output_say_one_sentence(demo_app, tmp_path, monkeypatch, capsys, which):
+    from bot import cli
+    from tests.test_campaigns import new_campaign
+    from tests.test_reflections import actor_for
+
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", demo_app.db.url)
+    monkeypatch.setenv("DOCSACH_SECRET_KEY", "x" * 32)
+    c = await new_campaign(demo_app, await actor_for(demo_app.db, "l1", "TT001"))
+    out = _bad(tmp_path, which)
+    assert await cli._main(["export", "reflections", "--campaign", str(c.id), "--language", "vi",
+                            "-o", out.replace(".x", ".csv")]) == 2
+    _one_sentence(capsys.readouterr().err)
+    assert await cli._main(["qr", "--shelves", "--library", "demo", "--bot-username", "docsach_bot",
+                            "--out", out.replace(".x", ".pdf")]) == 2
+    _one_sentence(capsys.readouterr().err)
+    assert not list(tmp_path.rglob("*.pdf")) and not list(tmp_path.rglob("*.csv"))
+
+
+async def test_import_report_to_a_bad_path_refuses_before_importing(demo_app, tmp_path, monkeypatch, capsys):
+    from sqlalchemy import func, select
+
+    from bot import cli
+    from services.models import Title
+
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", demo_app.db.url)
+    path = tmp_path / "kho.csv"
+    path.write_text("Nhan de,ISBN\nSách mới tinh,\nSách lỗi,12345\n", encoding="utf-8")
+    async with demo_app.db.session() as s:
+        before = await s.scalar(select(func.count()).select_from(Title))
+    for bad in BAD_OUTPUTS[:2]:
+        assert await cli._main(["import", str(path), "--report", _bad(tmp_path, bad)]) == 2
+        _one_sentence(capsys.readouterr().err)
+    async with demo_app.db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Title)) == before
+    assert not list(tmp_path.glob("*.rejected.csv")) and not (tmp_path.parent / "kho.csv.rejected.csv").exists()
+    report = tmp_path / "report.csv"
+    assert await cli._main(["import", str(path), "--report", str(report)]) == 0
+    assert "invalid ISBN" in report.read_text(encoding="utf-8")
