@@ -22,9 +22,9 @@ import csv
 import hashlib
 import io
 import re
+import stat
 import sys
 import unicodedata
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,36 @@ FIELDS = ("title", "authors", "isbn13", "publisher", "year", "language", "subjec
 # shortened at a word boundary and the row is listed in the report.
 LIMITS = {"title": 500, "authors": 500, "publisher": 200, "subjects": 1000}
 LOCATION_LIMIT = 100
+MAX_FILE_BYTES = 512 * 1024 * 1024    # a province-wide MARC dump is far smaller; /dev/zero is not
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f}".removesuffix(".0")
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """The whole file, refusing (MalformedFile, nothing read into memory beyond ``limit``) a file
+    larger than ``limit``, a device such as /dev/zero, or a folder."""
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise MalformedFile(f"{path} is a folder, not a file")
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            raise MalformedFile(f"{path} is a device, not a file")
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise MalformedFile(f"the file is {_mb(info.st_size)} MB; at most {_mb(limit)} MB can be "
+                                "imported at once (split it into several files)")
+        chunks, size = [], 0
+        with path.open("rb") as fh:     # a pipe has no size: read up to the limit
+            while chunk := fh.read(min(1 << 20, limit + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise MalformedFile(f"the input is larger than {_mb(limit)} MB, the most that can be "
+                                        "imported at once (split it into several files)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
 
 
 class MalformedFile(DomainError):
@@ -363,13 +393,22 @@ def read_xlsx(data: bytes) -> Iterator[Record | Rejected]:
 
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except Exception as exc:   # zip, XML or openpyxl's own: the workbook is unreadable
         raise MalformedFile(f"not a readable Excel workbook ({exc.__class__.__name__})") from exc
-    sheet = book.worksheets[0]
+    # The first sheet that holds cells: a chart sheet (or a workbook of charts only) has none.
+    sheet = next((ws for ws in book.worksheets if hasattr(ws, "iter_rows")), None)
+    if sheet is None:
+        raise MalformedFile("the Excel workbook has no sheet with rows (only charts?); put the catalog "
+                            "on an ordinary sheet")
 
     def rows() -> Iterator[tuple[int, list[object]]]:
-        for number, row in enumerate(sheet.iter_rows(values_only=True), 1):
-            yield number, list(row)
+        number = 0
+        try:
+            for number, row in enumerate(sheet.iter_rows(values_only=True), 1):
+                yield number, list(row)
+        except Exception as exc:  # read lazily: a sheet cut short fails mid-way
+            raise MalformedFile(f"the Excel sheet cannot be read after row {number} ({exc.__class__.__name__}):"
+                                " the file is damaged or was cut short; save it again from Excel") from exc
 
     return _rows_to_records(rows(), "Excel")
 
@@ -529,10 +568,7 @@ READERS = {"csv": read_csv, "xlsx": read_xlsx, "marc": read_marc, "marcxml": rea
 def parse_file(path: Path | str, *, progress: bool = False) -> tuple[str, list[Record], list[Rejected]]:
     """Read the whole file (phase 1). Raises :class:`MalformedFile`; writes nothing."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
+    data = read_limited(path, MAX_FILE_BYTES)
     if not data.strip():
         raise MalformedFile("the file is empty")
     fmt = detect_format(path, data)

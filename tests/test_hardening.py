@@ -366,3 +366,83 @@ async def test_import_report_to_a_bad_path_refuses_before_importing(demo_app, tm
     report = tmp_path / "report.csv"
     assert await cli._main(["import", str(path), "--report", str(report)]) == 0
     assert "invalid ISBN" in report.read_text(encoding="utf-8")
+
+
+# -- 7. XLSX import errors and a size limit ------------------------------------------------------------------
+
+def _workbooks(tmp_path):
+    import zipfile
+
+    from openpyxl import Workbook
+    from openpyxl.chart import BarChart, Reference
+
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["Nhan de", "Tac gia"])
+    for n in range(2000):
+        ws.append([f"Sách {n}", "Tô Hoài"])
+    wb.save(tmp_path / "full.xlsx")
+    with zipfile.ZipFile(tmp_path / "full.xlsx") as zin, zipfile.ZipFile(tmp_path / "cut.xlsx", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data[: len(data) // 2]      # the sheet cut in half, the zip itself intact
+            zout.writestr(item, data)
+    wb = Workbook()
+    data = wb.active
+    data.append([1])
+    data.append([2])
+    chart = BarChart()
+    chart.add_data(Reference(data, min_col=1, min_row=1, max_row=2))
+    wb.create_chartsheet().add_chart(chart)
+    wb.remove(data)
+    wb.save(tmp_path / "chart.xlsx")
+    return tmp_path / "cut.xlsx", tmp_path / "chart.xlsx"
+
+
+async def test_broken_workbooks_and_devices_get_one_clear_message(demo_app, tmp_path, monkeypatch, capsys):
+    from sqlalchemy import func, select
+
+    from bot import cli
+    from services import importer
+    from services.models import Title
+
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", demo_app.db.url)
+    cut, chart = _workbooks(tmp_path)
+    big = tmp_path / "big.csv"
+    big.write_text("Nhan de\n" + "Sách mới\n" * 30000, encoding="utf-8")
+    monkeypatch.setattr(importer, "MAX_FILE_BYTES", 100 * 1024, raising=False)
+    async with demo_app.db.session() as s:
+        before = await s.scalar(select(func.count()).select_from(Title))
+    expected = {cut: "cut short", chart: "only charts", "/dev/zero": "device", big: "at most 0.1 MB"}
+    for path, words in expected.items():
+        assert await cli._main(["import", str(path), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    async with demo_app.db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Title)) == before
+
+
+def test_a_pipe_is_read_only_up_to_the_limit(tmp_path):
+    import os
+    import threading
+
+    from services import importer
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def endless() -> None:
+        try:
+            with open(fifo, "wb") as fh:
+                while True:
+                    fh.write(b"x" * 65536)
+        except (BrokenPipeError, OSError):
+            pass
+
+    writer = threading.Thread(target=endless, daemon=True)
+    writer.start()
+    with pytest.raises(importer.MalformedFile) as info:
+        importer.read_limited(fifo, 1 << 20)
+    assert "larger than 1 MB" in str(info.value)
+    writer.join(timeout=5)
