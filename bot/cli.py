@@ -257,7 +257,7 @@ async def cmd_export(app: App, args: argparse.Namespace) -> int:
 async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
     await upgrade_async(app.settings.database_url)
     try:
-        report = await accounts.import_patrons(app.db, args.file, args.library)
+        report = await accounts.import_patrons(app.db, args.file, args.library, encoding=args.encoding)
     except DomainError as err:
         print(f"import refused: {err.key} {err.params}", file=sys.stderr)
         return 2
@@ -548,6 +548,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                                    "are listed with the reason.")
     p.add_argument("file", help="the CSV file (UTF-8; ',' or ';' separated)")
     p.add_argument("--library", required=True, help="library code, e.g. demo")
+    p.add_argument("--encoding", default=None, metavar="NAME",
+                   help="the file's encoding when it is not UTF-8, e.g. cp1258 (old Vietnamese Windows) or "
+                        "latin-1; without it a file that is not clearly UTF-8 or Vietnamese cp1258 is refused")
     handlers["import-patrons"] = cmd_import_patrons
 
     p = sub.add_parser("link-codes", help="new link codes for a class (slips to hand out)",

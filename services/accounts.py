@@ -50,7 +50,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit
+from services import audit, spreadsheets
 from services.common import Clock, DomainError, NotFound, PermissionDenied
 from services.db import Database, insert_for
 from services.models import (
@@ -442,19 +442,35 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
+    encoding: str = "utf-8"
 
     def summary(self) -> str:
-        return (f"{self.library_code}: {self.created} created, {self.updated} updated, "
+        text = (f"{self.library_code}: {self.created} created, {self.updated} updated, "
                 f"{self.unchanged} unchanged, {len(self.rejected)} rejected")
+        return text if self.encoding == "utf-8" else f"{text} (read as {self.encoding})"
 
 
-def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]]]:
+def _read_small(path: Path, limit: int) -> bytes:
+    """The file, refusing a device (/dev/zero), a folder or more than ``limit`` bytes."""
+    import stat
+
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode) and not stat.S_ISFIFO(info.st_mode):
+        raise DomainError("import.not_a_file", path=str(path)[:200])
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DomainError("import.file_too_big", megabytes=limit // 2**20)
+    return data
+
+
+def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]], list[RejectedRow]]:
     sample = data[:4096]
     try:
         dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.reader(io.StringIO(data), dialect)
+    reader = csv.reader(io.StringIO(data, newline=""), dialect)
     header = next(reader, None)
     if not header:
         raise DomainError("import.empty")
@@ -468,23 +484,62 @@ def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str
     if missing:
         raise DomainError("import.missing_columns", columns=", ".join(missing), found=", ".join(header)[:200])
     rows = []
+    start = reader.line_num + 1
     for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        values = {f: (row[i].strip() if i < len(row) else "") for f, i in columns.items()}
-        rows.append((reader.line_num, values))
-    return columns, rows
+        if any(cell.strip() for cell in row):
+            values = {f: (row[i].strip() if i < len(row) else "") for f, i in columns.items()}
+            rows.append((start, values))
+        start = reader.line_num + 1
+    rejected = []
+    if rows and spreadsheets.ends_inside_quotes(data, dialect):
+        line, values = rows.pop()   # cut short inside quotes: the partial row is not a person
+        rejected.append(RejectedRow(line, "the file ends inside quotes, so this row is incomplete",
+                                    values.get("card", "")[:40]))
+    return columns, rows, rejected
 
 
-async def import_patrons(db: Database, path: str | Path, library_code: str) -> ImportReport:
-    """Create or update the library's patrons from a CSV file; rows that do not make sense are reported."""
-    raw = await asyncio.to_thread(Path(path).read_bytes)
+MAX_IMPORT_BYTES = 32 * 1024 * 1024      # 20,000 rows are about 2 MB
+VIETNAMESE_VOWELS = set("aăâeêioôơuưyAĂÂEÊIOÔƠUƯY")
+TONE_MARKS = {"\u0300", "\u0301", "\u0303", "\u0309", "\u0323"}   # cp1258 writes tones as separate marks
+
+
+def decode_patron_file(raw: bytes, encoding: str | None = None) -> tuple[str, str]:
+    """(text, encoding used). UTF-8 (with or without BOM) is read as is; ``encoding`` when the
+    office says so. Otherwise a file is taken as Windows-1258 (old Vietnamese Windows exports)
+    only when it reads as Vietnamese does in that code page: tone marks, each right after a
+    vowel. Anything else is refused rather than guessed (Latin-1 «Hélène Þór» would silently
+    become «Hélène ̃ór»)."""
+    if encoding:
+        try:
+            return unicodedata.normalize("NFC", raw.decode(encoding)).lstrip("\ufeff"), encoding
+        except LookupError:
+            raise DomainError("import.encoding_unknown", encoding=encoding[:30]) from None
+        except UnicodeDecodeError as exc:
+            raise DomainError("import.encoding_wrong", encoding=encoding[:30],
+                              line=raw[:exc.start].count(b"\n") + 1) from None
     try:
-        data = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+    try:
+        text = raw.decode("cp1258")
     except UnicodeDecodeError:
-        data = raw.decode("cp1258", errors="replace")  # old Windows exports in Vietnamese
-    _, rows = _read_rows(data)
-    report = ImportReport(library_code)
+        raise DomainError("import.encoding_unsure", line=line) from None
+    marks = [(i, ch) for i, ch in enumerate(text) if ch in TONE_MARKS]
+    if not marks or any(i == 0 or text[i - 1] not in VIETNAMESE_VOWELS for i, _ in marks):
+        raise DomainError("import.encoding_unsure", line=line)
+    return unicodedata.normalize("NFC", text), "cp1258"
+
+
+async def import_patrons(db: Database, path: str | Path, library_code: str,
+                         encoding: str | None = None) -> ImportReport:
+    """Create or update the library's patrons from a CSV file; rows that do not make sense are reported.
+    The file's encoding is detected or refused, never guessed (see :func:`decode_patron_file`)."""
+    raw = await asyncio.to_thread(_read_small, Path(path), MAX_IMPORT_BYTES)
+    data, used = decode_patron_file(raw, encoding)
+    _, rows, broken = _read_rows(data)
+    report = ImportReport(library_code, encoding=used)
+    report.rejected.extend(broken)
     if len(rows) > MAX_IMPORT_ROWS:
         raise DomainError("import.too_many", limit=MAX_IMPORT_ROWS)
     async with db.transaction() as s:
@@ -543,4 +598,5 @@ async def import_patrons(db: Database, path: str | Path, library_code: str) -> I
         audit.record(s, "patrons.import", "library", library.id, library_id=library.id, channel="cli",
                      created=report.created, updated=report.updated, unchanged=report.unchanged,
                      rejected=len(report.rejected))
+    report.rejected.sort(key=lambda row: row.line)
     return report

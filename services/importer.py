@@ -377,15 +377,31 @@ def read_csv(data: bytes) -> Iterator[Record | Rejected]:
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=first.count)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    cut = spreadsheets.ends_inside_quotes(text, delimiter=delimiter)
+    partial: list[tuple[int, list[object]]] = []
 
     def rows() -> Iterator[tuple[int, list[object]]]:
+        previous = None
         try:
             for row in reader:
-                yield reader.line_num, list(row)
+                if previous is not None:
+                    yield previous
+                previous = reader.line_num, list(row)
         except csv.Error as exc:
             raise MalformedFile(f"CSV line {reader.line_num}: {exc}") from exc
+        if previous is not None:
+            if cut:   # the file stops inside a quoted field: that row is incomplete, not a title
+                partial.append(previous)
+            else:
+                yield previous
 
-    return _rows_to_records(rows(), "CSV")
+    def records() -> Iterator[Record | Rejected]:
+        yield from _rows_to_records(rows(), "CSV")
+        for number, row in partial:
+            yield Rejected(f"row {number}", clean(row[0] if row else "")[:200],
+                           "the file ends inside quotes, so this row is incomplete")
+
+    return records()
 
 
 def read_xlsx(data: bytes) -> Iterator[Record | Rejected]:

@@ -10,6 +10,8 @@ text gets a leading ``'``; in XLSX every text cell is stored as a string, never 
 - ``write_csv(fh, rows)`` / ``csv_bytes(rows)``: whole files (``csv_bytes`` adds the UTF-8 BOM
   Excel needs to read Vietnamese).
 - ``xlsx_append(ws, values)``: openpyxl ``ws.append`` with text cells typed as strings.
+- ``ends_inside_quotes(text, dialect)``: reading side: the file was cut inside a quoted field, so
+  its last row is incomplete (Python's csv module would hand back the partial row silently).
 """
 
 from __future__ import annotations
@@ -52,3 +54,17 @@ def xlsx_append(ws: Any, values: Iterable[Any]) -> None:
     for cell in ws[ws.max_row]:
         if isinstance(cell.value, str):
             cell.data_type = "s"
+
+
+def ends_inside_quotes(text: str, dialect: Any = csv.excel, **fmt: Any) -> bool:
+    """True when ``text`` ends inside an open quoted field. Cheap for the usual file: only when
+    the quote characters do not pair up is it read again strictly to be sure."""
+    quote = fmt.get("quotechar") or getattr(dialect, "quotechar", '"') or '"'
+    if text.count(quote) % 2 == 0:
+        return False
+    try:
+        for _ in csv.reader(io.StringIO(text, newline=""), dialect, strict=True, **fmt):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False

@@ -446,3 +446,73 @@ def test_a_pipe_is_read_only_up_to_the_limit(tmp_path):
         importer.read_limited(fifo, 1 << 20)
     assert "larger than 1 MB" in str(info.value)
     writer.join(timeout=5)
+
+
+# -- 10. encodings and a file cut inside quotes -----------------------------------------------------------------
+
+def _cp1258(text: str) -> bytes:
+    """Vietnamese as old Windows exports wrote it: base letter (with its quality mark) + tone mark."""
+    import unicodedata
+
+    out = bytearray()
+    for ch in text:
+        try:
+            out += ch.encode("cp1258")
+        except UnicodeEncodeError:
+            parts = unicodedata.normalize("NFD", ch)
+            base = unicodedata.normalize("NFC", "".join(p for p in parts if p not in accounts.TONE_MARKS))
+            out += base.encode("cp1258") + "".join(p for p in parts if p in accounts.TONE_MARKS).encode("cp1258")
+    return bytes(out)
+
+
+async def test_patron_files_in_other_encodings_are_detected_or_refused(libs: Libraries, tmp_path, monkeypatch):
+    from sqlalchemy import select
+
+    from bot import cli
+    from services.models import Patron
+
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("card,name,class\nEX001,Hélène Ãnh Þór,10A2\n".encode("latin-1"))
+    assert await _refusal(accounts.import_patrons(libs.db, latin, "demo")) == "import.encoding_unsure"
+    async with libs.db.session() as s:
+        assert (await s.execute(select(Patron).where(Patron.card_number == "EX001"))).first() is None
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
+    assert await cli._main(["import-patrons", str(latin), "--library", "demo", "--encoding", "latin-1"]) == 0
+    async with libs.db.session() as s:
+        name = (await s.execute(select(Patron.full_name).where(Patron.card_number == "EX001"))).scalar_one()
+    assert name == "Hélène Ãnh Þór"
+
+    old = tmp_path / "windows.csv"
+    old.write_bytes(_cp1258("Mã HS;Họ và tên;Lớp\nVN001;Nguyễn Thị Hường;10A2\nVN002;Đặng Quốc Việt;10A2\n"))
+    report = await accounts.import_patrons(libs.db, old, "demo")
+    assert report.created == 2 and report.encoding == "cp1258" and "read as cp1258" in report.summary()
+    async with libs.db.session() as s:
+        names = set((await s.execute(select(Patron.full_name).where(Patron.card_number.in_(["VN001", "VN002"]))
+                                     )).scalars())
+    assert names == {"Nguyễn Thị Hường", "Đặng Quốc Việt"}
+    assert await _refusal(accounts.import_patrons(libs.db, old, "demo", encoding="utf-8")) == "import.encoding_wrong"
+    assert await _refusal(accounts.import_patrons(libs.db, old, "demo", encoding="klingon")) \
+        == "import.encoding_unknown"
+    assert await _refusal(accounts.import_patrons(libs.db, "/dev/zero", "demo")) == "import.not_a_file"
+
+
+async def test_a_csv_cut_inside_quotes_rejects_its_last_row(libs: Libraries, tmp_path):
+    from sqlalchemy import select
+
+    from services import importer
+    from services.models import Patron, Title
+
+    path = tmp_path / "cut.csv"
+    path.write_text('card,name,class\nCQ001,"Lê, Văn A",10A2\nCQ002,"Trần Minh\n', encoding="utf-8")
+    report = await accounts.import_patrons(libs.db, path, "demo")
+    assert report.created == 1 and [(r.line, r.card) for r in report.rejected] == [(3, "CQ002")]
+    assert "inside quotes" in report.rejected[0].reason
+    async with libs.db.session() as s:
+        assert (await s.execute(select(Patron).where(Patron.card_number == "CQ002"))).first() is None
+    books = tmp_path / "books.csv"
+    books.write_text('title,author\n"Sách, trọn vẹn",Ai đó\n"Sách bị cắt ngang,Ai\n', encoding="utf-8")
+    summary = await importer.import_file(libs.db, books)
+    assert summary.added == 1 and [r.reason for r in summary.rejected] == [
+        "the file ends inside quotes, so this row is incomplete"]
+    async with libs.db.session() as s:
+        assert (await s.execute(select(Title).where(Title.title.like("Sách bị cắt%")))).first() is None
