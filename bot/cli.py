@@ -161,21 +161,21 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
 
 async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     from bot.scheduler import Sweeper
-    from services import reminders
+    from services import outbox
 
     await upgrade_async(app.settings.database_url)
     if args.status:
-        counts = await reminders.status_counts(app.db)
+        counts = await outbox.status_counts(app.db)
         print("notifications: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
         return 0
     if args.unreachable:
-        rows = await reminders.unreachable_chats(app.db, None)
+        rows = await outbox.unreachable_chats(app.db, None)
         for r in rows:
             print(f"{r.card_number}\t{r.full_name}\t{r.class_name or '-'}\t{r.channel}\t{r.since:%Y-%m-%d %H:%M}")
         print(f"{len(rows)} unreachable chat(s)", file=sys.stderr)
         return 0
     if args.requeue_uncertain:
-        print(f"re-queued {await reminders.requeue_uncertain(app.db, app.deps.clock)} uncertain notice(s)")
+        print(f"re-queued {await outbox.requeue_uncertain(app.db, app.deps.clock)} uncertain notice(s)")
         return 0
     if not (args.once or args.dry_run):
         print("nothing to do: pass --once, --dry-run, --status, --unreachable or --requeue-uncertain",

@@ -4,7 +4,7 @@ A sweep plans notices from the database, claims a batch, renders each message th
 renderer registered for its kind (``router.notice``) and pushes it through the patron's channel
 (``Deps.outbound``) at a paced rate: about 28 messages a second overall and at most one per chat
 per second, so Telegram never needs to answer 429. The scheduler's memory holds nothing: a
-restarted process simply sweeps again (see ``services/reminders.py`` for the once-only rules).
+restarted process simply sweeps again (see ``services/outbox.py`` for the once-only rules).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 
 from handlers.core import Context, Router
 from handlers.messages import ChatUnreachable, DeliveryFailed, DeliveryUncertain, Incoming, Reply
-from services import patrons, reminders
+from services import outbox, patrons, reminders
 from services.common import Clock
-from services.reminders import Claimed, Recipient
+from services.outbox import Claimed, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Sweeper:
     """Plans, claims and delivers. Safe to run in several processes at once."""
 
     def __init__(self, router: Router, *, limiter: RateLimiter | None = None, worker: str | None = None,
-                 concurrency: int = 8, batch: int = 250, lease: timedelta = reminders.LEASE) -> None:
+                 concurrency: int = 8, batch: int = 250, lease: timedelta = outbox.LEASE) -> None:
         self.router = router
         self.deps = router.deps
         self.limiter = limiter or RateLimiter()
@@ -159,11 +159,11 @@ class Sweeper:
         if dry_run:
             return await self._preview(report)
         report.planned = (await reminders.plan(self.db, self.clock)).inserted
-        report.released, report.lost = await reminders.recover(self.db, self.clock, self.lease)
+        report.released, report.lost = await outbox.recover(self.db, self.clock, self.lease)
         open_ids = await reminders.defer_quiet(self.db, self.clock)
         rules = await reminders.library_rules(self.db)
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
-        token = reminders.new_claim_token(self.worker)
+        token = outbox.new_claim_token(self.worker)
         budget = max_messages
         gate = asyncio.Semaphore(self.concurrency)
         # Pipelined: the next batch is claimed and rendered while the previous one is still
@@ -171,7 +171,7 @@ class Sweeper:
         sending: asyncio.Task | None = None
         try:
             while open_ids and (budget is None or budget > 0):
-                batch = await reminders.claim(self.db, self.clock, token, limit=self.batch, library_ids=open_ids)
+                batch = await outbox.claim(self.db, self.clock, token, limit=self.batch, library_ids=open_ids)
                 if not batch:
                     break
                 report.claimed += len(batch)
@@ -179,7 +179,7 @@ class Sweeper:
                 if budget is not None and len(messages) > budget:
                     rest = messages[budget:]
                     messages = messages[:budget]
-                    await reminders.release(self.db, token, [i for m in rest for i in m.ids])
+                    await outbox.release(self.db, token, [i for m in rest for i in m.ids])
                 if budget is not None:
                     budget -= len(messages)
                 previous = sending
@@ -201,7 +201,7 @@ class Sweeper:
     async def _prepare(self, batch: list[Claimed], token: str, rules, report: SweepReport,
                        preview: bool = False) -> list[Message]:
         """Drop what is stale, opted out or unreachable; group the rest into messages; render."""
-        people = await reminders.recipients(self.db, {n.patron_id for n in batch}, self.channel_names())
+        people = await outbox.recipients(self.db, {n.patron_id for n in batch}, self.channel_names())
         library_of = {pid: r.library_id for pid, r in people.items()}
         stale = await reminders.stale(self.db, self.clock, batch, rules, library_of)
         skip: dict[str, list[int]] = {}
@@ -224,10 +224,10 @@ class Sweeper:
                 keep.append(n)
         if not preview:
             for reason, ids in skip.items():
-                done = await reminders.mark_skipped(self.db, token, ids, reason)
+                done = await outbox.mark_skipped(self.db, token, ids, reason)
                 report.skipped += done
             if later:
-                await reminders.release(self.db, token, later, not_before=self.clock.now() + LATER)
+                await outbox.release(self.db, token, later, not_before=self.clock.now() + LATER)
         messages = []
         for group in reminders.group_messages(keep):
             await asyncio.sleep(0)   # let in-flight sends go out on time while a batch renders
@@ -245,7 +245,7 @@ class Sweeper:
             except Exception as exc:  # a broken renderer fails its own notices, never the sweep
                 log.exception("could not render %s for patron %s", kind, person.patron_id)
                 if not preview:
-                    done = await reminders.mark_failed(self.db, token, [n.id for n in group],
+                    done = await outbox.mark_failed(self.db, token, [n.id for n in group],
                                                                  f"render: {exc!r}")
                     report.failed += done
                 continue
@@ -272,10 +272,10 @@ class Sweeper:
         person = message.recipient
         channel = self.deps.outbound.get(person.channel or "")
         if channel is None:
-            await reminders.release(self.db, token, message.ids, not_before=self.clock.now() + LATER)
+            await outbox.release(self.db, token, message.ids, not_before=self.clock.now() + LATER)
             return
         await self.limiter.acquire(f"{person.channel}:{person.chat_id}")
-        ids = await reminders.attempt(self.db, self.clock, token, message.ids)
+        ids = await outbox.attempt(self.db, self.clock, token, message.ids)
         if not ids:
             return   # another sweeper took these over after our lease ran out
         ids_list = sorted(ids)
@@ -285,7 +285,7 @@ class Sweeper:
         except ChatUnreachable as exc:
             await patrons.mark_unreachable(self.db, person.channel, person.chat_id, self.clock)
             report.unreachable += 1
-            done = await reminders.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
+            done = await outbox.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
             report.skipped += done
         except DeliveryFailed as exc:
             # A 429 that outlived the channel's own retries: everyone waits (the cause may carry it).
@@ -294,18 +294,18 @@ class Sweeper:
                 retry_after = retry_after.total_seconds()
             if retry_after:
                 self.limiter.pause(float(retry_after))
-            done = await reminders.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
+            done = await outbox.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
                                                        retry_after=retry_after)
             report.retry += done
         except DeliveryUncertain as exc:
-            done = await reminders.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
+            done = await outbox.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
             report.uncertain += done
         except Exception as exc:  # unknown: it may have gone out, so treat it as uncertain
             log.exception("sending to %s:%s failed", person.channel, person.chat_id)
-            done = await reminders.mark_uncertain(self.db, token, ids_list, f"error: {exc!r}")
+            done = await outbox.mark_uncertain(self.db, token, ids_list, f"error: {exc!r}")
             report.uncertain += done
         else:
-            done = await reminders.mark_sent(self.db, self.clock, token, ids_list, channel=person.channel,
+            done = await outbox.mark_sent(self.db, self.clock, token, ids_list, channel=person.channel,
                                                      chat_id=person.chat_id, message_ref=delivery.message_ref)
             report.sent += done
             report.messages += 1
@@ -317,10 +317,10 @@ class Sweeper:
         rules = await reminders.library_rules(self.db)
         open_ids = [lid for lid, r in rules.items() if not r.is_quiet(now)]
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
-        pending = await reminders.pending_due(self.db, self.clock, open_ids)
+        pending = await outbox.pending_due(self.db, self.clock, open_ids)
         new = [Claimed(-i, r["key"], r["patron_id"], r["kind"], r["payload"], 0)   # ids only to tell them apart
                for i, r in enumerate(planned.rows, 1) if r["send_after"] <= now]
-        people = await reminders.recipients(self.db, {n.patron_id for n in new}, self.channel_names())
+        people = await outbox.recipients(self.db, {n.patron_id for n in new}, self.channel_names())
         new = [n for n in new if n.patron_id in people and people[n.patron_id].library_id in open_ids]
         report.planned = len(new)
         for message in await self._prepare(pending + new, "", rules, report, preview=True):

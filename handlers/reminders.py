@@ -15,7 +15,7 @@ from handlers.core import Context, Router
 from handlers.i18n import N_
 from handlers.messages import Button, Incoming, Reply
 from handlers.text import short
-from services import reminders
+from services import outbox, reminders
 from services.common import DomainError
 
 MAX_BUTTON_ROWS = 6
@@ -198,7 +198,7 @@ async def press_setting(event: Incoming, ctx: Context, args: list[str]) -> Reply
 
 async def show_unreachable(event: Incoming, ctx: Context) -> Reply:
     """Staff: who no longer receives reminders because they blocked the bot."""
-    rows = await reminders.unreachable_chats(ctx.db, ctx.actor)
+    rows = await outbox.unreachable_chats(ctx.db, ctx.actor)
     t = ctx.t
     if not rows:
         return Reply(t("reminders.unreachable_none"))

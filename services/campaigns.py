@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, notifications, spreadsheets
+from services import audit, outbox, spreadsheets
 from services.common import Clock, DomainError, NotFound, aware
 from services.db import Database, insert_for
 from services.models import (
@@ -344,7 +344,7 @@ async def _check_member(s: AsyncSession, c: Campaign, m: CampaignMember, counts:
         m.completed_at = now
         audit.record(s, "campaign.complete", "campaign", c.id, library_id=c.library_id,
                      actor_patron_id=m.patron_id, books=counts[0], reflections=counts[1])
-        await notifications.enqueue(s, patron_id=m.patron_id, kind="campaign_completed",
+        await outbox.enqueue(s, patron_id=m.patron_id, kind="campaign_completed",
                                     key=f"campaign:{c.id}:complete:{m.patron_id}", send_after=now,
                                     payload={"campaign_id": c.id, "name": c.name})
 
@@ -358,7 +358,7 @@ async def _refresh(s: AsyncSession, patron_id: int, now: datetime) -> None:
         counts = (await _counts(s, c, [patron_id]))[patron_id]
         await _check_member(s, c, m, counts, now)
     for badge in await _badges(s, patron_id):
-        await notifications.enqueue(s, patron_id=patron_id, kind="badge_earned",
+        await outbox.enqueue(s, patron_id=patron_id, kind="badge_earned",
                                     key=f"badge:{patron_id}:{badge.code}", send_after=now,
                                     payload={"badge": badge.code})
 

@@ -20,7 +20,7 @@ Loans
 ``copy_ref``: an int id, a barcode, ``c<id>`` (the copy QR payload) or a t.me link carrying it.
 ``patron_ref``: an int id or a card number.
 
-Events recorded for the reminders feature (``services.notifications`` outbox, same transaction):
+Events recorded for the reminders feature (``services.outbox``, same transaction):
 - ``kind="hold_ready"``, ``key=f"hold_ready:{hold_id}"``, payload ``{hold_id, title_id, title, copy_id,
   barcode, pickup_deadline (ISO date), library_id, location}``
 - ``kind="hold_expired"``, ``key=f"hold_expired:{hold_id}"``, payload ``{hold_id, title_id, title, library_id}``
@@ -50,7 +50,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, notifications
+from services import audit, outbox
 from services.common import Clock, DomainError, NotFound, aware
 from services.db import Database
 from services.models import Copy, CopyStatus, Hold, HoldStatus, Library, Loan, Location, Patron, Title
@@ -377,7 +377,7 @@ async def _allocate(s: AsyncSession, sc: _Scope, title_id: int, *, actor: Actor 
         audit.record(s, "hold.ready", "hold", hold.id, actor_patron_id=actor.patron_id if actor else None,
                      library_id=sc.library.id, channel=actor.channel if actor else SYSTEM_CHANNEL,
                      patron_id=patron.id, copy_id=copy.id, pickup_deadline=deadline.isoformat())
-        await notifications.enqueue(
+        await outbox.enqueue(
             s, patron_id=patron.id, kind="hold_ready", key=f"hold_ready:{hold.id}", send_after=sc.now,
             payload={"hold_id": hold.id, "title_id": title_id, "title": title.title if title else "",
                      "copy_id": copy.id, "barcode": copy.barcode, "pickup_deadline": deadline.isoformat(),
@@ -519,7 +519,7 @@ async def expire_holds(db: Database, *, clock: Clock, library_id: int | None = N
             title = await _title(s, hold.title_id)
             audit.record(s, "hold.expire", "hold", hold.id, library_id=hold.library_id, channel=SYSTEM_CHANNEL,
                          patron_id=hold.patron_id, copy_id=copy_id)
-            await notifications.enqueue(
+            await outbox.enqueue(
                 s, patron_id=hold.patron_id, kind="hold_expired", key=f"hold_expired:{hold.id}",
                 send_after=sc.now, payload={"hold_id": hold.id, "title_id": hold.title_id, "title": title.title,
                                             "library_id": hold.library_id})

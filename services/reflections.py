@@ -25,7 +25,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, notifications
+from services import audit, outbox
 from services.common import Clock, DomainError, NotFound, PermissionDenied, aware
 from services.db import Database
 from services.models import (
@@ -475,7 +475,7 @@ async def moderate(db: Database, actor: Actor, reflection_id: int, decision: str
         audit.record(s, f"reflection.{decision}", "reflection", r.id, actor_patron_id=actor.patron_id,
                      library_id=r.library_id, channel=actor.channel, note=note)
         title = await s.get(Title, r.title_id)
-        await notifications.enqueue(
+        await outbox.enqueue(
             s, patron_id=r.patron_id, kind=kind, key=f"reflection:{r.id}:{decision}:{now.isoformat()}",
             send_after=now,
             payload={"reflection_id": r.id, "title_id": r.title_id, "title": title.title if title else "",

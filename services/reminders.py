@@ -1,25 +1,17 @@
-"""Reminders: what to say and when (planning), and the outbox bookkeeping that makes each notice
-go out once (claim → attempt → sent), even with several sweepers and crashes.
+"""Reminders: what to say and when. ``plan`` reads loans and holds and enqueues the notices that
+are due by now; the outbox (``services/outbox.py``) makes each go out once.
 
-The database is the source of truth. Each sweep:
+Each sweep:
 
-1. ``plan`` reads loans and holds and inserts the notices that are due by now, each with a
-   unique key (``due_soon:loan=12:2026-12-03``), so planning twice inserts nothing. A renewed
-   loan has a new due date and therefore new keys; the old ones are skipped as stale when they
-   come up (``prepare`` re-checks every notice against the current loan/hold before sending).
-2. ``recover`` returns expired claims: never attempted → pending again; attempted (the process
-   died during the send) → ``uncertain``.
-3. ``defer_quiet`` pushes pending notices of libraries in quiet hours to the next morning.
-4. ``claim`` takes a batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a conditional update on
-   SQLite); ``attempt`` marks the notices just before the send call (committed first);
-   ``mark_sent`` / ``mark_retry`` / ``mark_uncertain`` / ``mark_skipped`` record the outcome.
+1. ``plan`` inserts the notices that are due by now, each with a unique key
+   (``due_soon:loan=12:2026-12-03``), so planning twice inserts nothing. A renewed loan has a new
+   due date and therefore new keys; the old ones are skipped as stale when they come up
+   (``stale`` re-checks every notice against the current loan/hold before sending).
+2. ``defer_quiet`` pushes pending notices of libraries in quiet hours to the next morning.
+3. The outbox claims, attempts and records outcomes.
 
-The uncertain rule: a notice whose send timed out after the request went out, or whose sweeper
-died between ``attempt`` and the outcome, becomes ``uncertain`` and is never re-sent
-automatically — a duplicate reminder erodes trust more than a missing one, and every reminder
-has a natural follow-up (due soon → due today → overdue day 1, 7, 14; pickup tomorrow after
-hold ready). Uncertain notices are counted in ``status_counts`` (``docsach remind --status``) and
-a librarian may re-queue them on purpose with ``requeue_uncertain``.
+Every reminder has a natural follow-up (due soon → due today → overdue day 1, 7, 14; pickup
+tomorrow after hold ready), which is why an uncertain send is never repeated automatically.
 
 Payload contract for notices other features enqueue (renderers read these keys):
 ``hold_ready`` / ``hold_expired``: ``hold_id`` (required), ``title`` and ``pickup_deadline``
@@ -30,18 +22,17 @@ feature that owns the kind.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import exists, select, update
 
 from services import audit
-from services.common import Clock, DomainError, aware
+from services.common import Clock, DomainError
 from services.db import Database, insert_for
 from services.models import (
     ChatIdentity,
@@ -56,7 +47,8 @@ from services.models import (
     Role,
     Title,
 )
-from services.patrons import Actor, require_linked, require_staff
+from services.outbox import Claimed
+from services.patrons import Actor, require_linked
 from services.rules import SchoolCalendar, load_calendar, rules_for
 
 log = logging.getLogger(__name__)
@@ -72,8 +64,6 @@ DIGESTIBLE = frozenset(LOAN_KINDS + HOLD_KINDS)
 OPT_OUT_KINDS = LOAN_KINDS + HOLD_KINDS + EVENT_KINDS
 OPT_IN_KINDS = (CLASS_KIND,)
 
-LEASE = timedelta(minutes=10)     # a claim older than this belongs to a dead sweeper
-MAX_ATTEMPTS = 5                  # DeliveryFailed this often → failed for good
 CHUNK = 500
 
 
@@ -347,17 +337,7 @@ async def _plan_class_digests(s, library: Library, today: date, send_after: date
     return rows
 
 
-# -- the outbox: quiet hours, claims and outcomes ---------------------------------------------
-
-@dataclass
-class Claimed:
-    id: int
-    key: str
-    patron_id: int
-    kind: str
-    payload: dict[str, Any]
-    attempts: int
-
+# -- quiet hours, staleness and digests ---------------------------------------------------------
 
 async def library_rules(db: Database) -> dict[int, Rules]:
     async with db.session() as s:
@@ -381,197 +361,6 @@ async def defer_quiet(db: Database, clock: Clock) -> list[int]:
                 .values(send_after=morning)
             )
     return open_ids
-
-
-async def recover(db: Database, clock: Clock, lease: timedelta = LEASE) -> tuple[int, int]:
-    """Expired claims: never attempted → pending; attempted but unfinished → uncertain."""
-    now = clock.now().astimezone(UTC)
-    stale = and_(Notification.status == NotificationStatus.CLAIMED, Notification.claimed_at < now - lease)
-    attempted = and_(Notification.attempted_at.is_not(None), Notification.attempted_at >= Notification.claimed_at)
-    async with db.transaction() as s:
-        released = await s.execute(
-            update(Notification).where(stale, ~attempted)
-            .values(status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None)
-        )
-        lost = await s.execute(
-            update(Notification).where(stale, attempted)
-            .values(status=NotificationStatus.UNCERTAIN, last_error="sweeper stopped during the send")
-        )
-    return released.rowcount or 0, lost.rowcount or 0
-
-
-def new_claim_token(worker: str = "sweeper") -> str:
-    return f"{worker[:40]}:{uuid.uuid4().hex[:12]}"
-
-
-async def claim(db: Database, clock: Clock, token: str, *, limit: int = 200,
-                library_ids: Sequence[int] | None = None) -> list[Claimed]:
-    """Claim up to ``limit`` due notices (plus the rest of the same patrons' due notices, so a
-    digest is whole). Two sweepers never get the same row."""
-    now = clock.now().astimezone(UTC)
-    due = and_(Notification.status == NotificationStatus.PENDING, Notification.send_after <= now)
-    if library_ids is not None:
-        due = and_(due, Notification.patron_id.in_(
-            select(Patron.id).where(Patron.library_id.in_(list(library_ids)))))
-    columns = (Notification.id, Notification.key, Notification.patron_id, Notification.kind,
-               Notification.payload, Notification.attempts)
-    values = dict(status=NotificationStatus.CLAIMED, claimed_by=token, claimed_at=now)
-
-    def pick(condition, n: int | None):
-        sub = select(Notification.id).where(condition).order_by(Notification.patron_id, Notification.id)
-        if n is not None:
-            sub = sub.limit(n)
-        if db.is_postgres:
-            sub = sub.with_for_update(skip_locked=True)
-        # The outer status check makes it a conditional update on SQLite (one writer at a time).
-        return (update(Notification)
-                .where(Notification.id.in_(sub.scalar_subquery()), Notification.status == NotificationStatus.PENDING)
-                .values(**values).returning(*columns))
-
-    async with db.transaction() as s:
-        rows = list((await s.execute(pick(due, limit))).all())
-        if rows:
-            patrons_seen = {r.patron_id for r in rows}
-            rows += list((await s.execute(pick(and_(due, Notification.patron_id.in_(patrons_seen)), None))).all())
-    return [Claimed(r.id, r.key, r.patron_id, r.kind, dict(r.payload or {}), r.attempts) for r in rows]
-
-
-async def attempt(db: Database, clock: Clock, token: str, ids: Sequence[int]) -> set[int]:
-    """Write-ahead mark, committed before the send call. Returns the ids still ours."""
-    now = clock.now().astimezone(UTC)
-    async with db.transaction() as s:
-        result = await s.execute(
-            update(Notification)
-            .where(Notification.id.in_(list(ids)), Notification.status == NotificationStatus.CLAIMED,
-                   Notification.claimed_by == token)
-            .values(attempted_at=now, attempts=Notification.attempts + 1)
-            .returning(Notification.id)
-        )
-        return set(result.scalars())
-
-
-async def _finish(db: Database, ids: Iterable[int], token: str | None, **values: Any) -> int:
-    ids = list(ids)
-    if not ids:
-        return 0
-    async with db.transaction() as s:
-        condition = Notification.id.in_(ids)
-        if token is not None:
-            condition = and_(condition, Notification.claimed_by == token)
-        result = await s.execute(update(Notification).where(condition).values(**values))
-        return result.rowcount or 0
-
-
-async def mark_sent(db: Database, clock: Clock, token: str, ids: Sequence[int], *, channel: str,
-                    chat_id: str, message_ref: str | None) -> int:
-    return await _finish(db, ids, token, status=NotificationStatus.SENT, sent_at=clock.now().astimezone(UTC),
-                         channel=channel, chat_id=chat_id, message_ref=message_ref, last_error=None)
-
-
-async def mark_uncertain(db: Database, token: str, ids: Sequence[int], error: str) -> int:
-    return await _finish(db, ids, token, status=NotificationStatus.UNCERTAIN, last_error=error[:500])
-
-
-async def mark_skipped(db: Database, token: str | None, ids: Sequence[int], reason: str) -> int:
-    return await _finish(db, ids, token, status=NotificationStatus.SKIPPED, last_error=reason[:500])
-
-
-async def mark_failed(db: Database, token: str | None, ids: Sequence[int], reason: str) -> int:
-    return await _finish(db, ids, token, status=NotificationStatus.FAILED, last_error=reason[:500])
-
-
-async def release(db: Database, token: str, ids: Sequence[int], *, not_before: datetime | None = None) -> int:
-    """Give claims back untouched (the sweep stopped before reaching them, or they are for a
-    channel this process does not run: ``not_before`` keeps it from claiming them again at once)."""
-    extra = {"send_after": not_before.astimezone(UTC)} if not_before is not None else {}
-    return await _finish(db, ids, token, status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None,
-                         **extra)
-
-
-def backoff(attempts: int) -> timedelta:
-    """1, 4, 16, 64 minutes … capped at 6 hours."""
-    return timedelta(minutes=min(4 ** max(attempts - 1, 0), 360))
-
-
-async def mark_retry(db: Database, clock: Clock, token: str, ids: Sequence[int], error: str, *,
-                     retry_after: float | None = None) -> int:
-    """Definitely not delivered: pending again after a backoff, or failed after MAX_ATTEMPTS."""
-    now = clock.now().astimezone(UTC)
-    ids = list(ids)
-    async with db.transaction() as s:
-        rows = (await s.execute(select(Notification.id, Notification.attempts)
-                                .where(Notification.id.in_(ids), Notification.claimed_by == token))).all()
-        for notice_id, attempts in rows:
-            if attempts >= MAX_ATTEMPTS:
-                values = dict(status=NotificationStatus.FAILED)
-            else:
-                wait = timedelta(seconds=retry_after) if retry_after else backoff(attempts)
-                values = dict(status=NotificationStatus.PENDING, send_after=now + wait,
-                              claimed_by=None, claimed_at=None)
-            await s.execute(update(Notification).where(Notification.id == notice_id)
-                            .values(last_error=error[:500], **values))
-    return len(rows)
-
-
-# -- who receives it, and is it still true? -----------------------------------------------------
-
-@dataclass(frozen=True)
-class Recipient:
-    patron_id: int
-    library_id: int
-    library_code: str
-    timezone: str
-    language: str | None
-    role: Role
-    full_name: str
-    class_name: str | None
-    preferences: dict[str, Any]
-    identity_id: int | None = None
-    channel: str | None = None
-    chat_id: str | None = None
-    external_id: str | None = None
-    unreachable: bool = False          # has chats, but every one refused delivery
-
-    def actor(self, default_language: str = "vi") -> Actor:
-        return Actor(identity_id=self.identity_id, channel=self.channel or "", chat_id=self.chat_id or "",
-                     language=self.language or default_language, patron_id=self.patron_id,
-                     library_id=self.library_id, library_code=self.library_code, role=self.role,
-                     full_name=self.full_name, class_name=self.class_name)
-
-
-async def recipients(db: Database, patron_ids: Iterable[int], channels: Sequence[str]) -> dict[int, Recipient]:
-    """Each patron and the chat to write to: the first of ``channels`` (in order) they are reachable on."""
-    patron_ids = list(set(patron_ids))
-    found: dict[int, Recipient] = {}
-    if not patron_ids:
-        return found
-    async with db.session() as s:
-        people = (await s.execute(
-            select(Patron, Library.code, Library.timezone).join(Library, Library.id == Patron.library_id)
-            .where(Patron.id.in_(patron_ids))
-        )).all()
-        chats = (await s.execute(
-            select(ChatIdentity).where(ChatIdentity.patron_id.in_(patron_ids))
-            .order_by(ChatIdentity.linked_at.desc().nulls_last(), ChatIdentity.id.desc())
-        )).scalars().all()
-    by_patron: dict[int, list[ChatIdentity]] = defaultdict(list)
-    for chat in chats:
-        by_patron[chat.patron_id].append(chat)
-    rank = {name: i for i, name in enumerate(channels)}
-    for patron, code, tz in people:
-        own = [c for c in by_patron[patron.id] if c.channel in rank]
-        usable = sorted((c for c in own if c.unreachable_at is None), key=lambda c: rank[c.channel])
-        chat = usable[0] if usable else None
-        found[patron.id] = Recipient(
-            patron_id=patron.id, library_id=patron.library_id, library_code=code, timezone=tz,
-            language=patron.language or (chat.language if chat else None), role=patron.role,
-            full_name=patron.full_name, class_name=patron.class_name, preferences=patron.preferences or {},
-            identity_id=chat.id if chat else None, channel=chat.channel if chat else None,
-            chat_id=chat.chat_id if chat else None, external_id=chat.external_id if chat else None,
-            unreachable=bool(own) and not usable,
-        )
-    return found
-
 
 async def stale(db: Database, clock: Clock, notices: Sequence[Claimed], rules: dict[int, Rules],
                 library_of: dict[int, int]) -> dict[int, str]:
@@ -618,72 +407,6 @@ async def stale(db: Database, clock: Clock, notices: Sequence[Claimed], rules: d
                     why[n.id] = "stale: pickup deadline changed"
     return why
 
-
-# -- what librarians see --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class UnreachableChat:
-    patron_id: int
-    full_name: str
-    card_number: str
-    class_name: str | None
-    channel: str
-    since: datetime
-
-
-async def unreachable_chats(db: Database, actor: Actor | None, *, library_id: int | None = None,
-                            limit: int = 200) -> list[UnreachableChat]:
-    """Patrons whose chat refused delivery (blocked the bot). Staff of that library only;
-    ``actor=None`` is the operator's CLI on the server."""
-    if actor is not None:
-        require_staff(actor)
-        library_id = actor.library_id
-    query = (select(Patron.id, Patron.full_name, Patron.card_number, Patron.class_name,
-                    ChatIdentity.channel, ChatIdentity.unreachable_at)
-             .join(ChatIdentity, ChatIdentity.patron_id == Patron.id)
-             .where(ChatIdentity.unreachable_at.is_not(None))
-             .order_by(Patron.class_name, Patron.full_name).limit(limit))
-    if library_id is not None:
-        query = query.where(Patron.library_id == library_id)
-    async with db.session() as s:
-        rows = (await s.execute(query)).all()
-    return [UnreachableChat(pid, name, card, cls, channel, aware(since))
-            for pid, name, card, cls, channel, since in rows]
-
-
-async def status_counts(db: Database) -> dict[str, int]:
-    async with db.session() as s:
-        rows = (await s.execute(select(Notification.status, func.count()).group_by(Notification.status))).all()
-    return {str(getattr(status, "value", status)): count for status, count in rows}
-
-
-async def requeue_uncertain(db: Database, clock: Clock, ids: Sequence[int] | None = None) -> int:
-    """A librarian decided these should be sent again (the only way an uncertain notice is re-sent)."""
-    condition = Notification.status == NotificationStatus.UNCERTAIN
-    if ids is not None:
-        condition = and_(condition, Notification.id.in_(list(ids)))
-    async with db.transaction() as s:
-        result = await s.execute(update(Notification).where(condition).values(
-            status=NotificationStatus.PENDING, claimed_by=None, claimed_at=None,
-            send_after=clock.now().astimezone(UTC)))
-        return result.rowcount or 0
-
-
-async def pending_due(db: Database, clock: Clock, library_ids: Sequence[int]) -> list[Claimed]:
-    """For dry runs: what a claim would take now, without claiming it."""
-    now = clock.now().astimezone(UTC)
-    async with db.session() as s:
-        rows = (await s.execute(
-            select(Notification.id, Notification.key, Notification.patron_id, Notification.kind,
-                   Notification.payload, Notification.attempts)
-            .join(Patron, Patron.id == Notification.patron_id)
-            .where(Notification.status == NotificationStatus.PENDING, Notification.send_after <= now,
-                   Patron.library_id.in_(list(library_ids)))
-            .order_by(Notification.patron_id, Notification.id)
-        )).all()
-    return [Claimed(*r) for r in rows]
-
-
 def group_messages(notices: Sequence[Claimed]) -> list[list[Claimed]]:
     """One message per patron for their digestible notices; every other notice on its own."""
     digest: dict[int, list[Claimed]] = defaultdict(list)
@@ -694,5 +417,3 @@ def group_messages(notices: Sequence[Claimed]) -> list[list[Claimed]]:
         else:
             groups.append([n])
     return list(digest.values()) + groups
-
-

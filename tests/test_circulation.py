@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services import circulation as circ
-from services import notifications, rules
+from services import outbox, rules
 from services.common import DomainError, NotFound, PermissionDenied
 from services.models import AuditEntry, Copy, CopyStatus, Hold, HoldStatus, Loan, Notification
 from tests.conftest import Libraries
@@ -220,9 +220,9 @@ async def test_notifications_are_recorded_once(libs: Libraries, clock):
     db = libs.db
     async with db.transaction() as s:
         patron_id = (await libs.actor("HS001")).patron_id
-        assert await notifications.enqueue(s, patron_id=patron_id, kind="hold_ready", key="hold_ready:x",
+        assert await outbox.enqueue(s, patron_id=patron_id, kind="hold_ready", key="hold_ready:x",
                                            send_after=clock.now())
-        assert not await notifications.enqueue(s, patron_id=patron_id, kind="hold_ready", key="hold_ready:x",
+        assert not await outbox.enqueue(s, patron_id=patron_id, kind="hold_ready", key="hold_ready:x",
                                                send_after=clock.now())
 
 

@@ -123,7 +123,7 @@ def test_isbn13():
 
 async def test_enqueue_records_a_notice_once(demo_app, clock):
     from services.models import Notification
-    from services.notifications import enqueue
+    from services.outbox import enqueue
 
     async with demo_app.db.transaction() as s:
         patron = (await s.execute(select(Patron).where(Patron.card_number == "HS001"))).scalar_one()

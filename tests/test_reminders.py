@@ -21,8 +21,8 @@ from handlers.messages import (
     DeliveryUncertain,
     Reply,
 )
-from services import notifications, reminders
-from services.common import Clock
+from services import outbox, reminders
+from services.common import Clock, aware
 from services.db import Database
 from services.models import (
     ChatIdentity,
@@ -127,7 +127,7 @@ async def test_plan_kinds_and_idempotent(rapp: App, clock: Clock):
     again = await reminders.plan(rapp.db, clock)
     assert again.inserted == 0 and len(await notices(rapp.db)) == 3
     # send_after is the end of the night's quiet hours, 07:00 school time
-    assert {reminders.aware(n.send_after) for n in await notices(rapp.db)} == {at(2026, 12, 1, 7)}
+    assert {aware(n.send_after) for n in await notices(rapp.db)} == {at(2026, 12, 1, 7)}
 
 
 async def test_due_date_across_midnight_and_time_zones(rapp: App, clock: Clock):
@@ -187,11 +187,11 @@ async def test_quiet_hours_hold_everything_until_morning(rapp: App, clock: Clock
     clock.set(at(2026, 12, 1, 21, 0))
     async with rapp.db.transaction() as s:                  # an event notice enqueued at night
         patron = (await s.execute(select(Patron).where(Patron.card_number == "HS002"))).scalar_one()
-        await notifications.enqueue(s, patron_id=patron.id, kind="hold_expired", key="hold_expired:hold=99",
+        await outbox.enqueue(s, patron_id=patron.id, kind="hold_expired", key="hold_expired:hold=99",
                                     send_after=clock.now(), payload={"hold_id": 99, "title": "Dế Mèn"})
     report = await sweeper_for(rapp).sweep()
     assert report.messages == 0 and report.quiet_libraries
-    assert {reminders.aware(n.send_after) for n in await notices(rapp.db)} == {at(2026, 12, 2, 7)}
+    assert {aware(n.send_after) for n in await notices(rapp.db)} == {at(2026, 12, 2, 7)}
     clock.set(at(2026, 12, 2, 6, 59))
     assert (await sweeper_for(rapp).sweep()).messages == 0
     clock.set(at(2026, 12, 2, 7, 0))
@@ -364,7 +364,7 @@ async def test_retry_after_is_honoured(rapp: App, clock: Clock):
     await sweeper.sweep()
     assert sweeper.limiter.paused_until >= before + 30
     [notice] = await notices(rapp.db)
-    assert reminders.aware(notice.send_after) == clock.now() + timedelta(seconds=30)
+    assert aware(notice.send_after) == clock.now() + timedelta(seconds=30)
 
 
 async def test_uncertain_delivery_is_never_resent_blindly(rapp: App, clock: Clock):
@@ -377,8 +377,8 @@ async def test_uncertain_delivery_is_never_resent_blindly(rapp: App, clock: Cloc
     clock.set(clock.now() + timedelta(hours=1))
     assert (await sweeper_for(rapp).sweep()).messages == 0
     assert channel.calls == 1
-    assert (await reminders.status_counts(rapp.db)) == {"uncertain": 1}
-    assert await reminders.requeue_uncertain(rapp.db, clock) == 1   # a librarian's decision
+    assert (await outbox.status_counts(rapp.db)) == {"uncertain": 1}
+    assert await outbox.requeue_uncertain(rapp.db, clock) == 1   # a librarian's decision
     assert (await sweeper_for(rapp).sweep()).messages == 1
 
 
@@ -387,10 +387,10 @@ async def test_crash_between_claim_and_send_loses_nothing(rapp: App, clock: Cloc
     await lend(rapp.db, "HS001", date(2026, 12, 1))
     await lend(rapp.db, "HS002", date(2026, 12, 1))
     await reminders.plan(rapp.db, clock)
-    claimed = await reminders.claim(rapp.db, clock, "dead-worker:1")   # … and the process dies
+    claimed = await outbox.claim(rapp.db, clock, "dead-worker:1")   # … and the process dies
     assert len(claimed) == 2
     assert (await sweeper_for(rapp).sweep()).messages == 0             # still leased
-    clock.set(clock.now() + reminders.LEASE + timedelta(seconds=1))
+    clock.set(clock.now() + outbox.LEASE + timedelta(seconds=1))
     report = await sweeper_for(rapp).sweep()
     assert report.released == 2 and report.messages == 2
     assert {n.status for n in await notices(rapp.db)} == {NotificationStatus.SENT}
@@ -408,7 +408,7 @@ async def test_crash_during_send_is_uncertain_and_the_rest_is_sent_once(rapp: Ap
     first = [chat for chat, _ in channel.sent]
     assert "HS002" in first
     channel.behaviour.clear()
-    clock.set(clock.now() + reminders.LEASE + timedelta(seconds=1))
+    clock.set(clock.now() + outbox.LEASE + timedelta(seconds=1))
     report = await sweeper_for(rapp).sweep()
     assert report.lost == 1
     chats = [chat for chat, _ in channel.sent]
@@ -421,10 +421,10 @@ async def test_a_sweeper_whose_lease_was_taken_over_does_not_send(rapp: App, clo
     clock.set(at(2026, 12, 1, 9))
     await lend(rapp.db, "HS001", date(2026, 12, 1))
     await reminders.plan(rapp.db, clock)
-    [slow] = await reminders.claim(rapp.db, clock, "slow:1")
-    clock.set(clock.now() + reminders.LEASE + timedelta(seconds=1))
+    [slow] = await outbox.claim(rapp.db, clock, "slow:1")
+    clock.set(clock.now() + outbox.LEASE + timedelta(seconds=1))
     assert (await sweeper_for(rapp).sweep()).messages == 1            # taken over and sent
-    assert await reminders.attempt(rapp.db, clock, "slow:1", [slow.id]) == set()
+    assert await outbox.attempt(rapp.db, clock, "slow:1", [slow.id]) == set()
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -532,13 +532,13 @@ async def test_event_notices_of_other_features_go_through_their_renderers(rapp: 
     clock.set(at(2026, 12, 1, 9))
     hold = await _ready_hold(rapp.db, "HS001", date(2026, 12, 4))
     async with rapp.db.transaction() as s:                  # what circulation and reflections enqueue
-        await notifications.enqueue(s, patron_id=hold.patron_id, kind="hold_ready",
+        await outbox.enqueue(s, patron_id=hold.patron_id, kind="hold_ready",
                                     key=f"hold_ready:{hold.id}", send_after=clock.now(),
                                     payload={"hold_id": hold.id})
-        await notifications.enqueue(s, patron_id=hold.patron_id, kind="reflection_approved",
+        await outbox.enqueue(s, patron_id=hold.patron_id, kind="reflection_approved",
                                     key="reflection_approved:1", send_after=clock.now(),
                                     payload={"title": "Dế Mèn phiêu lưu ký"})
-        await notifications.enqueue(s, patron_id=hold.patron_id, kind="campaign_news",
+        await outbox.enqueue(s, patron_id=hold.patron_id, kind="campaign_news",
                                     key="campaign_news:1", send_after=clock.now(), payload={"x": 1})
     report = await sweeper_for(rapp).sweep()
     texts = [reply.text for _, reply in sent(rapp)]
@@ -694,7 +694,7 @@ async def test_killed_sweeper_process_loses_nothing_and_repeats_nothing(rapp: Ap
     assert len(before) == (2 if mode == "claim" else 3)
     # the restarted sweeper (here: this process) waits for the lease, then finishes the job
     assert (await sweeper_for(rapp).sweep()).messages == 0
-    clock.set(clock.now() + reminders.LEASE + timedelta(seconds=1))
+    clock.set(clock.now() + outbox.LEASE + timedelta(seconds=1))
     report = await sweeper_for(rapp).sweep()
     after = [chat for chat, _ in sent(rapp)]
     delivered = before + after

@@ -13,8 +13,8 @@ from bot.app import App
 from handlers.messages import (
     Incoming,
 )
-from services import reminders
-from services.common import Clock
+from services import outbox
+from services.common import Clock, aware
 from services.models import ChatIdentity, Loan, Notification, NotificationStatus
 from tests.fake_bot_api import FakeBotApi
 from tests.test_reminders import at, lend, link, sweeper_for
@@ -80,7 +80,7 @@ async def test_429_retry_after_is_honoured_and_5xx_retried_later(tg, clock: Cloc
     assert report.retry == 2 and report.messages == 0
     assert sweeper.limiter.paused_until >= start + 7          # everyone waits out the 429
     async with app.db.session() as s:
-        after = {n.chat_id or n.key: reminders.aware(n.send_after) for n in (await s.execute(select(Notification))).scalars()}
+        after = {n.chat_id or n.key: aware(n.send_after) for n in (await s.execute(select(Notification))).scalars()}
     assert sorted(after.values()) == sorted([clock.now() + timedelta(seconds=7), clock.now() + timedelta(minutes=1)])
     clock.set(clock.now() + timedelta(minutes=2))
     report = await sweeper_for(app).sweep()
@@ -99,7 +99,7 @@ async def test_403_blocked_chat_becomes_unreachable(tg, clock: Clock):
     async with app.db.session() as s:
         states = {n.status for n in (await s.execute(select(Notification))).scalars()}
     assert states == {NotificationStatus.SENT, NotificationStatus.SKIPPED}
-    assert [r.card_number for r in await reminders.unreachable_chats(app.db, None)] == ["HS001"]
+    assert [r.card_number for r in await outbox.unreachable_chats(app.db, None)] == ["HS001"]
 
 
 async def test_end_to_end_with_the_telegram_adapter_renew_pressed_on_a_reminder(demo_app: App, clock: Clock):
