@@ -167,6 +167,10 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     if args.status:
         counts = await outbox.status_counts(app.db)
         print("notifications: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+        for status in ("uncertain", "superseded"):
+            if counts.get(status):
+                print(t(f"outbox.{status}_explained", count=counts[status]))
         return 0
     if args.unreachable:
         rows = await outbox.unreachable_chats(app.db, None)
@@ -521,7 +525,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--unreachable", action="store_true",
                    help="list patrons whose chat blocked the bot (they get no reminders)")
     p.add_argument("--requeue-uncertain", action="store_true",
-                   help="send again the notices whose delivery was uncertain (a deliberate human decision)")
+                   help="send again the notices whose delivery was uncertain (a deliberate human decision: "
+                        "they may have arrived, so readers may get them twice)")
     handlers["remind"] = cmd_remind
 
 

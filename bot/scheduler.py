@@ -141,6 +141,8 @@ class Sweeper:
         self.concurrency = concurrency
         self.batch = batch
         self.lease = lease
+        self.busy = asyncio.Lock()       # one sweep at a time in this process
+        self.resweep = False             # claims were taken back while a sweep ran: sweep again
 
     @property
     def db(self):
@@ -158,12 +160,49 @@ class Sweeper:
         report = SweepReport()
         if dry_run:
             return await self._preview(report)
+        async with self.busy:
+            token = outbox.new_claim_token(self.worker)
+            await outbox.beat(self.db, self.clock, token)    # alive before the first claim
+            heart = asyncio.create_task(self._heartbeat(token))
+            try:
+                return await self._sweep(report, token, max_messages)
+            finally:
+                heart.cancel()
+                with contextlib.suppress(BaseException):
+                    await heart
+                with contextlib.suppress(Exception):
+                    await outbox.retire(self.db, self.clock, token)
+
+    async def _heartbeat(self, token: str) -> None:
+        """While this sweep runs, tell other sweepers it is alive (see ``outbox.recover``)."""
+        while True:
+            await asyncio.sleep(outbox.HEARTBEAT_EVERY.total_seconds())
+            try:
+                await outbox.beat(self.db, self.clock, token)
+            except Exception as exc:   # a missed beat is harmless; several in a row free our claims
+                log.warning("outbox heartbeat failed: %s", exc)
+
+    async def recover(self) -> int:
+        """Between sweeps (every few seconds): take back the claims of sweepers that died, and
+        send them now rather than at the next sweep. Returns how many were taken back."""
+        released, lost = await outbox.recover(self.db, self.clock, self.lease)
+        if lost:
+            log.warning("%d notice(s) were being sent by a sweeper that stopped: marked uncertain", lost)
+        if released or self.resweep:
+            if self.busy.locked():
+                self.resweep = True     # the running sweep may have passed them; sweep again after it
+            else:
+                self.resweep = False
+                report = await self.sweep()
+                log.info("reminder sweep after taking back %d claim(s): %s", released, report.summary())
+        return released
+
+    async def _sweep(self, report: SweepReport, token: str, max_messages: int | None) -> SweepReport:
         report.planned = (await reminders.plan(self.db, self.clock)).inserted
         report.released, report.lost = await outbox.recover(self.db, self.clock, self.lease)
         open_ids = await reminders.defer_quiet(self.db, self.clock)
         rules = await reminders.library_rules(self.db)
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
-        token = outbox.new_claim_token(self.worker)
         budget = max_messages
         gate = asyncio.Semaphore(self.concurrency)
         # Pipelined: the next batch is claimed and rendered while the previous one is still
@@ -334,9 +373,11 @@ class Sweeper:
 # -- the scheduler ----------------------------------------------------------------------------------
 
 def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in: float = 20,
-                    sweeper: Sweeper | None = None):
-    """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep, and the
-    holds-expiry sweep when circulation is installed. One sweep at a time per process."""
+                    sweeper: Sweeper | None = None, recover_every: float = 15):
+    """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep, a check
+    every ``recover_every`` seconds for claims of sweepers that died (sent at once, so a crash
+    delays notices by under a minute), and the holds-expiry sweep when circulation is installed.
+    One sweep at a time per process."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     sweeper = sweeper or Sweeper(router)
@@ -353,6 +394,15 @@ def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in
 
     scheduler.add_job(sweep, "interval", minutes=interval_minutes, next_run_time=first, id="reminders",
                       max_instances=1, coalesce=True, misfire_grace_time=60)
+
+    async def recover() -> None:
+        try:
+            await sweeper.recover()
+        except Exception:
+            log.exception("taking back a dead sweeper's claims failed; the next sweep will")
+
+    scheduler.add_job(recover, "interval", seconds=recover_every, next_run_time=first, id="recover",
+                      max_instances=1, coalesce=True, misfire_grace_time=30)
     try:
         from services import circulation
     except ImportError:
