@@ -5,9 +5,11 @@ sendMessage / editMessageText / answerCallbackQuery / sendDocument. Updates arri
 polling (default) or by a webhook served with aiohttp that checks Telegram's secret header.
 
 Delivery rules, in one place (:class:`ResilientRateLimiter`): 429 waits ``retry_after`` and
-retries (PTB's AIORateLimiter); 5xx and failures where the request never left are retried with
-backoff; a timeout after the request went out is retried only for calls that are safe to repeat
-(edits, answers, settings) — never sendMessage, which could then arrive twice. 403 "blocked"
+retries (PTB's AIORateLimiter); 5xx and failures where the request was not completely written
+(no connection, a reset or timeout before the last byte left: :class:`WriteTracingTransport`
+knows) are retried with backoff; a failure after the request was written is retried only for
+calls that are safe to repeat (edits, answers, settings) — never sendMessage, which could then
+arrive twice. An update PTB cannot parse is skipped, not fetched forever (:class:`PollingRequest`). 403 "blocked"
 marks the chat unreachable and nothing more is sent there until the person writes again.
 """
 
@@ -112,9 +114,66 @@ def file_base_url(base_url: str) -> str:
 
 # -- failures: what is safe to repeat ---------------------------------------------------------
 
+class WriteTracingTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport, noting on any failure whether the whole request had been written.
+
+    Only that tells "not sent" from "maybe delivered": a failed connect, a pool timeout, or a
+    reset/timeout while the headers or body were still being written means the Bot API never
+    got a complete request (it cannot act on half of one), so it is safe to send again. Once the
+    last byte is written, a read timeout or a connection closed before the answer means the
+    message may well have arrived. httpcore reports each phase through the ``trace`` request
+    extension; the flag rides on the exception as ``request_written``, and PTB keeps that
+    exception as the ``__cause__`` of its NetworkError / TimedOut. ``network_backend`` (httpcore's)
+    is for tests that inject failures at the socket level."""
+
+    def __init__(self, *, limits: httpx.Limits, network_backend: Any = None) -> None:
+        super().__init__(limits=limits, http1=True, http2=False)
+        if network_backend is not None:
+            import httpcore
+
+            self._pool = httpcore.AsyncConnectionPool(
+                max_connections=limits.max_connections, max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry, http1=True, http2=False, network_backend=network_backend)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        written = False
+        outer = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal written
+            if event.endswith("send_request_body.complete"):
+                written = True
+            if outer is not None:
+                await outer(event, info)
+
+        request.extensions = {**request.extensions, "trace": trace}
+        try:
+            return await super().handle_async_request(request)
+        except httpx.HTTPError as exc:
+            exc.request_written = written   # type: ignore[attr-defined]
+            raise
+
+
+class TracedRequest(HTTPXRequest):
+    """PTB's HTTPXRequest over :class:`WriteTracingTransport` (a fresh one for each client PTB builds)."""
+
+    def __init__(self, *, network_backend: Any = None, **kwargs: Any) -> None:
+        self._network_backend = network_backend
+        super().__init__(**kwargs)
+
+    def _build_client(self) -> httpx.AsyncClient:
+        kwargs = dict(self._client_kwargs)
+        kwargs["transport"] = WriteTracingTransport(limits=kwargs["limits"], network_backend=self._network_backend)
+        return httpx.AsyncClient(**kwargs)
+
+
 def outcome(error: BaseException) -> str:
-    """"not_sent" (never left us), "failed" (the server answered with an error) or "uncertain"."""
+    """"not_sent" (the request was not completely written: safe to repeat), "failed" (the server
+    answered with an error) or "uncertain" (written, no answer: it may have arrived)."""
     cause = error.__cause__
+    written = getattr(cause, "request_written", None)
+    if written is not None:   # our transport saw what happened (see WriteTracingTransport)
+        return "uncertain" if written else "not_sent"
     if isinstance(error, TimedOut):
         if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or "Pool timeout" in str(error):
             return "not_sent"
@@ -385,7 +444,7 @@ class TelegramAdapter:
 
     def __init__(self, app: App, *, token: str | None = None, base_url: str | None = None,
                  backoff: tuple[float, ...] = (0.5, 2.0, 5.0), max_retries: int = 3,
-                 read_timeout: float | None = None, concurrency: int = 16) -> None:
+                 read_timeout: float | None = None, concurrency: int = 16, network_backend: Any = None) -> None:
         self.app = app
         self.router = app.router
         base_url = base_url or app.settings.telegram_api_base_url
@@ -400,8 +459,8 @@ class TelegramAdapter:
             .arbitrary_callback_data(False)
             .get_updates_request(PollingRequest(connection_pool_size=1))
         )
-        if read_timeout is not None:
-            builder = builder.read_timeout(read_timeout).write_timeout(read_timeout)
+        timeouts = {"read_timeout": read_timeout, "write_timeout": read_timeout} if read_timeout is not None else {}
+        builder = builder.request(TracedRequest(connection_pool_size=256, network_backend=network_backend, **timeouts))
         self.application: Application = builder.build()
         self.bot: Bot = self.application.bot
         self.channel = TelegramChannel(self.bot, app.db, clock=app.deps.clock)
