@@ -119,7 +119,7 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: fl
     from telegram.ext import ExtBot
     from telegram.request import HTTPXRequest
 
-    from bot.telegram import ResilientRateLimiter, TelegramChannel
+    from bot.channels.telegram import ResilientRateLimiter, TelegramChannel
 
     request = HTTPXRequest(connection_pool_size=16)
     options = {"gate": RateLimiter(per_second=rate)} if wire_gate else {}
@@ -127,7 +127,7 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: fl
                  rate_limiter=ResilientRateLimiter(max_retries=0, **options))
     await bot.initialize()
     label = " + wire gate" if wire_gate else ""
-    return bot, TelegramChannel(bot, db, clock=clock), f"bot.telegram.TelegramChannel (ResilientRateLimiter){label}"
+    return bot, TelegramChannel(bot, db, clock=clock), f"bot.channels.telegram.TelegramChannel (ResilientRateLimiter){label}"
 
 
 @dataclass

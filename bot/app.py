@@ -1,6 +1,8 @@
 """The composition root: settings → database → services → router with every feature registered.
 
-Every entry point (terminal chat, Telegram, CLI commands, tests) builds the same :class:`App`.
+Every entry point (``docsach run`` with its channels and HTTP parts, CLI commands, tests) builds the
+same :class:`App`. Channels (``bot/channels/``) and HTTP parts (``bot/server.py``) are started by
+``docsach run`` around it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from handlers.i18n import Catalogs
 from services import accounts
 from services.common import Clock
 from services.db import Database
+from services.photos import PhotoStore
 from services.search import CatalogSearch
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | 
         # Link codes are printed by one process (the CLI) and redeemed in another (the bot), so
         # only a configured secret can key them; a per-process random one would break them.
         link_code_key=None if settings.secret_key_is_ephemeral else accounts.code_key(settings.secret_key),
+        public_url=settings.public_url,
+        photos=PhotoStore(db, settings.files_dir),
     )
     # One search index per process, derived from the database and kept fresh by polling it.
     deps.extras["search"] = CatalogSearch(db, refresh_every=settings.search_refresh_seconds,

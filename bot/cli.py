@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -49,25 +50,84 @@ def _say_refusal(app: App, refusal: DomainError) -> int:
 # -- subcommands -----------------------------------------------------------------------
 
 async def cmd_run(app: App, args: argparse.Namespace) -> int:
-    await _prepare(app, load_demo=not args.no_demo)
-    scheduler = None
-    if app.settings.reminders_enabled:
-        from bot.scheduler import start_scheduler
+    """Every configured channel and HTTP part on one server, the reminder scheduler, until
+    SIGINT/SIGTERM (or end of input, when the terminal chat is what runs)."""
+    import signal
 
-        # Channels register in app.deps.outbound when they start; each sweep uses what is there.
-        scheduler = start_scheduler(app.router, interval_minutes=app.settings.reminder_interval_minutes)
+    from bot import channels
+    from bot.channels.base import ChannelError, RunOptions
+    from bot.config import parse_listen
+    from bot.server import Server
+
     try:
-        if app.settings.telegram_token:
-            try:
-                from bot import telegram
-            except ImportError:
-                print("The Telegram adapter is not installed in this build.", file=sys.stderr)
-                return 2
-            return await telegram.serve(app, args)
-        return await _chat(app, args)
+        host, port = parse_listen(args.listen or app.settings.listen)
+    except ValueError:
+        print(f"--listen / DOCSACH_LISTEN wants HOST:PORT (e.g. 127.0.0.1:8080), not {args.listen!r}.",
+              file=sys.stderr)
+        return 2
+    if args.webhook and not args.url:
+        print("--webhook needs --url https://… (the public address Telegram will call).", file=sys.stderr)
+        return 2
+    options = RunOptions(host=host, port=port, telegram_webhook_url=args.url if args.webhook else None)
+    try:
+        running = channels.configured(app, options, terminal_user=getattr(args, "user", None) or "local")
+    except ChannelError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    await _prepare(app, load_demo=not args.no_demo)
+    if any(c.name == "terminal" for c in running) and getattr(args, "as_card", None):
+        if await _link_terminal(app, args) != 0:
+            return 2
+    server = Server(app, host, port)
+    server.mount(running)
+    server.mount_configured()
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); choose another with --listen.",
+              file=sys.stderr)
+        return 2
+    app.deps.extras["server_url"] = server.url
+    print(f"docsach: listening on {server.url}", file=sys.stderr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    started: list = []
+    scheduler = None
+    try:
+        for channel in running:
+            await channel.start()
+            started.append(channel)
+        if app.settings.reminders_enabled:
+            from bot.scheduler import start_scheduler
+
+            # Channels registered in app.deps.outbound when they started; each sweep uses what is there.
+            scheduler = start_scheduler(app.router, interval_minutes=app.settings.reminder_interval_minutes)
+        waits = [asyncio.ensure_future(stop.wait())]
+        waits += [asyncio.ensure_future(c.finished.wait()) for c in started if getattr(c, "finished", None)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return 0
+    except ChannelError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        for channel in reversed(started):
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("stopping the %s channel failed", channel.name)
+        await server.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
 
 async def cmd_chat(app: App, args: argparse.Namespace) -> int:
@@ -76,18 +136,25 @@ async def cmd_chat(app: App, args: argparse.Namespace) -> int:
 
 
 async def _chat(app: App, args: argparse.Namespace) -> int:
-    from bot.terminal import CHANNEL, run_terminal
+    from bot.channels.terminal import run_terminal
+
+    if getattr(args, "as_card", None) and await _link_terminal(app, args) != 0:
+        return 2
+    await run_terminal(app.router, user=getattr(args, "user", None) or "local")
+    return 0
+
+
+async def _link_terminal(app: App, args: argparse.Namespace) -> int:
+    """``--as CARD``: the terminal chat speaks as that card (an operator tool on the server)."""
+    from bot.channels.terminal import CHANNEL
 
     user = getattr(args, "user", None) or "local"
-    if getattr(args, "as_card", None):
-        actor = await patrons.resolve_actor(app.db, CHANNEL, user, user,
-                                            default_language=app.settings.default_language)
-        try:
-            await patrons.link_trusted(app.db, actor, args.library, args.as_card)
-        except DomainError:
-            print(f"No card {args.as_card} in library {args.library}.", file=sys.stderr)
-            return 2
-    await run_terminal(app.router, user=user)
+    actor = await patrons.resolve_actor(app.db, CHANNEL, user, user, default_language=app.settings.default_language)
+    try:
+        await patrons.link_trusted(app.db, actor, args.library, args.as_card)
+    except DomainError:
+        print(f"No card {args.as_card} in library {args.library}.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -106,9 +173,27 @@ async def cmd_demo_data(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _printed_links(app: App, username: str | None, *, ask_telegram: bool = True) -> bool:
+    """Make ``app.deps.printed_link`` work for printed QR codes: ``DOCSACH_PUBLIC_URL/b/…`` when
+    set, else the Telegram bot's deep links (``--bot-username``, TELEGRAM_BOT_USERNAME or getMe)."""
+    settings = app.settings
+    if settings.public_url:
+        return True
+    username = username or settings.telegram_bot_username
+    from bot.channels import telegram
+
+    if not username and settings.telegram_token and ask_telegram:
+        username = await telegram.bot_username(settings.telegram_token, settings.telegram_api_base_url)
+    if not username:
+        return False
+    app.deps.channels[telegram.CHANNEL] = telegram.profile(username.lstrip("@"))
+    return True
+
+
 async def cmd_qr(app: App, args: argparse.Namespace) -> int:
-    """Print QR labels whose codes open the book, copy or shelf in the Telegram bot."""
-    from handlers.core import deep_link_payload, deep_link_url
+    """Print QR labels whose codes open the book, copy or shelf: on the landing page when
+    DOCSACH_PUBLIC_URL is set, else in the Telegram bot."""
+    from handlers.core import deep_link_payload
     from services import files
     from services.labels import KINDS, Label, catalog_label_items, render_label_sheet
 
@@ -118,16 +203,10 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
         out = files.check_writable(args.out)     # before asking Telegram or drawing any label
     except DomainError as refusal:
         return _say_refusal(app, refusal)
-    username = args.bot_username or settings.telegram_bot_username
-    if not username and settings.telegram_token:
-        from bot import telegram
-
-        username = await telegram.bot_username(settings.telegram_token, settings.telegram_api_base_url)
-    if not username:
-        print("The QR codes link to your bot: give --bot-username, set TELEGRAM_BOT_USERNAME, "
-              "or set TELEGRAM_BOT_TOKEN so it can be asked.", file=sys.stderr)
+    if not await _printed_links(app, args.bot_username):
+        print("The QR codes need somewhere to open: set DOCSACH_PUBLIC_URL (any phone's browser), or "
+              "give --bot-username, set TELEGRAM_BOT_USERNAME or TELEGRAM_BOT_TOKEN (Telegram).", file=sys.stderr)
         return 2
-    username = username.lstrip("@")
     what = next(kind for kind in KINDS if getattr(args, kind))
     try:
         title_ids = [int(x) for x in args.title_ids.split(",") if x.strip()] if args.title_ids else None
@@ -145,7 +224,7 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
         return 1
     headings = {"titles": t("labels.sheet_titles"), "copies": t("labels.sheet_copies"),
                 "shelves": t("labels.sheet_shelves")}
-    labels = [Label(deep_link_url(username, deep_link_payload(item.kind, item.ref)),
+    labels = [Label(app.deps.printed_link(deep_link_payload(item.kind, item.ref)),
                     item.lines + ([t("labels.scan_shelf")] if item.kind == "l" else []))
               for item in items]
     pdf = await asyncio.to_thread(render_label_sheet, labels, columns=args.columns, rows=args.rows,
@@ -185,7 +264,7 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
         print("nothing to do: pass --once, --dry-run, --status, --unreachable or --requeue-uncertain",
               file=sys.stderr)
         return 2
-    from bot.terminal import CHANNEL, TerminalChannel
+    from bot.channels.terminal import CHANNEL, TerminalChannel
 
     app.deps.outbound.setdefault(CHANNEL, TerminalChannel(sys.stdout))
     closers = await _cli_outbound(app)
@@ -205,27 +284,20 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
 
 
 async def _cli_outbound(app: App) -> list:
-    """Telegram's output channel for a one-off sweep, when the adapter is installed and configured.
-    Without it, notices for Telegram chats stay pending for the running bot (nothing is lost)."""
+    """Telegram's output channel for a one-off sweep, when Telegram is configured. Without it,
+    notices for Telegram chats stay pending for the running bot (nothing is lost)."""
     if not app.settings.telegram_token:
         return []
-    try:
-        from telegram.ext import AIORateLimiter, ExtBot
+    from telegram.ext import ExtBot
 
-        from bot import telegram
-    except ImportError:
-        log.warning("no Telegram adapter: only terminal chats are reached; the rest stays pending")
-        return []
-    channel_cls = getattr(telegram, "TelegramChannel", None)
-    if channel_cls is None:
-        log.warning("the Telegram adapter has no output channel; the rest stays pending")
-        return []
-    limiter_cls = getattr(telegram, "ResilientRateLimiter", AIORateLimiter)
+    from bot.channels import telegram
+
     bot = ExtBot(app.settings.telegram_token, base_url=app.settings.telegram_api_base_url,
-                 rate_limiter=limiter_cls())
+                 rate_limiter=telegram.ResilientRateLimiter())
     await bot.initialize()
-    channel = channel_cls(bot, app.db, clock=app.deps.clock)
+    channel = telegram.TelegramChannel(bot, app.db, clock=app.deps.clock, photos=app.deps.photos)
     app.deps.outbound[channel.name] = channel
+    app.deps.channels[channel.name] = telegram.profile(bot.username)
     return [bot.shutdown]
 
 
@@ -278,26 +350,24 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     import io
 
     from handlers.account import slips_pdf
-    from handlers.core import deep_link_url
     from services import files
     from services.spreadsheets import write_csv as safe_rows
 
     await upgrade_async(app.settings.database_url)
-    bot = args.bot or app.deps.bot_username
+    await _printed_links(app, args.bot, ask_telegram=False)
+    link = app.deps.printed_link
 
     async def hand_out(issued: list[accounts.IssuedCode]) -> None:
         """Runs inside the issuing transaction: if the slips cannot be written, no code is
         issued and the old unused slips stay valid."""
         if args.out and args.out.lower().endswith(".pdf"):
-            pdf = await slips_pdf(issued, bot_username=bot)
-            if pdf is None:
-                raise DomainError("files.pdf_unavailable")
+            pdf = await slips_pdf(issued, link=link)
             await asyncio.to_thread(files.write_bytes, args.out, pdf)
         elif args.out:
             body = io.StringIO(newline="")
             safe_rows(body, [["card", "full_name", "class", "code", "link", "expires"],
                              *([i.card_number, i.full_name, i.class_name or "", i.code,
-                                deep_link_url(bot, i.payload) if bot else i.payload, i.expires_at.date()]
+                                link(i.payload) or i.payload, i.expires_at.date()]
                                for i in issued)])
             await asyncio.to_thread(files.write_text, args.out, body.getvalue(), "utf-8-sig")
         else:
@@ -475,8 +545,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                                    "otherwise a chat in this terminal.")
     _add_chat_options(p)
     p.add_argument("--webhook", action="store_true", help="Telegram: receive updates by webhook, not polling")
-    p.add_argument("--listen", default="127.0.0.1:8080", help="webhook: HOST:PORT to listen on")
-    p.add_argument("--url", default=None, help="webhook: the public https URL Telegram should call")
+    p.add_argument("--listen", default=None, metavar="HOST:PORT",
+                   help="where the one HTTP server listens: web chat, landing pages, webhooks "
+                        "(default: DOCSACH_LISTEN or 127.0.0.1:8080)")
+    p.add_argument("--url", default=None, help="webhook: the public https URL Telegram should call "
+                                               "(its path is served on --listen)")
     handlers["run"] = cmd_run
 
     p = sub.add_parser("chat", help="chat with the bot in this terminal",
@@ -497,9 +570,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     handlers["demo-data"] = cmd_demo_data
 
     p = sub.add_parser("qr", help="print QR labels for books, copies or shelves (A4 PDF)",
-                       description="A printable A4 sheet of QR labels. Scanning one opens the bot on that "
-                                   "book (with a Reserve button), copy, or shelf/classroom list "
-                                   "(https://t.me/<bot>?start=…).")
+                       description="A printable A4 sheet of QR labels. Scanning one opens that book "
+                                   "(with a Reserve button), copy, or shelf/classroom list: on "
+                                   "DOCSACH_PUBLIC_URL/b/… in any phone's browser when that is set, "
+                                   "else in the Telegram bot (https://t.me/<bot>?start=…).")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--titles", action="store_true", help="one label per title the library holds")
     which.add_argument("--copies", action="store_true", help="one label per copy (with its barcode)")

@@ -39,6 +39,12 @@ class Settings:
     search_snapshot: str | None = None
     reminders_enabled: bool = True
     reminder_interval_minutes: float = 5.0
+    # The one HTTP server (webhooks, web chat, landing pages): HOST:PORT, and the public https
+    # address it is reached at (QR codes then open …/b/<payload> in any phone's browser).
+    listen: str = "127.0.0.1:8080"
+    public_url: str | None = None
+    # Photos people send: kept in the database, or in this directory when set.
+    files_dir: str | None = None
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -60,6 +66,9 @@ class Settings:
             search_snapshot=_env("DOCSACH_SEARCH_SNAPSHOT"),
             reminders_enabled=(_env("DOCSACH_REMINDERS", "on") or "on").lower() not in ("off", "0", "false", "no"),
             reminder_interval_minutes=float(_env("DOCSACH_REMINDER_INTERVAL_MINUTES", "5") or 5),
+            listen=_env("DOCSACH_LISTEN", "127.0.0.1:8080"),
+            public_url=(_env("DOCSACH_PUBLIC_URL") or "").rstrip("/") or None,
+            files_dir=_env("DOCSACH_FILES_DIR"),
         )
         if secret:
             settings.secret_key = secret.encode()
@@ -71,6 +80,8 @@ class Settings:
         return {
             "database": _redact_url(self.database_url),
             "telegram": "configured" if self.telegram_token else "off",
+            "listen": self.listen,
+            "public_url": self.public_url or "-",
             "timezone": self.timezone,
             "language": self.default_language,
         }
@@ -83,3 +94,11 @@ def _redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable url>"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) → (host, port); ValueError with a plain message."""
+    host, _, port = (value or "").strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)

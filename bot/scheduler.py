@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from handlers.core import Context, Router
 from handlers.messages import ChatUnreachable, DeliveryFailed, DeliveryUncertain, Incoming, Reply
-from services import outbox, patrons, reminders
+from services import circulation, outbox, patrons, reminders
 from services.common import Clock
 from services.outbox import Claimed, Recipient
 
@@ -229,7 +229,7 @@ class Sweeper:
                 open_ids = [lid for lid in open_ids if not rules[lid].is_quiet(now)]
         except BaseException:
             if sending is not None and not sending.done():
-                sending.cancel()   # what it had not attempted is released by the lease; nothing is lost
+                sending.cancel()   # what it had not attempted is taken back when our heartbeat stops
                 with contextlib.suppress(BaseException):
                     await sending
             raise
@@ -271,18 +271,11 @@ class Sweeper:
         for group in reminders.group_messages(keep):
             await asyncio.sleep(0)   # let in-flight sends go out on time while a batch renders
             person = people[group[0].patron_id]
-            if len(group) > 1:
-                kind = reminders.DIGEST_KIND
-                payload = {"items": [dict(n.payload, kind=n.kind) for n in group]}
-            else:
-                kind, payload = group[0].kind, group[0].payload
-            renderer = self.router.notices.get(kind)
             try:
-                if renderer is None:
-                    raise LookupError(f"no renderer for notice kind {kind!r}")
-                reply = await renderer(self._context(person), payload)
+                reply = await self._render(person, group)
             except Exception as exc:  # a broken renderer fails its own notices, never the sweep
-                log.exception("could not render %s for patron %s", kind, person.patron_id)
+                log.exception("could not render notices %s for patron %s", [n.kind for n in group],
+                              person.patron_id)
                 if not preview:
                     done = await outbox.mark_failed(self.db, token, [n.id for n in group],
                                                                  f"render: {exc!r}")
@@ -290,6 +283,31 @@ class Sweeper:
                 continue
             messages.append(Message(person, group, reply))
         return messages
+
+    async def _render(self, person: Recipient, group: list[Claimed]) -> Reply:
+        """The message for ``person`` on their chosen chat (buttons are bound to that chat)."""
+        if len(group) > 1:
+            kind = reminders.DIGEST_KIND
+            payload = {"items": [dict(n.payload, kind=n.kind) for n in group]}
+        else:
+            kind, payload = group[0].kind, group[0].payload
+        renderer = self.router.notices.get(kind)
+        if renderer is None:
+            raise LookupError(f"no renderer for notice kind {kind!r}")
+        return await renderer(self._context(person), payload)
+
+    async def _fallback(self, message: Message) -> Message | None:
+        """The person's chat refused delivery (and is now marked unreachable): the same notices
+        for their next usable chat, rendered for it, or None when they have no other."""
+        people = await outbox.recipients(self.db, [message.recipient.patron_id], self.channel_names())
+        person = people.get(message.recipient.patron_id)
+        if person is None or person.chat_id is None or person.channel not in self.deps.outbound:
+            return None
+        try:
+            return Message(person, message.notices, await self._render(person, message.notices))
+        except Exception:
+            log.exception("could not render the fallback for patron %s", person.patron_id)
+            return None
 
     def _context(self, person: Recipient) -> Context:
         deps = dataclasses.replace(self.deps, timezone=person.timezone)
@@ -306,7 +324,7 @@ class Sweeper:
 
         await asyncio.gather(*(one(m) for m in messages))
 
-    async def _deliver(self, message: Message, token: str, report: SweepReport) -> None:
+    async def _deliver(self, message: Message, token: str, report: SweepReport, hops: int = 0) -> None:
         # Counters are added after each await (``x += await f()`` would lose concurrent updates).
         person = message.recipient
         channel = self.deps.outbound.get(person.channel or "")
@@ -324,6 +342,11 @@ class Sweeper:
         except ChatUnreachable as exc:
             await patrons.mark_unreachable(self.db, person.channel, person.chat_id, self.clock)
             report.unreachable += 1
+            fallback = await self._fallback(message) if hops < 3 else None
+            if fallback is not None:
+                fallback.notices = [n for n in message.notices if n.id in ids]
+                await self._deliver(fallback, token, report, hops + 1)
+                return
             done = await outbox.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
             report.skipped += done
         except DeliveryFailed as exc:
@@ -376,8 +399,7 @@ def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in
                     sweeper: Sweeper | None = None, recover_every: float = 15):
     """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep, a check
     every ``recover_every`` seconds for claims of sweepers that died (sent at once, so a crash
-    delays notices by under a minute), and the holds-expiry sweep when circulation is installed.
-    One sweep at a time per process."""
+    delays notices by under a minute), and the holds-expiry sweep. One sweep at a time per process."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     sweeper = sweeper or Sweeper(router)
@@ -403,18 +425,14 @@ def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in
 
     scheduler.add_job(recover, "interval", seconds=recover_every, next_run_time=first, id="recover",
                       max_instances=1, coalesce=True, misfire_grace_time=30)
-    try:
-        from services import circulation
-    except ImportError:
-        circulation = None
-    if circulation is not None and hasattr(circulation, "expire_holds"):
-        async def expire() -> None:
-            try:
-                await circulation.expire_holds(router.deps.db, clock=router.deps.clock)
-            except Exception:
-                log.exception("hold expiry sweep failed")
 
-        scheduler.add_job(expire, "interval", minutes=interval_minutes, next_run_time=first, id="expire_holds",
-                          max_instances=1, coalesce=True, misfire_grace_time=60)
+    async def expire() -> None:
+        try:
+            await circulation.expire_holds(router.deps.db, clock=router.deps.clock)
+        except Exception:
+            log.exception("hold expiry sweep failed")
+
+    scheduler.add_job(expire, "interval", minutes=interval_minutes, next_run_time=first, id="expire_holds",
+                      max_instances=1, coalesce=True, misfire_grace_time=60)
     scheduler.start()
     return scheduler

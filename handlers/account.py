@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from handlers.core import Context, Router, deep_link_url
-from handlers.messages import Attachment, Incoming, Reply
-from services import accounts
-from services.common import DomainError
+import asyncio
+from collections.abc import Callable
 
-LINKED = {"student", "teacher", "librarian", "admin"}
-STAFF = {"librarian", "admin"}
+from handlers.core import LINKED, STAFF, Context, Router
+from handlers.messages import Attachment, Incoming, Reply
+from services import accounts, labels
+from services.common import DomainError
 
 
 async def _redeem(ctx: Context, code: str) -> Reply:
@@ -95,27 +95,23 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
     lines = [t("account.codes_title", name=class_name, count=len(issued), expires=t.date(issued[0].expires_at))]
     for item in issued:
         line = t("account.codes_line", name=item.full_name, card=item.card_number, code=item.code)
-        if ctx.deps.bot_username:
-            line += "\n   " + deep_link_url(ctx.deps.bot_username, item.payload)
+        link = ctx.deps.printed_link(item.payload)
+        if link:
+            line += "\n   " + link
         lines.append(line)
     lines.append(t("account.codes_footer"))
     reply = Reply("\n".join(lines))
-    pdf = await slips_pdf(issued, bot_username=ctx.deps.bot_username)
+    pdf = await slips_pdf(issued, link=ctx.deps.printed_link)
     if pdf is not None:
         reply.attachment = Attachment(filename=f"codes-{class_name}.pdf", data=pdf)
     return reply
 
 
-async def slips_pdf(issued: list[accounts.IssuedCode], *, bot_username: str | None) -> bytes | None:
-    """Link slips as a PDF sheet, when the labels feature is installed."""
-    try:
-        from services import labels  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    import asyncio
-
+async def slips_pdf(issued: list[accounts.IssuedCode], *,
+                    link: Callable[[str], str | None]) -> bytes:
+    """Link slips as a PDF sheet."""
     sheet = [labels.Label(
-        qr_data=deep_link_url(bot_username, item.payload) if bot_username else item.payload,
+        qr_data=link(item.payload) or item.payload,
         lines=[item.full_name, f"{item.class_name or ''}  {item.card_number}".strip(), item.code],
     ) for item in issued]
     return await asyncio.to_thread(labels.render_label_sheet, sheet)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from handlers.core import Context, Router
+from handlers.core import LINKED, STAFF, Context, Router
 from handlers.i18n import N_
 from handlers.messages import Button, Incoming, Reply
 from handlers.text import short
@@ -19,8 +19,6 @@ from services import circulation as circ
 from services.common import DomainError
 from services.models import HoldStatus
 
-LINKED = {"student", "teacher", "librarian", "admin"}
-STAFF = {"librarian", "admin"}
 COPY_STATUS = {
     "available": N_("copy.status_available"), "on_loan": N_("copy.status_on_loan"),
     "on_hold_shelf": N_("copy.status_on_hold_shelf"), "in_repair": N_("copy.status_in_repair"),

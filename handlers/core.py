@@ -19,17 +19,21 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from handlers.i18n import Catalogs, Translator
-from handlers.messages import Button, Incoming, OutputChannel, Reply
+from handlers.messages import PLAIN, Button, ChannelProfile, Incoming, OutputChannel, Reply
 from services import conversations, patrons
 from services.common import Clock, DomainError
 from services.db import Database
+from services.models import Role
 from services.patrons import Actor
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT = 4096          # Telegram's own message limit; longer input is refused politely
 BUTTON_VERSION = "1"
-MAX_PAYLOAD = 64         # Telegram's callback_data limit, in bytes
+
+# Who may use a command (``Router.command(roles=…)``): role names, and "guest" for an unlinked chat.
+LINKED = frozenset(role.value for role in Role)
+STAFF = frozenset(role.value for role in Role if role.is_staff)
+MODERATORS = frozenset(role.value for role in Role if role.can_moderate)
 
 
 @dataclass
@@ -41,13 +45,30 @@ class Deps:
     clock: Clock = field(default_factory=Clock)
     default_language: str = "vi"
     timezone: str = "Asia/Ho_Chi_Minh"
-    bot_username: str | None = None           # for t.me deep links
+    # Where printed QR codes (labels, link-code slips) point: ``{public_url}/b/<payload>`` when the
+    # deployment has a public address, else the first messaging channel's own deep link.
+    public_url: str | None = None
     button_secret: bytes = b"docsach-dev-secret"
     link_code_key: bytes | None = None        # keys link-code digests (None: no stable secret set)
     extras: dict[str, Any] = field(default_factory=dict)  # feature services (search index, notifier…)
     # Channels that can push messages, by channel name ("telegram", "terminal"); adapters register
     # themselves when they start, so reminders and publications reach people where they are.
     outbound: dict[str, OutputChannel] = field(default_factory=dict)
+    # What each running channel can do and how it links (see ``ChannelProfile``), by channel name.
+    channels: dict[str, ChannelProfile] = field(default_factory=dict)
+    photos: Any = None   # services.photos.PhotoStore: adapters store incoming photo bytes there
+
+    def profile(self, channel: str) -> ChannelProfile:
+        return self.channels.get(channel) or PLAIN
+
+    def printed_link(self, payload: str) -> str | None:
+        """What a printed QR code for ``payload`` encodes, or None when nothing can open it yet."""
+        if self.public_url:
+            return f"{self.public_url.rstrip('/')}/b/{payload}"
+        for profile in self.channels.values():
+            if profile.link_base:
+                return profile.link(payload)
+        return None
 
 
 @dataclass
@@ -68,12 +89,18 @@ class Context:
         return self.deps.clock
 
     @property
+    def channel(self) -> ChannelProfile:
+        """What the platform this event came from can do, and how it links to a book or shelf."""
+        return self.deps.profile(self.event.channel)
+
+    @property
     def t(self) -> Translator:
         return self.deps.catalogs.translator(self.actor.language, self.deps.timezone)
 
     def button(self, label: str, action: str, *args: object) -> Button:
         """A callback button bound to this chat (see :meth:`Router.encode`)."""
-        return Button(label=label, payload=self.router.encode(self.event.chat_id, action, *args))
+        return Button(label=label, payload=self.router.encode(self.event.chat_id, action, *args,
+                                                              limit=self.channel.max_payload))
 
     async def set_flow(self, flow: str, **data: Any) -> None:
         await conversations.set_state(self.db, self.event.channel, self.event.chat_id, flow, data)
@@ -92,15 +119,11 @@ NoticeRenderer = Callable[[Context, dict[str, Any]], Awaitable[Reply]]
 InlineHandler = Callable[[Context, str, str], Awaitable[tuple[list[Any], str]]]
 
 
-# Deep-link payloads (t.me/<bot>?start=<payload>, ≤ 64 chars of [A-Za-z0-9_-]): opaque ids, no
-# personal data. QR labels and the /start handler both use these.
+# Deep-link payloads (≤ 64 chars of [A-Za-z0-9_-]): opaque ids, no personal data. QR labels, the
+# landing pages and the /start handler all use these; each channel's profile turns one into a link.
 def deep_link_payload(kind: str, value: int | str) -> str:
     """kind: "t" title, "c" copy, "l" location (shelf/classroom), "k" link code."""
     return f"{kind}{value}"
-
-
-def deep_link_url(bot_username: str, payload: str) -> str:
-    return f"https://t.me/{bot_username}?start={payload}"
 
 
 @dataclass
@@ -164,8 +187,8 @@ class Router:
         self.flows[name] = handler
 
     def deep_link(self, prefix: str, handler: Handler, *, in_groups: bool = False) -> None:
-        """``/start <prefix><rest>`` (from a QR code or t.me link) goes to ``handler``. Like
-        commands, private chats only unless ``in_groups`` (a link code must never run in a group)."""
+        """``/start <prefix><rest>`` (from a QR code or a channel's deep link) goes to ``handler``.
+        Like commands, private chats only unless ``in_groups`` (a link code must never run in a group)."""
         self.deep_links[prefix] = handler
         if in_groups:
             self.group_deep_links.add(prefix)
@@ -195,11 +218,11 @@ class Router:
         digest = hmac.new(self.deps.button_secret, f"{chat_id}|{body}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:6]).decode()
 
-    def encode(self, chat_id: str, action: str, *args: object) -> str:
-        """``1:action:arg…~mac``: versioned, bound to the chat, at most 64 bytes."""
+    def encode(self, chat_id: str, action: str, *args: object, limit: int = PLAIN.max_payload) -> str:
+        """``1:action:arg…~mac``: versioned, bound to the chat, at most ``limit`` bytes."""
         body = ":".join([BUTTON_VERSION, action, *map(str, args)])
         payload = f"{body}~{self._mac(chat_id, body)}"
-        if len(payload.encode()) > MAX_PAYLOAD:
+        if len(payload.encode()) > limit:
             raise ValueError(f"button payload too long: {payload!r}")
         return payload
 
@@ -262,8 +285,8 @@ class Router:
             return await self.buttons[action](event, ctx, args)
 
         text = clean_text(event.text)
-        if len(event.text) > MAX_TEXT:
-            return Reply(t("error.too_long", limit=MAX_TEXT))
+        if len(event.text) > ctx.channel.max_input:
+            return Reply(t("error.too_long", limit=ctx.channel.max_input))
         if event.photo_ref and not text and self.photo_handler is not None:
             return await self.photo_handler(event, ctx)
         if not text:
@@ -302,8 +325,8 @@ class Router:
     def _private_only(self, ctx: Context, toast: bool = False) -> Reply:
         text = ctx.t("error.private_only")
         buttons = []
-        if self.deps.bot_username:
-            buttons = [[Button(ctx.t("error.open_private"), url=f"https://t.me/{self.deps.bot_username}")]]
+        if ctx.channel.home:
+            buttons = [[Button(ctx.t("error.open_private"), url=ctx.channel.home)]]
         return Reply(text, buttons=buttons, toast=text if toast else None)
 
     def start_payload_handler(self, payload: str, *, private: bool = True) -> Handler | None:

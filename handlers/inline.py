@@ -1,7 +1,7 @@
 """Inline mode (``@bot QUERY`` in any chat): matching books as shareable results.
 
 A student types ``@bot truyen kieu`` in a class group and picks a book; a short card is posted
-there with a button that opens the book in the bot (``t.me/<bot>?start=t<id>``). The result
+there with a button that opens the book in the bot (the channel profile's deep link). The result
 type is platform-neutral; the Telegram adapter turns it into an inline article.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handlers.core import Context, Router, deep_link_payload, deep_link_url
+from handlers.core import Context, Router, deep_link_payload
 from handlers.messages import Button
 from handlers.search import engine, query_problem
 from handlers.text import short
@@ -72,11 +72,8 @@ def _hint(ctx: Context) -> InlineResult:
 
 
 def _open_button(ctx: Context, label: str, payload: str | None) -> list[list[Button]]:
-    bot = ctx.deps.bot_username
-    if not bot:
-        return []
-    url = deep_link_url(bot, payload) if payload else f"https://t.me/{bot}"
-    return [[Button(label, url=url)]]
+    url = ctx.channel.link(payload) if payload else ctx.channel.home
+    return [[Button(label, url=url)]] if url else []
 
 
 def register(router: Router) -> None:

@@ -1,7 +1,10 @@
-"""The platform-neutral message model every channel adapter speaks.
+"""The platform-neutral message model every channel adapter speaks (the channel contract).
 
 An :class:`Incoming` event goes into the router; a list of :class:`Reply` comes back. Pushed
-messages (reminders) go out through an :class:`OutputChannel`, which each adapter implements.
+messages (reminders) go out through an :class:`OutputChannel`, which each adapter implements, and
+end in one of three outcomes besides success: :class:`ChatUnreachable`, :class:`DeliveryFailed`,
+:class:`DeliveryUncertain`. A :class:`ChannelProfile` says what a platform can do and how it links
+to a book, copy, shelf or link code; handlers read it (``ctx.channel``) instead of assuming Telegram.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class Incoming:
     language_hint: str | None = None   # e.g. Telegram's language_code
     display_name: str | None = None
     chat_type: str = "private"
-    photo_ref: str | None = None       # a platform file id, for photos sent in a flow
+    photo_ref: str | None = None       # a stored photo (services.photos ref) the person sent
     mentioned: bool = False            # a group message addressed to the bot by @name (mention removed)
 
     @property
@@ -66,9 +69,45 @@ class Reply:
     edit: bool = False
     attachment: Attachment | None = None
     toast: str | None = None  # a short popup answer to a button press, where the platform has one
-    # A photo the platform already holds (a Telegram file_id from a user's message), shown before
-    # the text; platforms without one show only the text.
+    # A stored photo (a services.photos ref) shown before the text; platforms without photos show
+    # only the text.
     photo: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelProfile:
+    """What one platform can do, and how it links to things. Adapters register theirs in
+    ``Deps.channels`` when they start; handlers read it from ``ctx.channel``.
+
+    ``link_base`` opens the bot/page with a deep-link payload (``t12`` a title, ``c5`` a copy,
+    ``l3`` a shelf or classroom, ``k…`` a link code): ``{payload}`` in it is replaced, e.g.
+    ``https://t.me/docsach_bot?start={payload}``. ``home`` opens a private chat with the bot.
+    """
+
+    name: str
+    max_text: int = 4096          # longest message text (longer replies are split by the adapter)
+    max_input: int = 4096         # longest text accepted from a person
+    max_payload: int = 64         # button payload bytes
+    buttons: bool = True
+    edits: bool = False
+    toasts: bool = False
+    photos: bool = False
+    documents: bool = False
+    link_base: str | None = None
+    home: str | None = None
+
+    def link(self, payload: str) -> str | None:
+        """A URL that opens ``payload`` on this platform, or None where it has none."""
+        return self.link_base.replace("{payload}", payload) if self.link_base else None
+
+    @property
+    def chunk(self) -> int:
+        """A comfortable length for one part of a long text (leaves room for a header)."""
+        return max(200, self.max_text - 600)
+
+
+# The lowest common denominator, for events from a channel that registered no profile.
+PLAIN = ChannelProfile(name="plain", max_text=4096, max_input=4096, max_payload=64)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import re
 from datetime import date
 from typing import Any
 
-from handlers.core import Context, Router
+from handlers.core import LINKED, MODERATORS, STAFF, Context, Router
 from handlers.i18n import N_
-from handlers.messages import Attachment, Button, Incoming, Reply
+from handlers.messages import Attachment, Button, ChannelProfile, Incoming, Reply
 from handlers.search import engine, query_problem, run_search
 from handlers.text import short
 from services import campaigns, patrons, reflections
@@ -33,12 +33,8 @@ log = logging.getLogger(__name__)
 FLOW_REFLECT = "reflect"
 FLOW_MOD_NOTE = "reflect_mod_note"
 FLOW_NEW_CAMPAIGN = "newcampaign"
-CHUNK = 3500            # long texts are shown in several messages, each under Telegram's limit
 BOOK_HITS = 6           # books offered for a search inside /reflect
 MAX_SKIP = 500          # how deep paging buttons go (queue, a book's reflections)
-LINKED = {"student", "teacher", "librarian", "admin"}
-MODERATORS = {"teacher", "librarian", "admin"}
-STAFF = {"librarian", "admin"}
 
 STATUS_KEYS = {
     ReflectionStatus.DRAFT: N_("reflections.status_draft"),
@@ -54,7 +50,7 @@ BADGE_KEYS = {
 }
 
 
-def _chunks(text: str, size: int = CHUNK) -> list[str]:
+def _chunks(text: str, size: int) -> list[str]:
     """Split on paragraph or line breaks where possible, never mid-word if avoidable."""
     parts: list[str] = []
     while len(text) > size:
@@ -66,8 +62,10 @@ def _chunks(text: str, size: int = CHUNK) -> list[str]:
     return parts
 
 
-def _long(text: str, buttons: list[list[Button]] | None = None, edit: bool = False) -> list[Reply]:
-    replies = [Reply(part) for part in _chunks(text)]
+def _long(channel: ChannelProfile, text: str, buttons: list[list[Button]] | None = None,
+          edit: bool = False) -> list[Reply]:
+    """A long text as several messages, each within what ``channel`` takes."""
+    replies = [Reply(part) for part in _chunks(text, channel.chunk)]
     replies[-1].buttons = buttons or []
     replies[0].edit = edit
     return replies
@@ -290,7 +288,7 @@ def _preview(ctx: Context, d: ReflectionView, edit: bool = False) -> list[Reply]
                      ctx.button(t("reflections.btn_rate"), "rfR", d.id)])
         rows.append([ctx.button(t("reflections.btn_clear"), "rfc", d.id)])
     rows.append(_close_row(ctx))
-    return _long("\n".join(lines), rows, edit)
+    return _long(ctx.channel, "\n".join(lines), rows, edit)
 
 
 async def press_write_more(event: Incoming, ctx: Context, args: list[str]) -> Reply:
@@ -396,7 +394,7 @@ async def press_list(event: Incoming, ctx: Context, args: list[str]) -> list[Rep
     rows = []
     if offset + 3 < total:
         rows.append([ctx.button(t("reflections.btn_more"), "rfl", title_id, offset + 3)])
-    return _long("\n\n".join(parts), rows)
+    return _long(ctx.channel, "\n\n".join(parts), rows)
 
 
 # -- moderation --------------------------------------------------------------------------------
@@ -427,7 +425,7 @@ async def _queue_reply(ctx: Context, skip: int, prefix: str = "") -> list[Reply]
             [ctx.button(t("reflections.btn_changes"), "mc", d.id), ctx.button(t("reflections.btn_reject"), "mj", d.id)]]
     if total > skip + 1:
         rows.append([ctx.button(t("reflections.btn_next"), "mq", skip + 1)])
-    replies = _long("\n".join(lines), rows)
+    replies = _long(ctx.channel, "\n".join(lines), rows)
     replies[0].photo = d.photo_ref   # the moderator must see the photo too, not just that there is one
     return replies
 
@@ -543,7 +541,7 @@ async def publish(ctx: Context, reflection_id: int) -> bool:
     head = t("reflections.publish_head", title=r.title, who=who, stars=_stars(r.rating))
     prompt = t(r.prompt) if r.prompt in reflections.DEFAULT_PROMPTS else r.prompt
     text = head + ("\n" + t("reflections.preview_prompt", prompt=prompt) if prompt else "") + "\n\n" + r.body
-    replies = _long(text)
+    replies = _long(ctx.deps.profile(pub.channel), text)
     replies[0].photo = r.photo_ref     # the handwritten page or drawing goes out with the text
     try:
         for reply in replies:
@@ -882,7 +880,7 @@ async def _shortlist(ctx: Context, cid: int) -> list[Reply] | Reply:
     if not rows:
         lines.append(t("campaigns.shortlist_empty"))
     buttons.append([ctx.button(fmt.upper(), "cex", cid, fmt) for fmt in campaigns.EXPORT_FORMATS])
-    return _long("\n".join(lines), buttons)
+    return _long(ctx.channel, "\n".join(lines), buttons)
 
 
 async def press_shortlist(event: Incoming, ctx: Context, args: list[str]) -> list[Reply] | Reply:

@@ -66,6 +66,7 @@ from services.models import (
 )
 from services.patrons import Actor, require_linked, require_staff
 from services.rules import Rules, rules_for
+from services.textfold import fold_accents as fold
 
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 8
@@ -328,12 +329,6 @@ async def unlink(db: Database, actor: Actor, *, identity_id: int | None = None, 
 
 
 # -- people -------------------------------------------------------------------------------------------
-
-def fold(text: str) -> str:
-    """Lower case without Vietnamese diacritics ("Lò Thị Hoa" → "lo thi hoa")."""
-    text = unicodedata.normalize("NFD", (text or "").replace("đ", "d").replace("Đ", "D"))
-    return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-
 
 @dataclass(frozen=True)
 class PatronView:

@@ -47,7 +47,8 @@ from services.models import (
     Role,
     Title,
 )
-from services.patrons import Actor, require_linked, require_staff
+from services.patrons import Actor, public_author, require_linked, require_staff
+from services.textfold import fold_accents as fold
 
 FONTS = Path(__file__).resolve().parent / "fonts"
 BOOK_POINTS, REFLECTION_POINTS = 1, 2
@@ -56,12 +57,6 @@ STREAK_WEEKS = 4
 BADGES = ("first_reflection", "five_books", "month_streak")
 EXPORT_FORMATS = ("csv", "xlsx", "pdf")
 Translate = Callable[..., str]
-
-
-def fold(text: str) -> str:
-    """Lower case without Vietnamese accents ("Lịch sử" → "lich su"), for subject matching."""
-    text = unicodedata.normalize("NFD", text.lower().replace("đ", "d").replace("Đ", "d"))
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
 
 
 def _matches(c: Campaign, title_id: int, subjects: str | None) -> bool:
@@ -412,8 +407,6 @@ async def leaderboard(db: Database, actor: Actor, campaign_id: int, scope: str =
                       top: int = 10) -> Leaderboard:
     """Students ranked by points (school-wide or in the actor's class), and classes by points."""
     require_linked(actor)
-    from services.reflections import public_author
-
     async with db.session() as s:
         c = await _campaign(s, actor, campaign_id)
         library = await s.get(Library, c.library_id)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -46,6 +47,11 @@ class Role(enum.StrEnum):
     @property
     def is_staff(self) -> bool:
         return self in (Role.LIBRARIAN, Role.ADMIN)
+
+    @property
+    def can_moderate(self) -> bool:
+        """Teachers review their students' reflections; staff review everyone's."""
+        return self in (Role.TEACHER, Role.LIBRARIAN, Role.ADMIN)
 
 
 class CopyStatus(enum.StrEnum):
@@ -159,6 +165,8 @@ class ChatIdentity(TimestampMixin, Base):
     linked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when the platform says we may no longer write (e.g. Telegram 403: blocked by the user).
     unreachable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Added by 0006: when the person last wrote from this chat; notices go to the chat used last.
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Title(TimestampMixin, Base):
@@ -477,4 +485,21 @@ class SearchQuery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     digest: Mapped[str] = mapped_column(String(40), unique=True)
     text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# -- channel seam (issue 10) --------------------------------------------------------------------------
+
+class StoredPhoto(Base):
+    """A photo a person sent (a handwritten reflection, a drawing), kept by docsach itself so any
+    channel or web page can show it. Named by the SHA-256 of its bytes; the bytes live here or, when
+    ``DOCSACH_FILES_DIR`` is set, in that directory (``data`` is then NULL)."""
+
+    __tablename__ = "stored_photos"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime_type: Mapped[str] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    library_id: Mapped[int | None] = mapped_column(ForeignKey("libraries.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -318,7 +318,10 @@ class Recipient:
 
 
 async def recipients(db: Database, patron_ids: Iterable[int], channels: Sequence[str]) -> dict[int, Recipient]:
-    """Each patron and the chat to write to: the first of ``channels`` (in order) they are reachable on."""
+    """Each patron and the chat to write to: among their chats on ``channels`` (the ones this
+    process runs) that still accept messages, the one they used last; ``channels``' order only
+    breaks ties between chats never used. A chat that refuses delivery is marked unreachable, so
+    the next claim falls back to the person's other chats."""
     patron_ids = list(set(patron_ids))
     found: dict[int, Recipient] = {}
     if not patron_ids:
@@ -330,15 +333,20 @@ async def recipients(db: Database, patron_ids: Iterable[int], channels: Sequence
         )).all()
         chats = (await s.execute(
             select(ChatIdentity).where(ChatIdentity.patron_id.in_(patron_ids))
-            .order_by(ChatIdentity.linked_at.desc().nulls_last(), ChatIdentity.id.desc())
         )).scalars().all()
     by_patron: dict[int, list[ChatIdentity]] = defaultdict(list)
     for chat in chats:
         by_patron[chat.patron_id].append(chat)
     rank = {name: i for i, name in enumerate(channels)}
+    epoch = datetime.min.replace(tzinfo=UTC)
+
+    def recency(chat: ChatIdentity) -> tuple:
+        seen = aware(chat.last_seen_at) or aware(chat.linked_at) or epoch
+        return (-seen.timestamp() if seen is not epoch else 0.0, rank[chat.channel], -chat.id)
+
     for patron, code, tz in people:
         own = [c for c in by_patron[patron.id] if c.channel in rank]
-        usable = sorted((c for c in own if c.unreachable_at is None), key=lambda c: rank[c.channel])
+        usable = sorted((c for c in own if c.unreachable_at is None), key=recency)
         chat = usable[0] if usable else None
         found[patron.id] = Recipient(
             patron_id=patron.id, library_id=patron.library_id, library_code=code, timezone=tz,
@@ -349,6 +357,7 @@ async def recipients(db: Database, patron_ids: Iterable[int], channels: Sequence
             unreachable=bool(own) and not usable,
         )
     return found
+
 
 # -- what librarians see --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +13,11 @@ from services.db import Database
 from services.models import ChatIdentity, Library, Patron, Role
 
 SUPPORTED_LANGUAGES = ("vi", "en")
+# Library setting: how students are named in public (reflections, leaderboards):
+# first_name_class (default) | full_name_class | class_only.
+SETTING_AUTHOR = "reflection_author"
+# How stale ``last_seen_at`` may get before a message updates it (one write a minute per chat at most).
+SEEN_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Actor:
 
     @property
     def can_moderate(self) -> bool:
-        return self.role in (Role.TEACHER, Role.LIBRARIAN, Role.ADMIN)
+        return self.role is not None and self.role.can_moderate
 
 
 def pick_language(*candidates: str | None, default: str = "vi") -> str:
@@ -91,6 +97,12 @@ async def resolve_actor(
         if private and (identity.unreachable_at is not None or identity.chat_id != chat_id):
             identity.unreachable_at = None  # they wrote to us, so we may write back
             identity.chat_id = chat_id
+        if private:
+            # Notices go to the chat the person used last (services.outbox.recipients).
+            now = datetime.now(UTC)
+            seen = identity.last_seen_at
+            if seen is None or (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) < now - SEEN_EVERY:
+                identity.last_seen_at = now
         patron = library = None
         if identity.patron_id is not None:
             row = (await s.execute(
@@ -192,3 +204,15 @@ def require_staff(actor: Actor, library_id: int | None = None) -> None:
 def require_linked(actor: Actor) -> None:
     if not actor.is_linked:
         raise DomainError("link.required")
+
+
+def public_author(patron: Patron, library: Library) -> str | None:
+    """How a student is named in public: per the library setting, never when they asked to hide."""
+    if (patron.preferences or {}).get("hide_name"):
+        return None
+    mode = (library.settings or {}).get(SETTING_AUTHOR, "first_name_class")
+    if mode == "full_name_class":
+        return patron.full_name
+    if mode == "class_only":
+        return None
+    return patron.first_name

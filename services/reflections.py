@@ -25,13 +25,15 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, outbox
+from services import audit, campaigns, outbox
 from services.common import Clock, DomainError, NotFound, PermissionDenied, aware
 from services.db import Database
 from services.models import (
     AuditEntry,
     Campaign,
+    Copy,
     Library,
+    Loan,
     Patron,
     Reflection,
     ReflectionPrompt,
@@ -39,7 +41,7 @@ from services.models import (
     Role,
     Title,
 )
-from services.patrons import Actor, require_linked
+from services.patrons import Actor, public_author, require_linked, require_staff
 
 DEFAULT_MIN_WORDS = 50
 DEFAULT_MAX_WORDS = 1000
@@ -67,7 +69,6 @@ WORDLIST = Path(__file__).resolve().parent / "wordlists" / "flagged.txt"
 _WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 
 # Library.settings keys this module reads.
-SETTING_AUTHOR = "reflection_author"        # first_name_class (default) | full_name_class | class_only
 SETTING_PUBLISH_CHANNEL = "publish_channel"  # the outbound channel name (default "telegram")
 SETTING_PUBLISH_LANGUAGE = "publish_language"  # default "vi"
 SETTING_FLAG_WORDS = "reflection_flag_words"   # extra words flagged in this library
@@ -170,18 +171,6 @@ class Publication:
     reflection: PublicReflection
 
 
-def public_author(patron: Patron, library: Library) -> str | None:
-    """How a student is named in public: per the library setting, never when they asked to hide."""
-    if (patron.preferences or {}).get("hide_name"):
-        return None
-    mode = (library.settings or {}).get(SETTING_AUTHOR, "first_name_class")
-    if mode == "full_name_class":
-        return patron.full_name
-    if mode == "class_only":
-        return None
-    return patron.first_name
-
-
 async def _limits(s: AsyncSession, campaign_id: int | None) -> tuple[int, int]:
     if campaign_id is not None:
         campaign = await s.get(Campaign, campaign_id)
@@ -251,8 +240,6 @@ async def start(db: Database, actor: Actor, title_id: int, clock: Clock | None =
                     if existing.status == ReflectionStatus.APPROVED:
                         raise DomainError("reflections.already_approved", title=title.title)
                     return await _view(s, existing)
-                from services import campaigns
-
                 campaign = await campaigns.campaign_for_reflection(s, actor.patron_id, title, now)
                 r = Reflection(library_id=actor.library_id, patron_id=actor.patron_id, title_id=title_id,
                                status=ReflectionStatus.DRAFT, body="", word_count=0, flags=[],
@@ -483,8 +470,6 @@ async def moderate(db: Database, actor: Actor, reflection_id: int, decision: str
         )
         await s.flush()
         if status == ReflectionStatus.APPROVED:
-            from services import campaigns
-
             await campaigns.after_approval(s, r.patron_id, now)
         return await _view(s, r)
 
@@ -555,8 +540,6 @@ class BookChoice:
 async def books_to_reflect_on(db: Database, actor: Actor, clock: Clock | None = None,
                               limit: int = 8) -> list[BookChoice]:
     """The student's current loans and recently returned books, most recent first."""
-    from services.models import Copy, Loan
-
     require_linked(actor)
     since = (clock or Clock()).now() - timedelta(days=RECENT_LOAN_DAYS)
     async with db.session() as s:
@@ -608,8 +591,6 @@ async def _materialise(s: AsyncSession, library_id: int) -> list[ReflectionPromp
 
 async def add_prompt(db: Database, actor: Actor, text: str) -> Prompt:
     """A librarian adds a prompt of their own (kept as written, in whatever language they wrote)."""
-    from services.patrons import require_staff
-
     require_staff(actor)
     text = unicodedata.normalize("NFC", (text or "").strip())
     if not text:
@@ -629,8 +610,6 @@ async def add_prompt(db: Database, actor: Actor, text: str) -> Prompt:
 
 async def remove_prompt(db: Database, actor: Actor, code: str) -> None:
     """Hide one prompt (built-in or custom) for this library."""
-    from services.patrons import require_staff
-
     require_staff(actor)
     async with db.transaction() as s:
         rows = await _materialise(s, actor.library_id)
@@ -648,8 +627,6 @@ async def remove_prompt(db: Database, actor: Actor, code: str) -> None:
 
 async def set_flag_words(db: Database, actor: Actor, words: list[str]) -> list[str]:
     """Replace this library's own additions to the flag list (the shipped list always applies)."""
-    from services.patrons import require_staff
-
     require_staff(actor)
     clean = list(dict.fromkeys(" ".join(w.lower().split()) for w in words if w.strip()))[:500]
     async with db.transaction() as s:

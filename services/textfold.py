@@ -381,3 +381,10 @@ def looks_like_isbn(query: str) -> bool:
     if not query or len(query) > 40:
         return False
     return bool(_ISBN_SHAPE.match(_isbn_compact(query)))
+
+
+def fold_accents(s: str) -> str:
+    """Lower case without Vietnamese diacritics (đ→d), punctuation and spacing kept:
+    "Lò Thị Hoa" → "lo thi hoa". For names and subjects; the search key is :func:`fold`."""
+    s = unicodedata.normalize("NFD", (s or "").replace("đ", "d").replace("Đ", "D"))
+    return "".join(ch for ch in s if not unicodedata.combining(ch)).lower()

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import segno
 from sqlalchemy import select
 
-from bot import telegram
+from bot.channels import telegram
 from services import accounts, rules
 from services.models import (
     AuditEntry,
@@ -33,7 +34,7 @@ from services.models import (
     ReflectionStatus,
     Title,
 )
-from tests.fake_bot_api import Call, FakeBotApi
+from tests.fake_bot_api import Call, FakeBotApi, UploadedFile
 from tests.test_reminders import sweeper_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
@@ -42,6 +43,26 @@ LIBRARIAN, AN, PAO = 7001, 5001, 5003      # Telegram user ids = their private c
 OUTPUTS = ("sendmessage", "senddocument", "sendphoto", "editmessagetext")
 BOOK = "Nỗi cô đơn còn lại : tiểu thuyết"     # one copy in the demo library
 PHOTO = "AgACAgUAAxkBAAIBZ2handwritten"         # a Telegram file_id the student's photo arrived as
+# The photo's bytes at Telegram (a real PNG): docsach downloads and keeps them, so moderators on
+# any channel see the page, and sends them on as an upload.
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    segno.make("Trang viết tay của An").save(out, kind="png", scale=4)
+    return out.getvalue()
+
+
+PAGE_BYTES = _png()
+
+
+def uploaded(call: Call) -> bytes:
+    """The bytes a sendPhoto call uploaded (multipart), or b"" when it sent a file id."""
+    value = call.params.get("photo")
+    if isinstance(value, str) and value.startswith("attach://"):
+        return call.files[value.removeprefix("attach://")].data
+    upload = call.files.get("photo")
+    return upload.data if upload is not None else b""
 SCHOOL_CHANNEL = -1001234567890                 # where the school publishes approved reflections
 
 
@@ -306,6 +327,7 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
                  "Em sẽ giới thiệu cuốn sách này cho các bạn trong lớp 10A1.")
         assert await an.say(part1) == "Đã lưu: 17 chữ (cần 20–300). Gửi tiếp, hoặc bấm «Xong»."
         assert await an.say(part2) == "Đã lưu: 43 chữ (cần 20–300). Gửi tiếp, hoặc bấm «Xong»."
+        api.files[PHOTO] = UploadedFile("photo", "page.png", "image/png", PAGE_BYTES, file_id=PHOTO)
         assert await an.send_photo(PHOTO) == "Đã đính kèm ảnh. Gửi tiếp bài viết, hoặc bấm «Xong»."
         assert "mấy sao?" in await an.press("Xong")
         preview = await an.press("5⭐")
@@ -321,9 +343,9 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
 
         # The librarian approves it from the moderation queue.
         queue = await lib.say("/moderate", replies=2)
-        # The moderator sees the photo itself (sent again by its file_id), then the text to judge.
+        # The moderator sees the photo itself (uploaded from docsach's store), then the text to judge.
         [photo] = [c for c in api.calls_to("sendPhoto") if c.chat_id == LIBRARIAN]
-        assert photo.params["photo"] == PHOTO and "photo" in lib.last[0] and "📷 Có ảnh đính kèm" in queue
+        assert uploaded(photo) == PAGE_BYTES and "photo" in lib.last[0] and "📷 Có ảnh đính kèm" in queue
         assert "Chờ duyệt: 1 bài" in queue and "Nguyễn Văn An, lớp 10A1 · ★★★★★ · 43 chữ" in queue
         assert first_prompt in queue and part2 in queue
         approved = await lib.press("Duyệt")
@@ -331,7 +353,7 @@ async def test_reflection_with_prompt_moderated_shown_ranked_and_exported(demo_a
         assert approved.endswith("Không có bài nào chờ duyệt. 🎉")
         # published to the school's channel: the photo, then the text (first name and class only)
         [published_photo] = [c for c in api.calls_to("sendPhoto") if c.chat_id == SCHOOL_CHANNEL]
-        assert published_photo.params["photo"] == PHOTO
+        assert uploaded(published_photo) == PAGE_BYTES
         post = api.last_sent(SCHOOL_CHANNEL)["text"]
         assert "An, lớp 10A1" in post and part2 in post and "Nguyễn Văn An" not in post
 

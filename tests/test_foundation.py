@@ -6,7 +6,7 @@ import asyncio
 
 from sqlalchemy import func, select
 
-from handlers.messages import Incoming
+from handlers.messages import ChannelProfile, Incoming
 from services import patrons
 from services.demo import isbn13, load_demo
 from services.models import ChatIdentity, Copy, Library, Patron, Title
@@ -156,7 +156,7 @@ async def test_group_chats_never_see_personal_commands_or_flows(demo_app):
     app = demo_app
     actor = await patrons.resolve_actor(app.db, "test", "an", "an")
     await patrons.link_trusted(app.db, actor, "demo", "HS001")
-    app.deps.bot_username = "docsach_bot"
+    app.deps.channels["test"] = ChannelProfile(name="test", home="https://t.me/docsach_bot")
 
     async def say(text: str, button: str | None = None):
         return await app.router.dispatch(Incoming(channel="test", chat_id="-100", user_id="an", text=text,

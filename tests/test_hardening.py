@@ -173,7 +173,7 @@ async def test_an_update_ptb_cannot_parse_is_skipped_once(app, fake_bot_api, cap
     import asyncio
     import logging
 
-    from bot import telegram
+    from bot.channels import telegram
 
     api = fake_bot_api
     bad = api.message_update(4242, "x")
@@ -206,7 +206,7 @@ async def test_webhook_refuses_deep_json_and_counts_bad_secrets_in_few_log_lines
 
     from aiohttp import ClientSession
 
-    from bot import telegram
+    from bot.channels import telegram
     from tests.test_telegram import free_port
 
     api = fake_bot_api
@@ -223,7 +223,7 @@ async def test_webhook_refuses_deep_json_and_counts_bad_secrets_in_few_log_lines
                 assert r.status == 403
         refused = [r.getMessage() for r in caplog.records if "without the right secret" in r.getMessage()]
         assert len(refused) == 1
-        adapter.webhook_server.refusals.interval = 0   # the next report says how many were refused
+        adapter.refusals.interval = 0   # the next report says how many were refused
         async with http.post(hook.url, json={"update_id": 1}, headers={telegram.SECRET_HEADER: "x"}) as r:
             assert r.status == 403
         refused = [r.getMessage() for r in caplog.records if "without the right secret" in r.getMessage()]
@@ -237,7 +237,7 @@ async def test_webhook_refuses_deep_json_and_counts_bad_secrets_in_few_log_lines
 # -- 11. "@bot words" in a group is a catalog search --------------------------------------------------------
 
 async def test_a_group_message_mentioning_the_bot_is_searched(demo_app, fake_bot_api):
-    from bot import telegram
+    from bot.channels import telegram
 
     api = fake_bot_api
     group = -100555

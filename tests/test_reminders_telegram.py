@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warning
 
 def telegram_channel(api: FakeBotApi, app: App):
     """The adapter's own channel on a PTB ExtBot; ``max_retries=0`` so a 429 reaches the sweeper."""
-    from bot.telegram import TelegramChannel
+    from bot.channels.telegram import TelegramChannel
 
     bot = ExtBot(api.token, base_url=api.base_url, rate_limiter=AIORateLimiter(max_retries=0))
     return bot, TelegramChannel(bot, app.db, clock=app.deps.clock)
@@ -105,7 +105,7 @@ async def test_403_blocked_chat_becomes_unreachable(tg, clock: Clock):
 async def test_end_to_end_with_the_telegram_adapter_renew_pressed_on_a_reminder(demo_app: App, clock: Clock):
     """The running bot (adapter, router, handlers) sends the reminder it swept and handles the
     Renew press that comes back as a callback query."""
-    from bot import telegram
+    from bot.channels import telegram
 
     async with FakeBotApi() as api, telegram.running(
             demo_app, token=api.token, base_url=api.base_url, poll_timeout=1, backoff=(0.05, 0.1)):

@@ -1,6 +1,6 @@
 """Telegram end to end: the real python-telegram-bot stack over real HTTP against the fake Bot API.
 
-Each test runs the demo library behind ``bot.telegram.running`` — the same code ``docsach run``
+Each test runs the demo library behind ``bot.channels.telegram.running`` — the same code ``docsach run``
 uses — pointed at :class:`tests.fake_bot_api.FakeBotApi`.
 """
 
@@ -11,7 +11,8 @@ import socket
 
 import pytest
 
-from bot import telegram
+from bot.channels import telegram
+from bot.config import parse_listen
 from handlers.messages import Button, ChatUnreachable, DeliveryFailed, DeliveryUncertain, Reply
 from services import patrons
 from tests.fake_bot_api import FakeBotApi
@@ -44,7 +45,8 @@ def texts(api: FakeBotApi, chat_id: int) -> list[str]:
 
 async def test_start_help_and_language_from_language_code(tg, fake_bot_api: FakeBotApi, app):
     api = fake_bot_api
-    assert app.deps.bot_username == "docsach_test_bot"      # from getMe
+    # from getMe: the channel profile's links
+    assert app.deps.channels["telegram"].home == "https://t.me/docsach_test_bot"
     assert app.deps.outbound["telegram"] is tg.channel
 
     api.push_message(CHAT, "/start", language_code="en-US")
@@ -254,8 +256,8 @@ def test_split_text_and_file_url():
     assert telegram.split_text("a" * 5000) == ["a" * 4096, "a" * 904]
     assert telegram.split_text("") == ["…"]
     assert telegram.file_base_url("http://127.0.0.1:8081/bot") == "http://127.0.0.1:8081/file/bot"
-    assert telegram.parse_listen("0.0.0.0:8443") == ("0.0.0.0", 8443)
-    assert telegram.parse_listen("[::]:8443") == ("::", 8443)
+    assert parse_listen("0.0.0.0:8443") == ("0.0.0.0", 8443)
+    assert parse_listen("[::]:8443") == ("::", 8443)
 
 
 # -- the catalog over Telegram: search → book card → deep link → inline (uses search) --------------

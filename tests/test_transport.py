@@ -11,7 +11,7 @@ from datetime import date
 import httpcore
 import pytest
 
-from bot import telegram
+from bot.channels import telegram
 from handlers.messages import DeliveryFailed, DeliveryUncertain, Reply
 from services.models import NotificationStatus
 from tests.fake_bot_api import FakeBotApi

@@ -1,7 +1,7 @@
 """hardening: outbox worker heartbeats (claims of a dead sweeper are taken back within a minute)
 
 Revision ID: 0007_hardening
-Revises: 0005
+Revises: 0006_channel_seam
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_hardening"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006_channel_seam"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,8 +1,11 @@
 """Telegram: python-telegram-bot 22 wired to the platform-neutral router.
 
 PTB updates become :class:`Incoming` events; the router's :class:`Reply` objects become
-sendMessage / editMessageText / answerCallbackQuery / sendDocument. Updates arrive by long
-polling (default) or by a webhook served with aiohttp that checks Telegram's secret header.
+sendMessage / editMessageText / answerCallbackQuery / sendDocument / sendPhoto. Updates arrive by
+long polling (default) or by a webhook on docsach's shared aiohttp server (``bot/server.py``) that
+checks Telegram's secret header. Photos people send are downloaded and stored by docsach
+(``services/photos.py``), so moderators on any channel can see them; photos we send are uploaded
+from there (older reflections may still hold a Telegram file id, which is sent as it is).
 
 Delivery rules, in one place (:class:`ResilientRateLimiter`): 429 waits ``retry_after`` and
 retries (PTB's AIORateLimiter); 5xx and failures where the request was not completely written
@@ -22,7 +25,6 @@ import io
 import logging
 import re
 import secrets
-import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from bot.app import App
+from bot.channels.base import ChannelError, ChannelProfile, RunOptions
 from bot.scheduler import RateLimiter
 from handlers.core import Router, clean_text
 from handlers.i18n import LANGUAGES, Translator
@@ -81,8 +84,9 @@ from handlers.messages import (
     Reply,
 )
 from services import patrons
-from services.common import Clock
+from services.common import Clock, DomainError
 from services.db import Database
+from services.photos import PhotoStore, is_ref
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,20 @@ IDEMPOTENT = frozenset(m.lower() for m in (
     "deleteMyCommands", "editMessageText", "editMessageReplyMarkup", "deleteMessage",
     "answerCallbackQuery", "answerInlineQuery", "sendChatAction",
 ))
+
+
+def profile(username: str | None) -> ChannelProfile:
+    """What Telegram can do, and its deep links (``t.me/<bot>?start=<payload>``)."""
+    return ChannelProfile(
+        name=CHANNEL, max_text=MAX_MESSAGE, max_input=MAX_MESSAGE, max_payload=64, buttons=True,
+        edits=True, toasts=True, photos=True, documents=True,
+        link_base=f"https://t.me/{username}?start={{payload}}" if username else None,
+        home=f"https://t.me/{username}" if username else None,
+    )
+
+
+def deep_link_url(bot_username: str, payload: str) -> str:
+    return f"https://t.me/{bot_username}?start={payload}"
 
 
 def file_base_url(base_url: str) -> str:
@@ -327,7 +345,20 @@ def split_text(text: str, limit: int = MAX_MESSAGE) -> list[str]:
     return [p for p in parts if p] or ["…"]
 
 
-async def send_reply(bot: Bot, chat_id: int | str, reply: Reply) -> Message:
+async def photo_input(reply: Reply, photos: PhotoStore | None) -> InputFile | str | None:
+    """What sendPhoto gets for ``reply.photo``: the stored bytes, or an old Telegram file id."""
+    if not reply.photo:
+        return None
+    if is_ref(reply.photo):
+        stored = await photos.load(reply.photo) if photos is not None else None
+        if stored is None:
+            log.warning("stored photo %s is missing; sending the text only", reply.photo[:16])
+            return None
+        return InputFile(io.BytesIO(stored.data), filename=stored.filename)
+    return reply.photo
+
+
+async def send_reply(bot: Bot, chat_id: int | str, reply: Reply, *, photos: PhotoStore | None = None) -> Message:
     """Send one reply as new message(s); the buttons go under the last part. Returns the last.
 
     Raises :class:`DeliveryUncertain` when part of a split reply went out and the rest failed,
@@ -340,9 +371,10 @@ async def send_reply(bot: Bot, chat_id: int | str, reply: Reply) -> Message:
     else:
         caption = None
     sent: Message | None = None
+    photo = await photo_input(reply, photos)
     try:
-        if reply.photo:
-            sent = await bot.send_photo(chat_id, reply.photo)
+        if photo is not None:
+            sent = await bot.send_photo(chat_id, photo)
         for n, part in enumerate(parts):
             last = n == len(parts) - 1 and reply.attachment is None
             sent = await bot.send_message(chat_id, part, reply_markup=markup if last else None,
@@ -370,16 +402,18 @@ class TelegramChannel:
 
     name = CHANNEL
 
-    def __init__(self, bot: Bot, db: Database, *, clock: Clock | None = None) -> None:
+    def __init__(self, bot: Bot, db: Database, *, clock: Clock | None = None,
+                 photos: PhotoStore | None = None) -> None:
         self.bot = bot
         self.db = db
         self.clock = clock
+        self.photos = photos
 
     async def send(self, chat_id: str, reply: Reply) -> Delivery:
         if await patrons.is_unreachable(self.db, CHANNEL, str(chat_id)):
             raise ChatUnreachable(chat_id)
         try:
-            message = await send_reply(self.bot, _chat(chat_id), reply)
+            message = await send_reply(self.bot, _chat(chat_id), reply, photos=self.photos)
         except DeliveryUncertain:
             raise
         except (Forbidden, ChatMigrated) as exc:
@@ -414,7 +448,8 @@ def _chat(chat_id: str | int) -> int | str:
 
 @dataclass
 class Webhook:
-    """Webhook mode: Telegram POSTs updates to ``url``; aiohttp listens on ``host:port``."""
+    """Webhook mode: Telegram POSTs updates to ``url``, a path on the shared server. ``host`` and
+    ``port`` are where :func:`running` listens when it is given no server (tests)."""
 
     url: str
     host: str = "127.0.0.1"
@@ -440,13 +475,22 @@ def menu_commands(router: Router, t: Translator) -> list[BotCommand]:
 
 
 class TelegramAdapter:
-    """One PTB Application serving the router. Use :func:`running` to start and stop it."""
+    """One PTB Application serving the router: a :class:`bot.channels.base.Channel`.
+    ``docsach run`` mounts and starts it; :func:`running` does the same for tests."""
 
-    def __init__(self, app: App, *, token: str | None = None, base_url: str | None = None,
+    name = CHANNEL
+    messaging = True
+    finished = None
+
+    def __init__(self, app: App, *, webhook: Webhook | None = None, poll_timeout: int = 30,
+                 token: str | None = None, base_url: str | None = None,
                  backoff: tuple[float, ...] = (0.5, 2.0, 5.0), max_retries: int = 3,
                  read_timeout: float | None = None, concurrency: int = 16, network_backend: Any = None) -> None:
         self.app = app
         self.router = app.router
+        self.webhook = webhook
+        self.poll_timeout = poll_timeout
+        self.refusals = RefusalLog()     # wrong-secret webhook requests, counted, logged sparingly
         base_url = base_url or app.settings.telegram_api_base_url
         builder = (
             ApplicationBuilder()
@@ -463,9 +507,8 @@ class TelegramAdapter:
         builder = builder.request(TracedRequest(connection_pool_size=256, network_backend=network_backend, **timeouts))
         self.application: Application = builder.build()
         self.bot: Bot = self.application.bot
-        self.channel = TelegramChannel(self.bot, app.db, clock=app.deps.clock)
+        self.channel = TelegramChannel(self.bot, app.db, clock=app.deps.clock, photos=app.deps.photos)
         self.username: str | None = None
-        self.webhook_server: WebhookServer | None = None
         self.application.add_handler(MessageHandler(
             filters.UpdateType.MESSAGE & (filters.TEXT | filters.PHOTO), self.on_message))
         self.application.add_handler(CallbackQueryHandler(self.on_callback))
@@ -473,30 +516,40 @@ class TelegramAdapter:
         self.application.add_error_handler(self.on_error)
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, *, webhook: Webhook | None = None, poll_timeout: int = 30) -> None:
-        await self.application.initialize()          # getMe: fails fast on a wrong token
+    def mount(self, web_app: web.Application) -> None:
+        """Webhook mode: Telegram's POSTs arrive on the shared server at the webhook URL's path."""
+        if self.webhook is not None:
+            web_app.router.add_post(self.webhook.path, self.receive)
+
+    async def start(self) -> None:
+        try:
+            await self.application.initialize()          # getMe: fails fast on a wrong token
+        except InvalidToken as exc:
+            raise ChannelError("Telegram refused TELEGRAM_BOT_TOKEN; check it with @BotFather") from exc
+        except NetworkError as exc:
+            raise ChannelError(f"cannot reach the Bot API at {self.bot.base_url.rsplit('/bot', 1)[0]}: {exc}",
+                               exit_code=1) from exc
         self.username = self.bot.username
-        self.app.deps.bot_username = self.username
+        self.app.deps.channels[CHANNEL] = profile(self.username)
         self.app.deps.outbound[CHANNEL] = self.channel
         await self.set_commands()
         await self.application.start()
-        if webhook is not None:
-            self.webhook_server = WebhookServer(self.application, webhook)
-            await self.webhook_server.start()
-            await self.bot.set_webhook(webhook.url, secret_token=webhook.secret,
+        if self.webhook is not None:
+            await self.bot.set_webhook(self.webhook.url, secret_token=self.webhook.secret,
                                        allowed_updates=ALLOWED_UPDATES)
         else:
             await self.application.updater.start_polling(
-                poll_interval=0, timeout=poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                poll_interval=0, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+        log.info("Telegram bot @%s is serving (%s)", self.username,
+                 f"webhook {self.webhook.url}" if self.webhook else "long polling")
 
     async def stop(self) -> None:
         if self.app.deps.outbound.get(CHANNEL) is self.channel:
             del self.app.deps.outbound[CHANNEL]
+        self.app.deps.channels.pop(CHANNEL, None)
         if self.application.updater and self.application.updater.running:
             await self.application.updater.stop()
-        if self.webhook_server is not None:
-            await self.webhook_server.stop()     # the webhook stays set: updates wait at Telegram
-            self.webhook_server = None
+        # In webhook mode the webhook stays set while we are down: updates wait at Telegram.
         if self.application.running:
             await self.application.stop()
         await self.application.shutdown()
@@ -518,13 +571,25 @@ class TelegramAdapter:
         text = self.addressed_text(message, chat.type)
         if text is None:
             return
+        photo_ref = await self.store_photo(message) if message.photo and chat.type == "private" else None
         event = Incoming(
             channel=CHANNEL, chat_id=str(chat.id), user_id=str(user.id), text=text,
             language_hint=user.language_code, display_name=user.full_name, chat_type=chat.type,
-            photo_ref=message.photo[-1].file_id if message.photo else None,
-            mentioned=chat.type != "private" and not text.startswith("/"),
+            photo_ref=photo_ref, mentioned=chat.type != "private" and not text.startswith("/"),
         )
         await self.deliver(event, await self.router.dispatch(event))
+
+    async def store_photo(self, message: Message) -> str | None:
+        """Download the largest size of a photo and keep it in docsach's photo store."""
+        if self.app.deps.photos is None:
+            return None
+        file = await message.photo[-1].get_file()
+        data = bytes(await file.download_as_bytearray())
+        try:
+            return await self.app.deps.photos.store(data)
+        except DomainError as refusal:
+            log.info("photo from chat %s not stored: %s", message.chat.id, refusal.key)
+            return None
 
     def addressed_text(self, message: Message, chat_type: str) -> str | None:
         """The text meant for us, or None. Groups: only commands and @mentions (privacy)."""
@@ -575,7 +640,7 @@ class TelegramAdapter:
                         and await self.edit(message, reply):
                     message = None   # one edit per press; further replies are new messages
                     continue
-                await send_reply(self.bot, chat_id, reply)
+                await send_reply(self.bot, chat_id, reply, photos=self.app.deps.photos)
         except Forbidden as exc:
             log.info("telegram chat %s blocked the bot (%s)", event.chat_id, exc)
             await patrons.mark_unreachable(self.app.db, CHANNEL, event.chat_id, self.app.deps.clock)
@@ -631,6 +696,23 @@ class TelegramAdapter:
         lang = patrons.pick_language(language_code, default=self.app.deps.default_language)
         return self.app.deps.catalogs.translator(lang, self.app.deps.timezone)
 
+    async def receive(self, request: web.Request) -> web.Response:
+        """One webhook POST: refused without the secret header, else queued for PTB."""
+        assert self.webhook is not None
+        supplied = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(supplied.encode(), self.webhook.secret.encode()):
+            self.refusals.note(request.remote)
+            return web.Response(status=403, text="forbidden")
+        try:
+            update = Update.de_json(await request.json(), self.bot)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            # RecursionError: a body nested thousands of levels deep ("[[[[…"), which json gives up on
+            return web.Response(status=400, text="not an update")
+        if update is None:
+            return web.Response(status=400, text="not an update")
+        await self.application.update_queue.put(update)
+        return web.Response(text="ok")
+
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Log with context; tell the person something went wrong, in their language."""
         error = context.error
@@ -680,117 +762,47 @@ class RefusalLog:
         self._unlogged, self._last = 0, now
 
 
-class WebhookServer:
-    """aiohttp server for Telegram's POSTs: refuses any request without the secret header."""
-
-    def __init__(self, application: Application, webhook: Webhook) -> None:
-        self.application = application
-        self.webhook = webhook
-        self.runner: web.AppRunner | None = None
-        self.refusals = RefusalLog()
-
-    async def start(self) -> None:
-        server = web.Application(client_max_size=1024 * 1024)
-        server.router.add_post(self.webhook.path, self.receive)
-        server.router.add_get("/healthz", _health)
-        self.runner = web.AppRunner(server, handle_signals=False, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, self.webhook.host, self.webhook.port).start()
-        log.info("webhook listening on %s:%s%s", self.webhook.host, self.webhook.port, self.webhook.path)
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    async def receive(self, request: web.Request) -> web.Response:
-        supplied = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(supplied.encode(), self.webhook.secret.encode()):
-            self.refusals.note(request.remote)
-            return web.Response(status=403, text="forbidden")
-        try:
-            update = Update.de_json(await request.json(), self.application.bot)
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            # RecursionError: a body nested thousands of levels deep ("[[[[…"), which json gives up on
-            return web.Response(status=400, text="not an update")
-        if update is None:
-            return web.Response(status=400, text="not an update")
-        await self.application.update_queue.put(update)
-        return _ok()
-
-
-def _ok() -> web.Response:
-    return web.Response(text="ok")
-
-
-async def _health(request: web.Request) -> web.Response:
-    return _ok()
-
-
 @contextlib.asynccontextmanager
 async def running(app: App, *, webhook: Webhook | None = None, poll_timeout: int = 30,
                   **options: Any) -> AsyncIterator[TelegramAdapter]:
-    """The bot, serving until the block ends (tests use this exactly as :func:`serve` does)."""
-    adapter = TelegramAdapter(app, **options)
+    """The bot, serving until the block ends: for tests and tools. In webhook mode it listens on
+    ``webhook.host:port`` with a server of its own; ``docsach run`` uses the shared one instead."""
+    from bot.server import Server
+
+    adapter = TelegramAdapter(app, webhook=webhook, poll_timeout=poll_timeout, **options)
+    server = None
     try:
-        await adapter.start(webhook=webhook, poll_timeout=poll_timeout)
+        if webhook is not None:
+            server = Server(app, webhook.host, webhook.port)
+            server.mount([adapter])
+            await server.start()
+        await adapter.start()
         yield adapter
     finally:
         await adapter.stop()
+        if server is not None:
+            await server.stop()
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-async def serve(app: App, args: Any) -> int:
-    """``docsach run`` with a token: serve Telegram until SIGINT/SIGTERM."""
+def configure(app: App, options: RunOptions) -> TelegramAdapter | None:
+    """``docsach run``: the Telegram channel when TELEGRAM_BOT_TOKEN is set (webhook mode when a
+    webhook URL was given), else None. Raises :class:`ChannelError` on settings that cannot work."""
     settings = app.settings
+    if not settings.telegram_token:
+        return None
     if settings.secret_key_is_ephemeral:
         log.warning("DOCSACH_SECRET_KEY is not set: buttons already in Telegram chats will stop "
                     "working after a restart. Set it in .env (see .env.example).")
     webhook = None
-    if getattr(args, "webhook", False):
-        if not args.url:
-            log.error("--webhook needs --url https://… (the public address Telegram will call)")
-            return 2
-        if not args.url.startswith("https://"):
-            log.warning("Telegram only calls https:// webhooks; %s is not one", args.url)
+    if options.telegram_webhook_url:
+        url = options.telegram_webhook_url
+        if not url.startswith("https://"):
+            log.warning("Telegram only calls https:// webhooks; %s is not one", url)
         secret = settings.telegram_webhook_secret or secrets.token_urlsafe(32)
         if not SECRET_PATTERN.match(secret):
-            log.error("TELEGRAM_WEBHOOK_SECRET may only hold A-Z a-z 0-9 _ - (1–256 characters)")
-            return 2
-        try:
-            host, port = parse_listen(args.listen)
-        except ValueError as exc:
-            log.error("%s", exc)
-            return 2
-        webhook = Webhook(url=args.url, host=host, port=port, secret=secret)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        async with running(app, webhook=webhook) as adapter:
-            log.info("Telegram bot @%s is serving (%s)", adapter.username,
-                     f"webhook {webhook.url}" if webhook else "long polling")
-            await stop.wait()
-    except InvalidToken:
-        log.error("Telegram refused TELEGRAM_BOT_TOKEN; check it with @BotFather")
-        return 2
-    except NetworkError as exc:
-        log.error("cannot reach the Bot API at %s: %s", settings.telegram_api_base_url, exc)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-    return 0
+            raise ChannelError("TELEGRAM_WEBHOOK_SECRET may only hold A-Z a-z 0-9 _ - (1–256 characters)")
+        webhook = Webhook(url=url, host=options.host, port=options.port, secret=secret)
+    return TelegramAdapter(app, webhook=webhook)
 
 
 async def bot_username(token: str, base_url: str) -> str:

@@ -1,18 +1,26 @@
-"""The terminal chat: the same handlers as Telegram, in a terminal (or a pipe, for scripts).
+"""The terminal chat: the same handlers as every channel, in a terminal (or a pipe, for scripts).
 
-Buttons are shown as numbered choices; typing the number presses the button.
+Buttons are shown as numbered choices; typing the number presses the button. ``docsach run`` opens
+it only when no messaging platform is configured, and end of input then stops the whole process
+(so ``printf '/start\n/help\n' | docsach run`` works in scripts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 
-from handlers.messages import Button, Delivery, Incoming, Reply
+from aiohttp import web
+
+from handlers.messages import Button, ChannelProfile, Delivery, Incoming, Reply
 
 CHANNEL = "terminal"
+PROFILE = ChannelProfile(name=CHANNEL, max_text=100_000, max_input=4096, max_payload=64, buttons=True,
+                         documents=True)
 
 
 class TerminalChannel:
@@ -59,15 +67,16 @@ async def run_terminal(router, *, user: str = "local", language: str | None = No
     channel = TerminalChannel(out)
     # Reminders and other pushed messages for terminal chats appear here too.
     router.deps.outbound.setdefault(CHANNEL, channel)
+    router.deps.channels.setdefault(CHANNEL, PROFILE)
     interactive = stdin.isatty() if prompt is None else prompt
     if interactive:
         out.write("docsach — gõ /help, Ctrl-D để thoát (type /help, Ctrl-D to quit)\n")
-    loop = asyncio.get_running_loop()
+    lines = _read_lines(stdin)
     while True:
         if interactive:
             out.write("> ")
             out.flush()
-        line = await loop.run_in_executor(None, stdin.readline)
+        line = await lines.get()
         if line == "":
             break
         text = line.rstrip("\n")
@@ -81,3 +90,65 @@ async def run_terminal(router, *, user: str = "local", language: str | None = No
             channel.show(reply)
     if interactive:
         out.write("\n")
+
+
+def _read_lines(stdin: TextIO) -> asyncio.Queue[str]:
+    """Lines from ``stdin`` ("" at the end), read by a daemon thread: a blocked read never keeps
+    the process from stopping (a thread-pool read would hold up interpreter shutdown)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def put(line: str) -> None:
+        with contextlib.suppress(RuntimeError):   # the loop is gone: nobody is listening any more
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+
+    def read() -> None:
+        try:
+            for line in iter(stdin.readline, ""):
+                put(line)
+        except (OSError, ValueError):
+            pass
+        put("")
+
+    threading.Thread(target=read, name="terminal-stdin", daemon=True).start()
+    return queue
+
+
+class TerminalAdapter:
+    """The terminal chat as a :class:`bot.channels.base.Channel` for ``docsach run``: ``finished``
+    is set at end of input, which ends the process."""
+
+    name = CHANNEL
+    messaging = False
+
+    def __init__(self, app, *, user: str = "local", stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+        self.app = app
+        self.user = user
+        self.stdin = stdin
+        self.out = out
+        self.finished = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def mount(self, web_app: web.Application) -> None:
+        pass
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await run_terminal(self.app.router, user=self.user, stdin=self.stdin, out=self.out)
+        finally:
+            self.finished.set()
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.app.deps.outbound.pop(CHANNEL, None)
+        self.app.deps.channels.pop(CHANNEL, None)
+
+
+def configure(app, options, *, user: str = "local") -> TerminalAdapter:
+    return TerminalAdapter(app, user=user)
