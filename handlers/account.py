@@ -14,7 +14,7 @@ from services.common import DomainError
 
 async def _redeem(ctx: Context, code: str) -> Reply:
     result = await accounts.redeem_link_code(ctx.db, ctx.actor, code, clock=ctx.clock,
-                                            key=ctx.deps.link_code_key)
+                                            key=ctx.deps.link_code_key, source=ctx.event.source)
     t = ctx.t
     where = t("account.linked_class", name=result.class_name) if result.class_name else ""
     return Reply(t("account.linked", name=result.full_name, where=where, library=result.library_name)

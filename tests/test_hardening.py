@@ -516,3 +516,15 @@ async def test_a_csv_cut_inside_quotes_rejects_its_last_row(libs: Libraries, tmp
         "the file ends inside quotes, so this row is incomplete"]
     async with libs.db.session() as s:
         assert (await s.execute(select(Title).where(Title.title.like("Sách bị cắt%")))).first() is None
+
+
+async def test_a_channel_that_knows_the_client_address_limits_guesses_per_address(libs: Libraries, monkeypatch):
+    from handlers.messages import Incoming
+
+    monkeypatch.setattr(accounts, "SOURCE_LIMIT", (2, 900))
+    said = []
+    for n in range(3):   # three fresh "chats" (web sessions) from one address
+        replies = await libs.app.router.dispatch(Incoming(channel="web", chat_id=f"s{n}", user_id=f"s{n}",
+                                                          text="/link AAAA-AAAB", source="ip:198.51.100.7"))
+        said.append(replies[0].text)
+    assert "phút" in said[2] and "phút" not in said[0]
