@@ -318,23 +318,31 @@ class Sweeper:
     async def _deliver_all(self, messages: list[Message], token: str, report: SweepReport,
                            gate: asyncio.Semaphore) -> None:
 
+        said: list[int] = []    # sent or uncertain: newer word about their loans and holds
+
         async def one(message: Message) -> None:
             async with gate:
-                await self._deliver(message, token, report)
+                said.extend(await self._deliver(message, token, report))
 
-        await asyncio.gather(*(one(m) for m in messages))
+        try:
+            await asyncio.gather(*(one(m) for m in messages))
+        finally:
+            if said:
+                with contextlib.suppress(Exception):   # bookkeeping only: a later batch catches up
+                    await outbox.supersede(self.db, said)
 
-    async def _deliver(self, message: Message, token: str, report: SweepReport, hops: int = 0) -> None:
+    async def _deliver(self, message: Message, token: str, report: SweepReport, hops: int = 0) -> list[int]:
+        """Send one message and record the outcome; returns the ids sent or left uncertain."""
         # Counters are added after each await (``x += await f()`` would lose concurrent updates).
         person = message.recipient
         channel = self.deps.outbound.get(person.channel or "")
         if channel is None:
             await outbox.release(self.db, token, message.ids, not_before=self.clock.now() + LATER)
-            return
+            return []
         await self.limiter.acquire(f"{person.channel}:{person.chat_id}")
         ids = await outbox.attempt(self.db, self.clock, token, message.ids)
         if not ids:
-            return   # another sweeper took these over after our lease ran out
+            return []   # another sweeper took these over after our claim was taken back
         ids_list = sorted(ids)
         try:
             await self.limiter.gate()
@@ -345,10 +353,10 @@ class Sweeper:
             fallback = await self._fallback(message) if hops < 3 else None
             if fallback is not None:
                 fallback.notices = [n for n in message.notices if n.id in ids]
-                await self._deliver(fallback, token, report, hops + 1)
-                return
+                return await self._deliver(fallback, token, report, hops + 1)
             done = await outbox.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
             report.skipped += done
+            return []
         except DeliveryFailed as exc:
             # A 429 that outlived the channel's own retries: everyone waits (the cause may carry it).
             retry_after = getattr(exc, "retry_after", None) or getattr(exc.__cause__, "retry_after", None)
@@ -359,6 +367,7 @@ class Sweeper:
             done = await outbox.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
                                                        retry_after=retry_after)
             report.retry += done
+            return []
         except DeliveryUncertain as exc:
             done = await outbox.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
             report.uncertain += done
@@ -371,6 +380,7 @@ class Sweeper:
                                                      chat_id=person.chat_id, message_ref=delivery.message_ref)
             report.sent += done
             report.messages += 1
+        return ids_list   # sent, or uncertain
 
     async def _preview(self, report: SweepReport) -> SweepReport:
         """What a sweep would send now, without inserting, claiming or sending anything."""

@@ -187,8 +187,7 @@ async def attempt(db: Database, clock: Clock, token: str, ids: Sequence[int]) ->
         return set(result.scalars())
 
 
-async def _finish(db: Database, ids: Iterable[int], token: str | None, *, supersedes: bool = False,
-                  **values: Any) -> int:
+async def _finish(db: Database, ids: Iterable[int], token: str | None, **values: Any) -> int:
     ids = list(ids)
     if not ids:
         return 0
@@ -197,21 +196,17 @@ async def _finish(db: Database, ids: Iterable[int], token: str | None, *, supers
         if token is not None:
             condition = and_(condition, Notification.claimed_by == token)
         result = await s.execute(update(Notification).where(condition).values(**values))
-        if supersedes:
-            await _supersede(s, ids)
         return result.rowcount or 0
 
 
 async def mark_sent(db: Database, clock: Clock, token: str, ids: Sequence[int], *, channel: str,
                     chat_id: str, message_ref: str | None) -> int:
     return await _finish(db, ids, token, status=NotificationStatus.SENT, sent_at=clock.now().astimezone(UTC),
-                         channel=channel, chat_id=chat_id, message_ref=message_ref, last_error=None,
-                         supersedes=True)
+                         channel=channel, chat_id=chat_id, message_ref=message_ref, last_error=None)
 
 
 async def mark_uncertain(db: Database, token: str, ids: Sequence[int], error: str) -> int:
-    return await _finish(db, ids, token, status=NotificationStatus.UNCERTAIN, last_error=error[:500],
-                         supersedes=True)
+    return await _finish(db, ids, token, status=NotificationStatus.UNCERTAIN, last_error=error[:500])
 
 
 # "due_soon:loan=12:2026-12-03", "overdue:loan=12:…:7" → loan=12; "pickup_tomorrow:hold=5:…",
@@ -227,10 +222,18 @@ def subject(key: str) -> str | None:
     return f"hold={match['hold']}" if match["hold"] else f"{match['kind']}={match['id']}"
 
 
-async def _supersede(s: AsyncSession, ids: list[int]) -> int:
+async def supersede(db: Database, ids: Sequence[int]) -> int:
     """Earlier uncertain notices about the same subject as ``ids`` (just sent, or uncertain
-    themselves) → superseded: the reader has a newer word about that loan or hold. Usually one
-    indexed query that finds nothing."""
+    themselves) → superseded: the reader has a newer word about that loan or hold. The sweeper
+    calls it once per batch; usually one indexed query that finds nothing."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    async with db.transaction() as s:
+        return await _supersede(s, ids)
+
+
+async def _supersede(s: AsyncSession, ids: list[int]) -> int:
     patrons_of = select(Notification.patron_id).where(Notification.id.in_(ids))
     older = (await s.execute(select(Notification.id, Notification.patron_id, Notification.key).where(
         Notification.status == NotificationStatus.UNCERTAIN, Notification.patron_id.in_(patrons_of),
