@@ -158,3 +158,25 @@ async def test_resets_before_writing_leave_no_notice_uncertain(faulty, demo_app,
     assert report.uncertain == 1 and report.retry == 0
     for n in range(len(cards)):
         assert len(api.sent_messages(5000 + n)) == 1      # every chat got its notice exactly once
+
+
+@transport_only
+async def test_proxies_from_the_environment_are_still_honoured(app, fake_bot_api, monkeypatch):
+    """The traced transport must not drop HTTP(S)_PROXY / NO_PROXY (httpx drops them for custom transports)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]          # nothing listens here: a proxy that is down
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(Exception) as info:
+        async with telegram.running(app, token=fake_bot_api.token, base_url=fake_bot_api.base_url, poll_timeout=1,
+                                    backoff=(0.01,)):
+            pass
+    assert "connect" in repr(info.value).lower() or "network" in repr(info.value).lower()
+    assert fake_bot_api.calls_to("getMe") == []          # it went to the (dead) proxy, not around it
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with telegram.running(app, token=fake_bot_api.token, base_url=fake_bot_api.base_url, poll_timeout=1):
+        assert fake_bot_api.calls_to("getMe")

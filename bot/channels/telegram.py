@@ -144,8 +144,8 @@ class WriteTracingTransport(httpx.AsyncHTTPTransport):
     exception as the ``__cause__`` of its NetworkError / TimedOut. ``network_backend`` (httpcore's)
     is for tests that inject failures at the socket level."""
 
-    def __init__(self, *, limits: httpx.Limits, network_backend: Any = None) -> None:
-        super().__init__(limits=limits, http1=True, http2=False)
+    def __init__(self, *, limits: httpx.Limits, proxy: Any = None, network_backend: Any = None) -> None:
+        super().__init__(limits=limits, http1=True, http2=False, proxy=proxy)
         if network_backend is not None:
             import httpcore
 
@@ -181,8 +181,23 @@ class TracedRequest(HTTPXRequest):
 
     def _build_client(self) -> httpx.AsyncClient:
         kwargs = dict(self._client_kwargs)
-        kwargs["transport"] = WriteTracingTransport(limits=kwargs["limits"], network_backend=self._network_backend)
+        limits, proxy = kwargs["limits"], kwargs.pop("proxy", None)
+        kwargs["transport"] = WriteTracingTransport(limits=limits, proxy=proxy, network_backend=self._network_backend)
+        if proxy is None:
+            # httpx only reads HTTP(S)_PROXY / NO_PROXY when it builds the transport itself; keep
+            # honouring them (a school network may need a proxy), each proxy behind our transport.
+            kwargs["mounts"] = {pattern: WriteTracingTransport(limits=limits, proxy=url) if url else None
+                                for pattern, url in _environment_proxies().items()}
         return httpx.AsyncClient(**kwargs)
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    """httpx's reading of HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY ({URL pattern: proxy})."""
+    try:
+        from httpx._utils import get_environment_proxies
+    except ImportError:   # a future httpx moved it: fall back to no proxy from the environment
+        return {}
+    return get_environment_proxies()
 
 
 def outcome(error: BaseException) -> str:
