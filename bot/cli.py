@@ -88,7 +88,7 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     app.deps.extras["server_url"] = server.url
-    print(f"docsach: listening on {server.url}", file=sys.stderr)
+    print(f"docsach: listening on {server.url} — web chat: {server.url}/chat", file=sys.stderr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

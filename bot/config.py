@@ -45,6 +45,8 @@ class Settings:
     public_url: str | None = None
     # Photos people send: kept in the database, or in this directory when set.
     files_dir: str | None = None
+    # Sites allowed to show the web chat in an iframe (the school's website), e.g. https://school.edu.vn
+    embed_origins: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -69,6 +71,8 @@ class Settings:
             listen=_env("DOCSACH_LISTEN", "127.0.0.1:8080"),
             public_url=(_env("DOCSACH_PUBLIC_URL") or "").rstrip("/") or None,
             files_dir=_env("DOCSACH_FILES_DIR"),
+            embed_origins=[o for o in (_env("DOCSACH_EMBED_ORIGINS") or "").split()
+                           if o.startswith(("https://", "http://")) and "'" not in o and ";" not in o],
         )
         if secret:
             settings.secret_key = secret.encode()

@@ -58,8 +58,14 @@ def health_part(app: App) -> HttpPart | None:
     return Health()
 
 
+def landing_part(app: App) -> HttpPart | None:
+    from bot import landing
+
+    return landing.part(app)
+
+
 # Every HTTP part besides the channels' own routes, in mounting order.
-HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part]
+HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, landing_part]
 
 
 @web.middleware

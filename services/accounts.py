@@ -24,8 +24,9 @@ invalidates the codes issued under the old one (as it does buttons already in ch
 
 Guessing is rate-limited in the database (so every worker agrees), in an order that one attacker
 cannot turn against everyone else: each chat identity (one platform account) has 5 attempts per
-15 minutes, and each ``source`` the adapter names (the web chat's client address) 30; an attempt
-refused by a limit counts nowhere. Wrong guesses are also counted deployment-wide; past 200 in
+15 minutes, and each ``source`` the adapter names (the web chat's client address) 30 wrong guesses
+(right ones do not count, so a whole class may link from one school network); an attempt refused
+by a limit counts nowhere. Wrong guesses are also counted deployment-wide; past 200 in
 10 minutes, guesses spread over many chats are slowed: a wrong guess then uses up its chat's
 whole window at once. The global count never refuses a chat that is under its own limit, so a
 valid code from such a chat always links it. A wrong guess cannot tell which library it was
@@ -72,7 +73,7 @@ ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 8
 CODE_TTL = timedelta(days=14)
 CHAT_LIMIT = (5, 15 * 60)        # attempts, window in seconds
-SOURCE_LIMIT = (30, 15 * 60)     # per client address (web chat): a school may share one
+SOURCE_LIMIT = (30, 15 * 60)     # wrong guesses per client address (web chat): a school may share one
 GLOBAL_LIMIT = (200, 10 * 60)    # wrong guesses deployment-wide before guessing is slowed
 MAX_IMPORT_ROWS = 20_000
 
@@ -234,21 +235,26 @@ async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Cloc
         taken, left = await _take(s, chat_key, CHAT_LIMIT[1], CHAT_LIMIT[0], now)
         if taken is None:
             raise _wait(left)
-        if source_key is not None:
-            taken, left = await _take(s, source_key, SOURCE_LIMIT[1], SOURCE_LIMIT[0], now)
-            if taken is None:
+        if source_key is not None:   # only wrong guesses count here: a class linking from one lab is fine
+            start, left = _window(now, SOURCE_LIMIT[1])
+            wrong = await s.scalar(select(RateCounter.count).where(RateCounter.key == source_key,
+                                                                   RateCounter.window_start == start))
+            if (wrong or 0) >= SOURCE_LIMIT[0]:
                 raise _wait(left)
     try:
         return await _claim(db, actor, normalized, key, now)
     except DomainError as refusal:
         if refusal.key in ("account.code_invalid", "account.code_used", "account.code_expired"):
-            await _count_wrong_guess(db, chat_key, now)
+            await _count_wrong_guess(db, chat_key, source_key, now)
         raise
 
 
-async def _count_wrong_guess(db: Database, chat_key: str, now: datetime) -> None:
-    """Count a wrong guess deployment-wide; past the global limit, it uses up its chat's window."""
+async def _count_wrong_guess(db: Database, chat_key: str, source_key: str | None, now: datetime) -> None:
+    """Count a wrong guess for its address and deployment-wide; past the global limit, it uses up
+    its chat's window."""
     async with db.transaction() as s:
+        if source_key is not None:
+            await _take(s, source_key, SOURCE_LIMIT[1], 1 << 30, now)
         start, _ = _window(now, GLOBAL_LIMIT[1])
         insert = insert_for(s)
         count = (await s.execute(insert(RateCounter).values(key="link:wrong", window_start=start, count=1)

@@ -503,3 +503,45 @@ class StoredPhoto(Base):
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
     library_id: Mapped[int | None] = mapped_column(ForeignKey("libraries.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebSession(Base):
+    """A browser's session in the web chat. The cookie holds ``id`` and a random token (signed);
+    only the token's SHA-256 is stored. ``chat_key`` names the conversation (the chat identity's
+    external id); linking rotates the session (new token, same conversation), /unlink ends it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chat_key: Mapped[str] = mapped_column(String(64), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    patron_id: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"))
+    rotate_ticket_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebMessage(Base):
+    """One message in a web chat conversation, in order (``id`` is the resume cursor): what the
+    person sent (``outgoing`` False) and what docsach said, pushed notices included (unread until
+    ``read_at``). ``patron_id`` is whom it concerns: after an unlink, those messages are hidden."""
+
+    __tablename__ = "web_messages"
+    __table_args__ = (
+        UniqueConstraint("chat_key", "client_ref"),
+        Index("ix_web_messages_chat", "chat_key", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chat_key: Mapped[str] = mapped_column(String(64))
+    patron_id: Mapped[int | None] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"))
+    outgoing: Mapped[bool] = mapped_column(Boolean, default=True)
+    notice: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[dict] = mapped_column(JSON, default=dict)
+    client_ref: Mapped[str | None] = mapped_column(String(40))
+    attachment: Mapped[bytes | None] = mapped_column(LargeBinary)
+    attachment_name: Mapped[str | None] = mapped_column(String(200))
+    attachment_type: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -91,7 +91,7 @@ async def test_server_mounts_parts_and_sets_safe_headers(app: App):
     server.mount([Hello(), None])
     await server.start()
     try:
-        assert server.mounted == ["health", "hello"]
+        assert server.mounted[0] == "health" and server.mounted[-1] == "hello" and "landing" in server.mounted
         async with aiohttp.ClientSession() as http:
             async with http.get(server.url + "/healthz") as r:
                 assert r.status == 200 and await r.text() == "ok"
@@ -104,12 +104,17 @@ async def test_server_mounts_parts_and_sets_safe_headers(app: App):
     assert len(HTTP_PARTS) >= 1
 
 
-async def test_configured_channels_open_the_terminal_only_without_a_messaging_platform(app: App):
+async def test_configured_channels_open_the_terminal_only_without_a_messaging_platform(app: App, monkeypatch):
+    from bot.channels import terminal
+
+    with open(os.devnull) as devnull:  # noqa: ASYNC230 (a character device: no waiting)
+        assert not terminal.has_input(devnull)         # systemd/Docker: no input, keep serving the web
+    monkeypatch.setattr(terminal, "has_input", lambda stdin=None: True)
     names = [c.name for c in channels.configured(app, RunOptions())]
-    assert names[-1] == "terminal" and "telegram" not in names
+    assert names == ["web", "terminal"]
     app.settings.telegram_token = "123:ABC"
     names = [c.name for c in channels.configured(app, RunOptions())]
-    assert "telegram" in names and "terminal" not in names
+    assert names == ["telegram", "web"]
 
 
 def _run(env: dict, stdin: bytes, *args: str, timeout: float = 90) -> tuple[int, str, str]:
@@ -147,7 +152,7 @@ async def test_telegram_webhook_on_the_shared_server(app: App, fake_bot_api):
     app.settings.telegram_api_base_url = api.base_url
     app.settings.telegram_webhook_secret = "s3cret"
     options = RunOptions(port=port, telegram_webhook_url=f"http://127.0.0.1:{port}/tg/hook")
-    [adapter] = channels.configured(app, options)
+    [adapter, _web] = channels.configured(app, options)
     server = Server(app, "127.0.0.1", port)
     server.mount([adapter])
     server.mount_configured()

@@ -528,3 +528,54 @@ async def test_a_channel_that_knows_the_client_address_limits_guesses_per_addres
                                                           text="/link AAAA-AAAB", source="ip:198.51.100.7"))
         said.append(replies[0].text)
     assert "phút" in said[2] and "phút" not in said[0]
+
+
+async def test_valid_codes_from_one_school_network_never_use_up_its_address_limit(libs: Libraries, clock,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(accounts, "SOURCE_LIMIT", (2, 900))
+    lib = await libs.actor("TT001")
+    cards = await libs.add_students(5)
+    ids = [(await libs.actor(card)).patron_id for card in cards]
+    slips = await accounts.issue_link_codes(libs.db, lib, patron_ids=ids, clock=clock)
+    for n, slip in enumerate(slips):      # a whole class links from the lab's one address
+        linked = await accounts.redeem_link_code(libs.db, await chat_actor(libs, f"lab{n}"), slip.code,
+                                                 clock=clock, source="ip:10.0.0.1")
+        assert linked.patron_id in ids
+
+
+async def test_the_web_chat_limits_wrong_guesses_per_address(demo_app, monkeypatch):
+    from tests.test_web_chat import Browser
+
+    monkeypatch.setattr(accounts, "SOURCE_LIMIT", (2, 900))
+    async for _app, server, _adapter in _site(demo_app):
+        said = []
+        for n in range(3):      # three new browsers (sessions) from one address, each guessing once
+            b = Browser(server)
+            try:
+                await b.open()
+                await b.connect()
+                said.append((await b.say("AAAA-AAAB", ref=f"g{n}"))["text"])
+            finally:
+                await b.close()
+        assert "phút" not in said[0] and "phút" in said[2], said
+
+
+async def _site(demo_app):
+    from aiohttp.test_utils import TestServer
+
+    from bot.channels.web import WebChatAdapter
+    from bot.server import Server
+
+    server = Server(demo_app)
+    adapter = WebChatAdapter(demo_app)
+    server.mount([adapter])
+    server.mount_configured()
+    test_server = TestServer(server.web_app)
+    await test_server.start_server()
+    adapter.base_url = str(test_server.make_url("")).rstrip("/")
+    await adapter.start()
+    try:
+        yield demo_app, test_server, adapter
+    finally:
+        await adapter.stop()
+        await test_server.close()

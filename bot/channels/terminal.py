@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -150,5 +152,15 @@ class TerminalAdapter:
         self.app.deps.channels.pop(CHANNEL, None)
 
 
-def configure(app, options, *, user: str = "local") -> TerminalAdapter:
-    return TerminalAdapter(app, user=user)
+def has_input(stdin: TextIO = sys.stdin) -> bool:
+    """A terminal, a pipe or a file: someone may type or a script feeds lines. A server started
+    with no input (systemd, Docker: stdin is /dev/null) keeps serving the web instead of ending."""
+    try:
+        mode = os.fstat(stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stdin.isatty() or stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+def configure(app, options, *, user: str = "local") -> TerminalAdapter | None:
+    return TerminalAdapter(app, user=user) if has_input() else None
