@@ -460,6 +460,8 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
             app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
             progress=not args.quiet, report=report if args.report or moved else None)
     except importer.MalformedFile as exc:
+        if exc.key != "import.malformed":   # a message of its own, in the school's language
+            return _say_refusal(app, exc)
         print(f"{args.file}: cannot import: {exc.detail}. Nothing was changed.", file=sys.stderr)
         return 2
     except DomainError as exc:

@@ -58,12 +58,13 @@ def read_limited(path: Path, limit: int) -> bytes:
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
-            raise MalformedFile(f"{path} is a folder, not a file")
+            raise MalformedFile(f"{path} is a folder, not a file", "import.catalog_not_a_file", path=str(path))
         if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
-            raise MalformedFile(f"{path} is a device, not a file")
+            raise MalformedFile(f"{path} is a device, not a file", "import.catalog_not_a_file", path=str(path))
         if stat.S_ISREG(info.st_mode) and info.st_size > limit:
             raise MalformedFile(f"the file is {_mb(info.st_size)} MB; at most {_mb(limit)} MB can be "
-                                "imported at once (split it into several files)")
+                                "imported at once (split it into several files)", "import.catalog_too_big",
+                                size=_mb(info.st_size), limit=_mb(limit))
         chunks, size = [], 0
         with path.open("rb") as fh:     # a pipe has no size: read up to the limit
             while chunk := fh.read(min(1 << 20, limit + 1 - size)):
@@ -71,7 +72,8 @@ def read_limited(path: Path, limit: int) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise MalformedFile(f"the input is larger than {_mb(limit)} MB, the most that can be "
-                                        "imported at once (split it into several files)")
+                                        "imported at once (split it into several files)",
+                                        "import.catalog_input_too_big", limit=_mb(limit))
         return b"".join(chunks)
     except OSError as exc:
         raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
@@ -80,8 +82,10 @@ def read_limited(path: Path, limit: int) -> bytes:
 class MalformedFile(DomainError):
     """The file as a whole cannot be imported; nothing was written."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__("import.malformed", detail=detail)
+    def __init__(self, detail: str, key: str = "import.malformed", **params: object) -> None:
+        """``detail``: an English sentence for logs (and, with the generic key, for the message);
+        ``key`` + ``params``: a message of its own, in the reader's language."""
+        super().__init__(key, **(params if key != "import.malformed" else {"detail": detail}))
         self.detail = detail
 
     def __str__(self) -> str:
@@ -410,12 +414,13 @@ def read_xlsx(data: bytes) -> Iterator[Record | Rejected]:
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:   # zip, XML or openpyxl's own: the workbook is unreadable
-        raise MalformedFile(f"not a readable Excel workbook ({exc.__class__.__name__})") from exc
+        raise MalformedFile(f"not a readable Excel workbook ({exc.__class__.__name__})", "import.xlsx_unreadable",
+                            error=exc.__class__.__name__) from exc
     # The first sheet that holds cells: a chart sheet (or a workbook of charts only) has none.
     sheet = next((ws for ws in book.worksheets if hasattr(ws, "iter_rows")), None)
     if sheet is None:
         raise MalformedFile("the Excel workbook has no sheet with rows (only charts?); put the catalog "
-                            "on an ordinary sheet")
+                            "on an ordinary sheet", "import.xlsx_charts_only")
 
     def rows() -> Iterator[tuple[int, list[object]]]:
         number = 0
@@ -424,7 +429,8 @@ def read_xlsx(data: bytes) -> Iterator[Record | Rejected]:
                 yield number, list(row)
         except Exception as exc:  # read lazily: a sheet cut short fails mid-way
             raise MalformedFile(f"the Excel sheet cannot be read after row {number} ({exc.__class__.__name__}):"
-                                " the file is damaged or was cut short; save it again from Excel") from exc
+                                " the file is damaged or was cut short; save it again from Excel",
+                                "import.xlsx_damaged", row=number) from exc
 
     return _rows_to_records(rows(), "Excel")
 

@@ -414,7 +414,7 @@ async def test_broken_workbooks_and_devices_get_one_clear_message(demo_app, tmp_
     monkeypatch.setattr(importer, "MAX_FILE_BYTES", 100 * 1024, raising=False)
     async with demo_app.db.session() as s:
         before = await s.scalar(select(func.count()).select_from(Title))
-    expected = {cut: "cut short", chart: "only charts", "/dev/zero": "device", big: "at most 0.1 MB"}
+    expected = {cut: "bị cắt ngang", chart: "chỉ có biểu đồ", "/dev/zero": "thiết bị", big: "tối đa 0.1 MB"}
     for path, words in expected.items():
         assert await cli._main(["import", str(path), "--quiet"]) == 2
         err = capsys.readouterr().err
@@ -444,7 +444,7 @@ def test_a_pipe_is_read_only_up_to_the_limit(tmp_path):
     writer.start()
     with pytest.raises(importer.MalformedFile) as info:
         importer.read_limited(fifo, 1 << 20)
-    assert "larger than 1 MB" in str(info.value)
+    assert "larger than 1 MB" in str(info.value) and info.value.key == "import.catalog_input_too_big"
     writer.join(timeout=5)
 
 
