@@ -8,6 +8,8 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from bot.app import App, build_app
 from bot.config import Settings
@@ -303,8 +305,6 @@ async def _cli_outbound(app: App) -> list:
 
 async def cmd_export(app: App, args: argparse.Namespace) -> int:
     """Export a campaign's approved reflections for the ambassador round."""
-    from pathlib import Path
-
     from handlers.i18n import Catalogs
     from services import campaigns, files
 
@@ -354,14 +354,23 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
     from services.spreadsheets import write_csv as safe_rows
 
     await upgrade_async(app.settings.database_url)
-    await _printed_links(app, args.bot, ask_telegram=False)
+    try:
+        if args.out:
+            files.check_writable(args.out)    # before anything is revoked or issued
+        actor = await accounts.operator_actor(app.db, args.library)
+    except DomainError as err:
+        return _say_refusal(app, err)
+    if not await _printed_links(app, args.bot, ask_telegram=False):
+        print("No DOCSACH_PUBLIC_URL or bot username: the slips' QR codes hold the code itself "
+              "(set DOCSACH_PUBLIC_URL so they open the landing page).", file=sys.stderr)
     link = app.deps.printed_link
 
     async def hand_out(issued: list[accounts.IssuedCode]) -> None:
         """Runs inside the issuing transaction: if the slips cannot be written, no code is
         issued and the old unused slips stay valid."""
         if args.out and args.out.lower().endswith(".pdf"):
-            pdf = await slips_pdf(issued, link=link)
+            t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+            pdf = await slips_pdf(issued, link=link, t=t, school=await catalog.library_name(app.db, actor.library_id))
             await asyncio.to_thread(files.write_bytes, args.out, pdf)
         elif args.out:
             body = io.StringIO(newline="")
@@ -376,14 +385,12 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     try:
-        if args.out:
-            files.check_writable(args.out)    # before anything is revoked or issued
-        actor = await accounts.operator_actor(app.db, args.library)
         issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
                                                   key=app.deps.link_code_key, deliver=hand_out)
     except DomainError as err:
         return _say_refusal(app, err)
-    print(f"{len(issued)} codes for class {args.class_name}, valid until {issued[0].expires_at:%Y-%m-%d}"
+    print(f"{len(issued)} codes for class {args.class_name}, valid until "
+          f"{issued[0].expires_at.astimezone(ZoneInfo(app.settings.timezone)):%Y-%m-%d}"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
@@ -443,8 +450,6 @@ async def cmd_expire_holds(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_import(app: App, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from services import importer
 
     await upgrade_async(app.settings.database_url)
@@ -543,8 +548,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     handlers: dict[str, Callable] = {}
 
     p = sub.add_parser("run", help="migrate, load the demo library if empty, and start the bot",
-                       description="Start the bot: Telegram when TELEGRAM_BOT_TOKEN is set, "
-                                   "otherwise a chat in this terminal.")
+                       description="Start every configured channel on one HTTP server: the web chat "
+                                   "(/chat) and QR landing pages (/b/…) always, Telegram when "
+                                   "TELEGRAM_BOT_TOKEN is set. Without a messaging platform it also "
+                                   "chats in this terminal (when there is input to read), and end of "
+                                   "input stops the process.")
     _add_chat_options(p)
     p.add_argument("--webhook", action="store_true", help="Telegram: receive updates by webhook, not polling")
     p.add_argument("--listen", default=None, metavar="HOST:PORT",

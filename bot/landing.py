@@ -34,14 +34,15 @@ class Landing:
         webkit.setup(web_app)
         web_app.router.add_get("/b/{payload}", self.page)
 
-    def _continue(self, t, payload: str) -> list[dict]:
+    def _continue(self, t, payload: str, chosen: str | None) -> list[dict]:
         links = []
         for name in CONTINUE_IN:
             profile = self.app.deps.channels.get(name)
             url = profile.link(payload) if profile is not None else None
             if url:
                 links.append({"label": t(f"landing.continue_{name}"), "url": url, "alt": False})
-        links.append({"label": t("landing.continue_here"), "url": f"/chat?start={payload}", "alt": bool(links)})
+        here = f"/chat?start={payload}" + (f"&lang={chosen}" if chosen else "")
+        links.append({"label": t("landing.continue_here"), "url": here, "alt": bool(links)})
         return links
 
     async def page(self, request: web.Request) -> web.Response:
@@ -54,7 +55,8 @@ class Landing:
             return webkit.render(request, "landing.html", context, status=404)
         kind = match.group(1) or match.group(3)
         number = int(match.group(2)) if match.group(2) else None
-        context["continue"] = self._continue(t, payload)
+        chosen = request.query.get("lang") if request.query.get("lang") in ("vi", "en") else None
+        context["continue"] = self._continue(t, payload, chosen)
         try:
             if kind in ("t", "c"):
                 scanned = None

@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 from handlers.core import LINKED, STAFF, Context, Router
+from handlers.i18n import Translator
 from handlers.messages import Attachment, Incoming, Reply
-from services import accounts, labels
+from services import accounts, catalog, labels
 from services.common import DomainError
 
 
@@ -101,20 +102,24 @@ async def codes(event: Incoming, ctx: Context) -> Reply:
         lines.append(line)
     lines.append(t("account.codes_footer"))
     reply = Reply("\n".join(lines))
-    pdf = await slips_pdf(issued, link=ctx.deps.printed_link)
+    pdf = await slips_pdf(issued, link=ctx.deps.printed_link, t=t,
+                          school=await catalog.library_name(ctx.db, ctx.actor.library_id))
     if pdf is not None:
         reply.attachment = Attachment(filename=f"codes-{class_name}.pdf", data=pdf)
     return reply
 
 
-async def slips_pdf(issued: list[accounts.IssuedCode], *,
-                    link: Callable[[str], str | None]) -> bytes:
-    """Link slips as a PDF sheet."""
+async def slips_pdf(issued: list[accounts.IssuedCode], *, link: Callable[[str], str | None],
+                    t: Translator, school: str | None) -> bytes:
+    """Link slips as a PDF sheet: who it is for, the code, the school, the expiry date (school
+    time) and how to use it; the QR code opens the link (a landing page, a chat) or, with nowhere
+    to open, holds the code itself so a scanner app shows it for typing."""
     sheet = [labels.Label(
-        qr_data=link(item.payload) or item.payload,
-        lines=[item.full_name, f"{item.class_name or ''}  {item.card_number}".strip(), item.code],
+        qr_data=link(item.payload) or item.code,
+        lines=[item.full_name, f"{item.class_name or ''}  {item.card_number}".strip(), item.code,
+               *([school] if school else []), t("slip.expires", date=t.date(item.expires_at, "dd/MM/yyyy")), t("slip.howto")],
     ) for item in issued]
-    return await asyncio.to_thread(labels.render_label_sheet, sheet)
+    return await asyncio.to_thread(labels.render_label_sheet, sheet, columns=2, rows=8)
 
 
 def register(router: Router) -> None:

@@ -66,7 +66,7 @@ class Deps:
         if self.public_url:
             return f"{self.public_url.rstrip('/')}/b/{payload}"
         for profile in self.channels.values():
-            if profile.link_base:
+            if profile.link_base and profile.printable:
                 return profile.link(payload)
         return None
 

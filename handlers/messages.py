@@ -97,6 +97,9 @@ class ChannelProfile:
     documents: bool = False
     link_base: str | None = None
     home: str | None = None
+    # Whether its links work on any phone (and so may be printed in QR codes): not a web chat
+    # reached only at the server's local address.
+    printable: bool = True
 
     def link(self, payload: str) -> str | None:
         """A URL that opens ``payload`` on this platform, or None where it has none."""

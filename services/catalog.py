@@ -67,6 +67,14 @@ async def library_id(db: Database, code: str) -> int | None:
         return await s.scalar(select(Library.id).where(Library.code == code))
 
 
+async def library_name(db: Database, library_id: int | None) -> str | None:
+    """A library's name (printed on slips), or None."""
+    if library_id is None:
+        return None
+    async with db.session() as s:
+        return await s.scalar(select(Library.name).where(Library.id == library_id))
+
+
 async def get_title_card(db: Database, title_id: int, library_id: int | None = None) -> TitleCard:
     """A title with its copies (in ``library_id``, or in every library when None) and its hold queue."""
     async with db.session() as s:

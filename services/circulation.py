@@ -17,7 +17,7 @@ Loans
 - ``patron_history(db, actor, patron_ref=None)`` (own, or staff), ``copy_history(db, actor, copy_ref)`` (staff)
 - ``find_copy(db, actor, copy_ref) -> CopyView`` (staff), ``title_availability(db, actor, title_id)``
 
-``copy_ref``: an int id, a barcode, ``c<id>`` (the copy QR payload) or a t.me link carrying it.
+``copy_ref``: an int id, a barcode, ``c<id>`` (the copy QR payload) or a scanned link carrying it.
 ``patron_ref``: an int id or a card number.
 
 Events recorded for the reminders feature (``services.outbox``, same transaction):
@@ -226,11 +226,12 @@ async def run_tx(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> 
 
 # -- lookups ---------------------------------------------------------------------------------------
 
-_COPY_QR = re.compile(r"(?:start=|^/start\s+|^)c(\d{1,12})$", re.IGNORECASE)
+_COPY_QR = re.compile(r"(?:start=|^/start\s+|/b/|^)c(\d{1,12})$", re.IGNORECASE)
 
 
 def parse_copy_ref(ref: int | str) -> tuple[int | None, str | None]:
-    """(copy id, barcode): ``12`` (int), ``"c12"``, ``"https://t.me/bot?start=c12"`` or a barcode."""
+    """(copy id, barcode): ``12`` (int), ``"c12"``, a scanned QR link carrying it
+    (``https://t.me/bot?start=c12``, ``https://…/b/c12``) or a barcode."""
     if isinstance(ref, int):
         return ref, None
     text = " ".join(str(ref).split())[:200]

@@ -60,6 +60,11 @@ async def test_printed_links_prefer_the_public_url_then_a_channel(app: App):
     app.deps.public_url = "https://thuvien.example.vn/"
     assert app.deps.printed_link("k2K7QWXYZ") == "https://thuvien.example.vn/b/k2K7QWXYZ"
     assert app.deps.profile("nowhere").max_payload == 64      # an unknown channel gets the plain profile
+    from bot.channels import web
+
+    app.deps.public_url = None
+    app.deps.channels = {"web": web.profile("http://127.0.0.1:8080")}   # only the local address: never printed
+    assert app.deps.printed_link("t12") is None
 
 
 async def test_handlers_read_the_input_limit_from_the_channel(demo_app: App):

@@ -319,7 +319,8 @@ async def test_link_codes_to_a_bad_output_issue_nothing_and_keep_the_old_slips(l
     async with libs.db.session() as s:
         before = await s.scalar(select(func.count()).select_from(LinkCode))
     out = _bad(tmp_path, which).replace(".x", ".csv")
-    assert await cli._main(["link-codes", "--class", student.class_name, "--library", "demo", "--out", out]) == 2
+    assert await cli._main(["link-codes", "--class", student.class_name, "--library", "demo", "--out", out,
+                            "--bot", "docsach_bot"]) == 2
     _one_sentence(capsys.readouterr().err)
     async with libs.db.session() as s:
         assert await s.scalar(select(func.count()).select_from(LinkCode)) == before   # nothing issued

@@ -376,3 +376,89 @@ async def test_unlink_ends_the_session_and_hides_the_history(site, browser: Brow
     assert await webchat.linked_patron(app.db, chat_key) is None
     history = await webchat.history(app.db, chat_key, None)
     assert all(m.body.get("text", "").find("Trần") < 0 for m in history)   # nothing about the patron is shown
+
+
+async def test_staff_unlink_ends_the_web_session(site, browser: Browser):
+    app = site[0]
+    await browser.open()
+    await browser.connect()
+    await browser.ws.send_json({"type": "text", "text": await code_for(app, "HS003"), "ref": "l"})
+    rotate = await browser.until(lambda f: f["type"] == "rotate")
+    swapped = await browser.client.post("/chat/rotate", json={"ticket": rotate["ticket"]},
+                                        headers={"Origin": browser.origin, "X-CSRF-Token": browser.csrf})
+    assert swapped.status == 200
+    await browser.connect()
+    holds = await browser.say("/holds")
+    assert holds["text"]
+    await browser.ws.close()
+    from services.patrons import link_trusted, resolve_actor
+
+    librarian = await link_trusted(app.db, await resolve_actor(app.db, "test", "TT001", "TT001"), "demo", "TT001")
+    assert await accounts.unlink(app.db, librarian, card="HS003", clock=app.deps.clock) == 1
+    browser.ws = await browser.client.ws_connect("/chat/ws", headers={"Origin": browser.origin})
+    await browser.ws.send_json({"type": "hello", "after": 0})
+    assert (await browser.until(lambda f: f["type"] == "reset"))["type"] == "reset"
+    again = await browser.client.get("/chat")       # a fresh, anonymous conversation
+    assert again.status == 200 and "docsach_chat=" in again.headers.get("Set-Cookie", "")
+
+
+async def test_a_librarian_downloads_the_slips_pdf(site, browser: Browser):
+    app = site[0]
+    await browser.open()
+    await browser.connect()
+    await browser.ws.send_json({"type": "text", "text": await code_for(app, "TT001"), "ref": "l"})
+    rotate = await browser.until(lambda f: f["type"] == "rotate")
+    swapped = await browser.client.post("/chat/rotate", json={"ticket": rotate["ticket"]},
+                                        headers={"Origin": browser.origin, "X-CSRF-Token": browser.csrf})
+    assert swapped.status == 200
+    await browser.connect()
+    reply = await browser.say("/codes 10A1")
+    assert reply.get("file") and reply["file"]["name"].endswith(".pdf")
+    pdf = await browser.client.get(reply["file"]["url"])
+    assert pdf.status == 200 and (await pdf.read()).startswith(b"%PDF")
+    assert "attachment" in pdf.headers["Content-Disposition"]
+    other = await second_browser(site)
+    try:
+        await other.open()
+        assert (await other.client.get(reply["file"]["url"])).status == 404
+    finally:
+        await other.close()
+
+
+async def test_landing_offers_the_configured_messaging_apps(site, browser: Browser):
+    from bot.channels import telegram
+
+    app = site[0]
+    html = await (await browser.client.get("/b/l1")).text()
+    assert "t.me" not in html and 'href="/chat?start=l1"' in html          # only "here" without Telegram
+    app.deps.channels["telegram"] = telegram.profile("docsach_bot")
+    response = await browser.client.get("/b/t1?lang=en")
+    html = await response.text()
+    assert 'href="https://t.me/docsach_bot?start=t1"' in html and "Open in Telegram" in html
+    assert 'href="/chat?start=t1&amp;lang=en"' in html
+    link = await (await browser.client.get("/b/kABCD2345")).text()
+    assert "Phiếu liên kết" in link or "link slip" in link
+
+
+async def test_link_code_slips_name_the_school_expiry_and_how_to(site):
+    import pypdfium2
+    import zxingcpp
+
+    from handlers.account import slips_pdf
+    from services import catalog
+
+    app = site[0]
+    app.deps.public_url = "https://thuvien.example.vn"
+    operator = await accounts.operator_actor(app.db, "demo")
+    issued = await accounts.issue_link_codes(app.db, operator, class_name="10A1", clock=app.deps.clock,
+                                             key=app.deps.link_code_key)
+    t = app.deps.catalogs.translator("vi", app.deps.timezone)
+    pdf = await slips_pdf(issued, link=app.deps.printed_link, t=t,
+                          school=await catalog.library_name(app.db, operator.library_id))
+    [page] = list(pypdfium2.PdfDocument(pdf))
+    text = page.get_textpage().get_text_range()
+    expiry = t.date(issued[0].expires_at, "dd/MM/yyyy")
+    assert "Trường THPT Demo Lào Cai" in text and f"Hết hạn: {expiry}" in text and "Quét mã QR" in text
+    codes = {r.text for r in zxingcpp.read_barcodes(page.render(scale=3).to_pil(),
+                                                    formats=zxingcpp.BarcodeFormat.QRCode)}
+    assert codes == {f"https://thuvien.example.vn/b/{i.payload}" for i in issued}

@@ -28,7 +28,10 @@ def write(domain: str, messages: dict[str, tuple[str, str]]) -> None:
                               copyright_holder="docsach contributors", fuzzy=False)
         catalog.fuzzy = False
         for key, texts in messages.items():
-            catalog.add(key, texts[index])
+            if key in catalog:
+                catalog[key].string = texts[index]   # Catalog.add keeps the old translation
+            else:
+                catalog.add(key, texts[index])
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:
             write_po(fh, catalog, width=0, omit_header=False, sort_output=True)

@@ -57,11 +57,12 @@ UPLOADS_PER_SESSION = (6, 60.0)
 POLL_SECONDS = 1.0
 
 
-def profile(base_url: str) -> ChannelProfile:
+def profile(base_url: str, *, public: bool = False) -> ChannelProfile:
+    """``public``: the base is DOCSACH_PUBLIC_URL (reachable from phones), not the listen address."""
     base = base_url.rstrip("/")
     return ChannelProfile(name=CHANNEL, max_text=6000, max_input=MAX_TEXT, max_payload=64, buttons=True,
                           edits=False, toasts=False, photos=True, documents=True,
-                          link_base=f"{base}/chat?start={{payload}}", home=f"{base}/chat")
+                          link_base=f"{base}/chat?start={{payload}}", home=f"{base}/chat", printable=public)
 
 
 # -- replies as stored message bodies ------------------------------------------------------------
@@ -151,6 +152,7 @@ class Hub:
                     await conn.ws.close()
 
     def add(self, conn: Connection) -> None:
+        self.cursor = max(self.cursor, conn.floor, max(conn.sent, default=0))
         self.connections.setdefault(conn.chat_key, set()).add(conn)
 
     def remove(self, conn: Connection) -> None:
@@ -179,15 +181,18 @@ class Hub:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def deliver_new(self) -> None:
+        """Bring what was stored since the last look to the open pages. Nothing to do (and no
+        query) while no page is open: a page that connects gets its history in ``hello``."""
         keys = list(self.connections)
-        # A window behind the cursor: on PostgreSQL a lower id may commit after a higher one.
-        rows = await webchat.new_since(self.db, keys, max(0, self.cursor - 200)) if keys else []
+        if not keys:
+            return
+        # A window behind the cursor: on PostgreSQL a lower id may commit after a higher one;
+        # each connection skips what it already has (``Connection.floor`` / ``sent``).
+        rows = await webchat.new_since(self.db, keys, max(0, self.cursor - 200))
         for chat_key, patron_id, message in rows:
             self.cursor = max(self.cursor, message.id)
             for conn in list(self.connections.get(chat_key, ())):
                 await conn.push(message, patron_id)
-        if not keys:
-            self.cursor = max(self.cursor, await webchat.last_id(self.db))
 
 
 class WebChannel:
@@ -248,8 +253,9 @@ class WebChatAdapter:
         web_app.router.add_get("/chat/file/{id}", self.file)
 
     async def start(self) -> None:
-        base = self.app.settings.public_url or self.base_url or self.app.deps.extras.get("server_url") or ""
-        self.app.deps.channels[CHANNEL] = profile(base)
+        public = self.app.settings.public_url
+        base = public or self.base_url or self.app.deps.extras.get("server_url") or ""
+        self.app.deps.channels[CHANNEL] = profile(base, public=bool(public))
         self.app.deps.outbound[CHANNEL] = self.channel
         await self.hub.start()
 
@@ -282,10 +288,10 @@ class WebChatAdapter:
         t = self.app.deps.catalogs.translator(lang, self.app.deps.timezone)
         start = request.query.get("start", "")
         first: list[str] = []
+        if request.query.get("lang") in ("vi", "en"):     # a choice: the chat follows it
+            first.append(f"/language {request.query['lang']}")
         if start and len(start) <= 64 and start.replace("_", "").replace("-", "").isalnum():
             first.append(f"/start {start}")
-        if request.query.get("lang") in ("vi", "en"):
-            first.append(f"/language {request.query['lang']}")
         response = webkit.render(request, "chat.html", {
             "t": t, "lang": lang, "csrf": webkit.csrf_token(self.secret, session.id),
             "first": json.dumps(first), "other_lang": "en" if lang == "vi" else "vi",

@@ -17,7 +17,7 @@
   var shown = {};          // message id -> element
   var lastId = 0;
   var queue = [];          // {ref, frame, el} not yet acknowledged
-  var ws = null, ready = false, delay = 1000, timer = null;
+  var ws = null, ready = false, delay = 1000, timer = null, greeted = false;
 
   function ref() {
     var a = new Uint8Array(12);
@@ -166,6 +166,8 @@
       else if (m.type === "ready") {
         ready = true; setStatus("");
         queue.forEach(function (q) { q.sent = false; });
+        if (!lastId && !first.length && !greeted) first.push("/start");   // a first visit: say hello
+        greeted = true;
         while (first.length) { var c = first.shift(); enqueue({ type: "text", text: c }, c); }
         if (history.replaceState && location.search) history.replaceState(null, "", location.pathname);
         flush();
