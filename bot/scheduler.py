@@ -406,7 +406,7 @@ class Sweeper:
 # -- the scheduler ----------------------------------------------------------------------------------
 
 def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in: float = 20,
-                    sweeper: Sweeper | None = None, recover_every: float = 15):
+                    sweeper: Sweeper | None = None, recover_every: float = 10):
     """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep, a check
     every ``recover_every`` seconds for claims of sweepers that died (sent at once, so a crash
     delays notices by under a minute), and the holds-expiry sweep. One sweep at a time per process."""

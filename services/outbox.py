@@ -63,7 +63,7 @@ from services.patrons import Actor, require_staff
 
 LEASE = timedelta(minutes=10)     # a claim older than this is taken back even from a live sweeper
 HEARTBEAT_EVERY = timedelta(seconds=10)
-HEARTBEAT_TIMEOUT = timedelta(seconds=40)   # no heartbeat for this long: the sweeper is dead
+HEARTBEAT_TIMEOUT = timedelta(seconds=30)   # three missed beats: the sweeper is dead
 MAX_ATTEMPTS = 5                  # DeliveryFailed this often → failed for good
 
 
