@@ -128,3 +128,15 @@ def test_subjects_of_notice_keys():
         == "loan=12"
     assert outbox.subject("pickup_tomorrow:hold=5:2026-12-03") == outbox.subject("hold_ready:5") == "hold=5"
     assert outbox.subject("reflection:3:approve:2026") is None and outbox.subject("badge:1:x") is None
+
+
+async def test_the_scheduler_checks_for_dead_sweepers_every_few_seconds(rapp: App):
+    from bot.scheduler import start_scheduler
+
+    scheduler = start_scheduler(rapp.router, first_run_in=3600)
+    try:
+        job = scheduler.get_job("recover")
+        assert job is not None and job.trigger.interval.total_seconds() <= 15
+        assert (outbox.HEARTBEAT_TIMEOUT + job.trigger.interval).total_seconds() < 60   # "within a minute"
+    finally:
+        scheduler.shutdown(wait=False)
