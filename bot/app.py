@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import account, circulation, inline, reflections, reminders, search, start
+from handlers import account, circulation, desk, inline, reflections, reminders, search, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
 from services import accounts
@@ -23,7 +23,7 @@ from services.search import CatalogSearch
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, search, account, circulation, reflections, reminders, inline]
+FEATURES = [start, search, account, circulation, reflections, reminders, desk, inline]
 
 
 @dataclass

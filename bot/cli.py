@@ -240,6 +240,25 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_staff_login(app: App, args: argparse.Namespace) -> int:
+    """A one-time desk sign-in link for a staff member, printed on the server (e.g. the first
+    librarian of a school, before anyone has linked a chat)."""
+    from services import desk_auth
+
+    await upgrade_async(app.settings.database_url)
+    t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+    try:
+        token, name = await desk_auth.operator_link(app.db, args.library, args.card, clock=app.deps.clock)
+    except DomainError as refusal:
+        print(t(refusal.key, **refusal.params), file=sys.stderr)
+        return 2
+    base = (args.url or app.settings.public_url or f"http://{args.listen or app.settings.listen}").rstrip("/")
+    minutes = int(desk_auth.LINK_TTL.total_seconds() // 60)
+    print(t("desk.staff_login", name=name, minutes=minutes))
+    print(f"{base}/desk/signin?token={token}")
+    return 0
+
+
 async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     from bot.scheduler import Sweeper
     from services import outbox
@@ -561,6 +580,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--url", default=None, help="webhook: the public https URL Telegram should call "
                                                "(its path is served on --listen)")
     handlers["run"] = cmd_run
+
+    p = sub.add_parser("staff-login", help="print a one-time sign-in link to the librarian's desk",
+                       description="A one-time link (valid 10 minutes) that signs a teacher, librarian or "
+                                   "admin in to the web desk. Staff can also send /web in their chat.")
+    p.add_argument("card", help="the staff member's card number")
+    p.add_argument("--library", default=None, help="library code (default: DOCSACH_DEFAULT_LIBRARY)")
+    p.add_argument("--url", default=None, help="base URL of the desk (default: DOCSACH_PUBLIC_URL, else --listen)")
+    p.add_argument("--listen", default=None, help="the server's HOST:PORT when no URL is set "
+                                                    "(default: DOCSACH_LISTEN)")
+    handlers["staff-login"] = cmd_staff_login
 
     p = sub.add_parser("chat", help="chat with the bot in this terminal",
                        description="A chat in the terminal on the same handlers as Telegram. Buttons appear "

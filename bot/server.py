@@ -64,8 +64,14 @@ def landing_part(app: App) -> HttpPart | None:
     return landing.part(app)
 
 
+def desk_part(app: App) -> HttpPart | None:
+    from bot.desk import desk_part as part  # Jinja2 and the templates load only when serving
+
+    return part(app)
+
+
 # Every HTTP part besides the channels' own routes, in mounting order.
-HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, landing_part]
+HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, landing_part, desk_part]
 
 
 @web.middleware

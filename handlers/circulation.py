@@ -23,6 +23,7 @@ COPY_STATUS = {
     "available": N_("copy.status_available"), "on_loan": N_("copy.status_on_loan"),
     "on_hold_shelf": N_("copy.status_on_hold_shelf"), "in_repair": N_("copy.status_in_repair"),
     "lost": N_("copy.status_lost"), "withdrawn": N_("copy.status_withdrawn"),
+    "damaged": N_("copy.status_damaged"),
 }
 
 

@@ -123,6 +123,14 @@ async def render_hold_expired(ctx: Context, payload: dict[str, Any]) -> Reply:
     return Reply(ctx.t("reminders.hold_expired", title=_title(payload)), buttons=[_stop(ctx, "hold_expired")])
 
 
+async def render_hold_cancelled(ctx: Context, payload: dict[str, Any]) -> Reply:
+    """The librarian cancelled the reader's hold (``services.circulation.staff_cancel_hold``)."""
+    reason = " ".join(str(payload.get("reason") or "").split())
+    if reason:
+        return Reply(ctx.t("reminders.hold_cancelled_reason", title=_title(payload), reason=short(reason, 300)))
+    return Reply(ctx.t("reminders.hold_cancelled", title=_title(payload)))
+
+
 async def render_digest(ctx: Context, payload: dict[str, Any]) -> Reply:
     """Several notices for one person in one sweep: one message listing the books."""
     t = ctx.t
@@ -215,6 +223,7 @@ def register(router: Router) -> None:
     router.notice("pickup_tomorrow", render_pickup_tomorrow)
     router.notice("hold_ready", render_hold_ready)
     router.notice("hold_expired", render_hold_expired)
+    router.notice("hold_cancelled", render_hold_cancelled)
     router.notice("digest", render_digest)
     router.notice("class_overdue", render_class_overdue)
     router.command("reminders", show_settings, help_key="reminders.cmd_reminders",

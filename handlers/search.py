@@ -29,6 +29,7 @@ STATUS_KEYS = {
     CopyStatus.ON_LOAN: N_("search.status_on_loan"),
     CopyStatus.ON_HOLD_SHELF: N_("search.status_on_hold_shelf"),
     CopyStatus.IN_REPAIR: N_("search.status_in_repair"),
+    CopyStatus.DAMAGED: N_("search.status_damaged"),
     CopyStatus.LOST: N_("search.status_lost"),
     CopyStatus.WITHDRAWN: N_("search.status_withdrawn"),
 }

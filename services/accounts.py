@@ -211,6 +211,17 @@ async def _take(s: AsyncSession, key: str, window: int, limit: int, now: datetim
     return (await s.execute(stmt)).scalar_one_or_none(), left
 
 
+async def _hit(s: AsyncSession, key: str, window: int, now: datetime) -> tuple[int, int]:
+    """Count one attempt against ``key`` in the current fixed window: (count so far, seconds left).
+    (Unconditional; the desk's sign-in uses it. Link codes use :func:`_take`.)"""
+    start, left = _window(now, window)
+    insert = insert_for(s)
+    stmt = insert(RateCounter).values(key=key, window_start=start, count=1)
+    stmt = stmt.on_conflict_do_update(index_elements=["key", "window_start"],
+                                      set_={"count": RateCounter.count + 1}).returning(RateCounter.count)
+    return (await s.execute(stmt)).scalar_one(), left
+
+
 def _wait(left: int) -> DomainError:
     return DomainError("account.too_many_attempts", minutes=max(1, -(-left // 60)))
 
@@ -532,10 +543,15 @@ def decode_patron_file(raw: bytes, encoding: str | None = None) -> tuple[str, st
     return unicodedata.normalize("NFC", text), "cp1258"
 
 
-async def import_patrons(db: Database, path: str | Path, library_code: str,
-                         encoding: str | None = None) -> ImportReport:
+async def import_patrons(db: Database, path: str | Path, library_code: str, *,
+                         actor: Actor | None = None, encoding: str | None = None) -> ImportReport:
     """Create or update the library's patrons from a CSV file; rows that do not make sense are reported.
+    ``actor``: a staff member of that library (the desk); None: the operator's CLI on the server.
     The file's encoding is detected or refused, never guessed (see :func:`decode_patron_file`)."""
+    if actor is not None:
+        require_staff(actor)
+        if actor.library_code != library_code:
+            raise PermissionDenied()
     raw = await asyncio.to_thread(_read_small, Path(path), MAX_IMPORT_BYTES)
     data, used = decode_patron_file(raw, encoding)
     _, rows, broken = _read_rows(data)
@@ -596,7 +612,8 @@ async def import_patrons(db: Database, path: str | Path, library_code: str,
                 report.updated += 1
             else:
                 report.unchanged += 1
-        audit.record(s, "patrons.import", "library", library.id, library_id=library.id, channel="cli",
+        audit.record(s, "patrons.import", "library", library.id, library_id=library.id,
+                     channel=actor.channel if actor else "cli", actor_patron_id=actor.patron_id if actor else None,
                      created=report.created, updated=report.updated, unchanged=report.unchanged,
                      rejected=len(report.rejected))
     report.rejected.sort(key=lambda row: row.line)

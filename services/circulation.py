@@ -17,6 +17,15 @@ Loans
 - ``patron_history(db, actor, patron_ref=None)`` (own, or staff), ``copy_history(db, actor, copy_ref)`` (staff)
 - ``find_copy(db, actor, copy_ref) -> CopyView`` (staff), ``title_availability(db, actor, title_id)``
 
+Staff work (the chat commands and the web desk call these; staff of the copy's/reader's library only)
+- ``set_copy_status(db, actor, copy_ref, status, *, clock, note=None) -> CopyStatusResult``  (lost, damaged,
+  in_repair, withdrawn, or back to available; a lent copy can only be declared lost, which closes its loan)
+- ``reader_holds(db, actor, patron_ref)``, ``staff_cancel_hold(db, actor, hold_id, *, clock, reason=None)``
+  (the reader gets a ``hold_cancelled`` notice)
+- ``overdue_list(db, actor, *, clock, class_name=None) -> OverdueList``  (by class, days overdue; a teacher
+  sees their own class)
+- ``give_to_queue(session, actor, library_id, title_id, *, clock)``  (new copies go to waiting readers first)
+
 ``copy_ref``: an int id, a barcode, ``c<id>`` (the copy QR payload) or a scanned link carrying it.
 ``patron_ref``: an int id or a card number.
 
@@ -24,6 +33,8 @@ Events recorded for the reminders feature (``services.outbox``, same transaction
 - ``kind="hold_ready"``, ``key=f"hold_ready:{hold_id}"``, payload ``{hold_id, title_id, title, copy_id,
   barcode, pickup_deadline (ISO date), library_id, location}``
 - ``kind="hold_expired"``, ``key=f"hold_expired:{hold_id}"``, payload ``{hold_id, title_id, title, library_id}``
+- ``kind="hold_cancelled"``, ``key=f"hold_cancelled:{hold_id}"``, payload ``{hold_id, title_id, title, library_id,
+  reason}`` (staff cancelled it)
 Due and pickup reminders are planned by the reminders feature from ``loans`` and ``holds`` itself.
 
 How concurrency is handled (no in-process locks): each change runs in one transaction that first
@@ -51,9 +62,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import audit, outbox
-from services.common import Clock, DomainError, NotFound, aware
+from services.common import Clock, DomainError, NotFound, PermissionDenied, aware
 from services.db import Database
-from services.models import Copy, CopyStatus, Hold, HoldStatus, Library, Loan, Location, Patron, Title
+from services.models import Copy, CopyStatus, Hold, HoldStatus, Library, Loan, Location, Patron, Role, Title
 from services.patrons import Actor, require_linked, require_staff
 from services.rules import Rules, SchoolCalendar, load_calendar, rules_for
 
@@ -798,3 +809,268 @@ async def title_availability(db: Database, actor: Actor, title_id: int) -> Avail
             my_position=await _position(s, hold) if hold else None,
             my_loan=my_loan,
         )
+
+
+# -- staff work: a copy's condition, holds on a reader's behalf, the overdue list -------------------
+
+# What staff may set by hand. Lending states (on loan, on the hold shelf) only change through
+# check-out, check-in and holds, so the queue and the loans always agree with the copy.
+STAFF_STATUSES = (CopyStatus.AVAILABLE, CopyStatus.IN_REPAIR, CopyStatus.DAMAGED, CopyStatus.LOST,
+                  CopyStatus.WITHDRAWN)
+
+
+@dataclass(frozen=True)
+class CopyStatusResult:
+    copy_id: int
+    barcode: str
+    title_id: int
+    title: str
+    previous: CopyStatus
+    status: CopyStatus
+    changed: bool
+    # Marked lost while on loan: that loan is closed (the reader no longer has it on their card).
+    closed_loan_id: int | None = None
+    loan_patron_name: str | None = None
+    loan_card_number: str | None = None
+    # It was set aside for a hold: that reader is back at the head of the queue (or got another copy).
+    requeued_hold_id: int | None = None
+    # Back on the shelf and someone was waiting: now set aside for them.
+    held_for_hold_id: int | None = None
+    held_for_name: str | None = None
+    held_for_card: str | None = None
+    pickup_deadline: date | None = None
+
+
+async def set_copy_status(db: Database, actor: Actor, copy_ref: int | str, status: CopyStatus | str, *,
+                          clock: Clock, note: str | None = None) -> CopyStatusResult:
+    """Mark a copy of the staff member's library lost, damaged, in repair or withdrawn, or put it
+    back on the shelf (``available``). Staff only.
+
+    A copy on loan may only be marked lost (the loan is closed and the audit log keeps who had it);
+    for the other states it must be checked in first. A copy set aside for a hold gives the hold
+    back to the head of the queue, which takes another copy on the shelf if there is one. A copy
+    coming back goes to the first reader waiting for the title, as a returned copy does.
+    """
+    require_staff(actor)
+    try:
+        target = CopyStatus(status)
+    except ValueError:
+        raise DomainError("circulation.status_unknown", status=str(status)[:24]) from None
+    if target not in STAFF_STATUSES:
+        raise DomainError("circulation.status_not_settable", status=target.value)
+    note = " ".join((note or "").split())[:300] or None
+
+    async def work(s: AsyncSession) -> CopyStatusResult:
+        copy = await _find_copy(s, actor.library_id, copy_ref)
+        sc = await _scope(s, copy.library_id, clock)
+        await _lock_title(s, copy.library_id, copy.title_id)
+        await s.refresh(copy)
+        title = await _title(s, copy.title_id)
+        previous = copy.status
+        if previous == target:
+            return CopyStatusResult(copy.id, copy.barcode, copy.title_id, title.title, previous, target, False)
+        closed_loan = requeued = None
+        loan_patron: Patron | None = None
+        if previous == CopyStatus.ON_LOAN:
+            if target != CopyStatus.LOST:
+                raise DomainError("circulation.status_on_loan", title=title.title, barcode=copy.barcode)
+            row = (await s.execute(
+                select(Loan, Patron).join(Patron, Patron.id == Loan.patron_id)
+                .where(Loan.copy_id == copy.id, Loan.returned_at.is_(None))
+                .execution_options(populate_existing=True))).first()
+            if row is not None:
+                loan, loan_patron = row
+                result = await s.execute(
+                    update(Loan).where(Loan.id == loan.id, Loan.returned_at.is_(None))
+                    .values(returned_at=sc.now, returned_by=actor.patron_id)
+                    .execution_options(synchronize_session=False))
+                if result.rowcount != 1:
+                    raise _Conflict()
+                closed_loan = loan.id
+                audit.record(s, "loan.lost", "loan", loan.id, actor_patron_id=actor.patron_id,
+                             library_id=copy.library_id, channel=actor.channel, copy_id=copy.id,
+                             patron_id=loan_patron.id, due_date=loan.due_date.isoformat(), note=note)
+        elif previous == CopyStatus.ON_HOLD_SHELF and target != CopyStatus.AVAILABLE:
+            hold = (await s.execute(select(Hold).where(
+                Hold.copy_id == copy.id, Hold.status == HoldStatus.READY))).scalar_one_or_none()
+            if hold is not None:
+                # Back to waiting, keeping its place (queued_at) at the head of the queue.
+                await _cas_hold(s, hold, HoldStatus.READY, status=HoldStatus.WAITING, copy_id=None,
+                                ready_at=None, pickup_deadline=None)
+                requeued = hold.id
+                audit.record(s, "hold.requeue", "hold", hold.id, actor_patron_id=actor.patron_id,
+                             library_id=copy.library_id, channel=actor.channel, copy_id=copy.id,
+                             reason=target.value)
+        ready: list[Hold] = []
+        if target == CopyStatus.AVAILABLE:
+            if previous == CopyStatus.ON_HOLD_SHELF:
+                # Putting a set-aside copy "back" would steal it from the reader it waits for.
+                raise DomainError("circulation.status_on_hold_shelf", title=title.title, barcode=copy.barcode)
+            ready = await _release(s, sc, copy, actor=actor)
+        else:
+            await _cas_copy(s, copy, target)
+        if requeued is not None:
+            ready += await _allocate(s, sc, copy.title_id, actor=actor)
+        audit.record(s, "copy.status", "copy", copy.id, actor_patron_id=actor.patron_id,
+                     library_id=copy.library_id, channel=actor.channel, previous=previous.value,
+                     status=target.value, note=note)
+        mine = next((h for h in ready if h.copy_id == copy.id), None)
+        holder = await s.get(Patron, mine.patron_id) if mine is not None else None
+        return CopyStatusResult(
+            copy.id, copy.barcode, copy.title_id, title.title, previous, target, True,
+            closed_loan_id=closed_loan,
+            loan_patron_name=loan_patron.full_name if loan_patron else None,
+            loan_card_number=loan_patron.card_number if loan_patron else None,
+            requeued_hold_id=requeued,
+            held_for_hold_id=mine.id if mine else None,
+            held_for_name=holder.full_name if holder else None,
+            held_for_card=holder.card_number if holder else None,
+            pickup_deadline=mine.pickup_deadline if mine else None,
+        )
+
+    return await run_tx(db, work)
+
+
+async def give_to_queue(s: AsyncSession, actor: Actor, library_id: int, title_id: int, *,
+                        clock: Clock) -> dict[int, Patron]:
+    """Inside the caller's transaction: copies just put on the shelf (e.g. a librarian added them)
+    go to the readers waiting for the title first. Returns {copy id: the reader it is set aside for}."""
+    sc = await _scope(s, library_id, clock)
+    await _lock_title(s, library_id, title_id)
+    ready = await _allocate(s, sc, title_id, actor=actor)
+    return {h.copy_id: await s.get(Patron, h.patron_id) for h in ready if h.copy_id is not None}
+
+
+@dataclass(frozen=True)
+class ReaderHolds:
+    patron_id: int
+    full_name: str
+    card_number: str
+    class_name: str | None
+    holds: list[HoldView]
+
+
+async def reader_holds(db: Database, actor: Actor, patron_ref: int | str) -> ReaderHolds:
+    """A reader's active holds, for staff of the reader's library (to cancel one on their behalf)."""
+    require_staff(actor)
+    async with db.session() as s:
+        patron = await _find_patron(s, actor.library_id, patron_ref)
+        rows = (await s.execute(
+            select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
+            .outerjoin(Copy, Copy.id == Hold.copy_id)
+            .where(Hold.patron_id == patron.id, Hold.status.in_(ACTIVE_HOLD))
+            .order_by(Hold.queued_at, Hold.id)
+        )).all()
+        holds = [HoldView(h.id, h.title_id, title, h.status, await _position(s, h), aware(h.queued_at),
+                          h.pickup_deadline, barcode) for h, title, barcode in rows]
+        return ReaderHolds(patron.id, patron.full_name, patron.card_number, patron.class_name, holds)
+
+
+async def staff_cancel_hold(db: Database, actor: Actor, hold_id: int, *, clock: Clock,
+                            reason: str | None = None) -> CancelResult:
+    """Cancel a reader's hold on their behalf (staff of that library). The reader is told, with
+    the reason when one is given; a set-aside copy passes to the next reader."""
+    require_staff(actor)
+    reason = " ".join((reason or "").split())[:300] or None
+
+    async def work(s: AsyncSession) -> CancelResult:
+        hold = await s.get(Hold, hold_id)
+        if hold is None or hold.library_id != actor.library_id:
+            raise NotFound("circulation.hold_not_found")
+        sc = await _scope(s, hold.library_id, clock)
+        await _lock_title(s, hold.library_id, hold.title_id)
+        await s.refresh(hold)
+        title = await _title(s, hold.title_id)
+        if hold.status not in ACTIVE_HOLD:
+            raise DomainError("circulation.hold_not_active", title=title.title)
+        was_ready = hold.status == HoldStatus.READY
+        copy_id = hold.copy_id
+        await _cas_hold(s, hold, hold.status, status=HoldStatus.CANCELLED, closed_at=sc.now)
+        audit.record(s, "hold.cancel", "hold", hold.id, actor_patron_id=actor.patron_id,
+                     library_id=hold.library_id, channel=actor.channel, was_ready=was_ready,
+                     patron_id=hold.patron_id, by_staff=True, reason=reason)
+        if hold.patron_id != actor.patron_id:
+            await outbox.enqueue(
+                s, patron_id=hold.patron_id, kind="hold_cancelled", key=f"hold_cancelled:{hold.id}",
+                send_after=sc.now, payload={"hold_id": hold.id, "title_id": hold.title_id, "title": title.title,
+                                            "library_id": hold.library_id, "reason": reason})
+        if was_ready and copy_id:
+            copy = await s.get(Copy, copy_id)
+            if copy is not None and copy.status == CopyStatus.ON_HOLD_SHELF:
+                await _release(s, sc, copy, actor=actor)
+        return CancelResult(hold.id, title.title, was_ready)
+
+    return await run_tx(db, work)
+
+
+@dataclass(frozen=True)
+class OverdueLine:
+    loan_id: int
+    patron_id: int
+    full_name: str
+    card_number: str
+    class_name: str | None
+    role: str
+    title_id: int
+    title: str
+    barcode: str
+    due_date: date
+    days_overdue: int
+
+
+@dataclass(frozen=True)
+class OverdueList:
+    """Open loans past their due date on ``today`` (school time), by class, most overdue first;
+    teachers' and staff's own loans last, with no class (``class_name`` None)."""
+
+    today: date
+    class_name: str | None
+    lines: list[OverdueLine]
+
+    def by_class(self) -> list[tuple[str | None, list[OverdueLine]]]:
+        groups: dict[str | None, list[OverdueLine]] = {}
+        for line in self.lines:
+            groups.setdefault(line.class_name, []).append(line)
+        return list(groups.items())
+
+
+def _class_key(name: str | None) -> str:
+    return " ".join((name or "").split()).upper()
+
+
+async def overdue_list(db: Database, actor: Actor, *, clock: Clock, class_name: str | None = None,
+                       limit: int = 2000) -> OverdueList:
+    """Today's overdue loans of the actor's library, optionally of one class (``10a1`` = ``10A1``).
+
+    Librarians and admins see the whole library; a teacher sees their own class only (the
+    class on their card); students see nobody's (their own loans are in /loans).
+    """
+    if actor.role == Role.TEACHER and actor.library_id is not None:
+        own = _class_key(actor.class_name)
+        if not own or (class_name and _class_key(class_name) != own):
+            raise PermissionDenied()
+        class_name = actor.class_name
+    else:
+        require_staff(actor)
+    wanted = _class_key(class_name) or None
+    async with db.session() as s:
+        library = await s.get(Library, actor.library_id)
+        if library is None:
+            raise NotFound()
+        today = clock.today(library.timezone)
+        query = (select(Loan.id, Patron.id, Patron.full_name, Patron.card_number, Patron.class_name, Patron.role,
+                        Copy.title_id, Title.title, Copy.barcode, Loan.due_date)
+                 .join(Patron, Patron.id == Loan.patron_id).join(Copy, Copy.id == Loan.copy_id)
+                 .join(Title, Title.id == Copy.title_id)
+                 .where(Loan.library_id == library.id, Loan.returned_at.is_(None), Loan.due_date < today)
+                 .order_by(Loan.due_date, Loan.id).limit(limit))
+        if wanted:  # a class is its students (a teacher's class on the card is the class they lead)
+            query = query.where(func.upper(Patron.class_name) == wanted, Patron.role == Role.STUDENT)
+        rows = (await s.execute(query)).all()
+    lines = [OverdueLine(loan_id, pid, name, card, cls if Role(role) == Role.STUDENT else None, Role(role).value,
+                         tid, title, barcode, due, (today - due).days)
+             for loan_id, pid, name, card, cls, role, tid, title, barcode, due in rows]
+    # Classes in order, then teachers and staff (no class); most overdue first, then by name.
+    lines.sort(key=lambda line: (line.class_name is None, _class_key(line.class_name), line.due_date,
+                                 line.full_name, line.loan_id))
+    return OverdueList(today, class_name if wanted else None, lines)

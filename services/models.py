@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from services.db import Base
@@ -59,6 +60,7 @@ class CopyStatus(enum.StrEnum):
     ON_LOAN = "on_loan"
     ON_HOLD_SHELF = "on_hold_shelf"
     IN_REPAIR = "in_repair"
+    DAMAGED = "damaged"        # set aside until someone decides: repair, withdraw or back to the shelf
     LOST = "lost"
     WITHDRAWN = "withdrawn"
 
@@ -255,6 +257,9 @@ class Hold(TimestampMixin, Base):
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     pickup_deadline: Mapped[date | None] = mapped_column(Date)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Added by 0011 (desk): when the librarian put the READY copy on the pickup shelf (None: it is
+    # still on its usual shelf and has to be fetched).
+    set_aside_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     title: Mapped[Title] = relationship(lazy="raise")
 
@@ -487,6 +492,108 @@ class SearchQuery(Base):
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
+
+# -- the librarian's desk (issue 12) ------------------------------------------------------------
+
+class DeskSignInLink(Base):
+    """A one-time sign-in link for the web desk, sent to a staff member's own chat (or printed by
+    ``docsach staff-login``). Only the SHA-256 of its token is stored; it works once, for minutes."""
+
+    __tablename__ = "desk_sign_in_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    channel: Mapped[str] = mapped_column(String(16))
+
+
+class DeskSession(Base):
+    """A signed-in desk browser. The cookie carries a random token; only its SHA-256 is stored, so
+    the table lists sessions (and revokes them) without being able to impersonate anyone."""
+
+    __tablename__ = "desk_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))            # link | password
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))   # absolute end
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeskPassword(Base):
+    """An optional desk password (argon2id hash) for staff who prefer it to a chat link."""
+
+    __tablename__ = "desk_passwords"
+
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeskDay(Base):
+    """Loans made and readers visiting per library and day, for the province's statistics: a
+    finished day never changes (loans and visits are recorded "now"), so it is counted once and
+    read back for every later page."""
+
+    __tablename__ = "desk_days"
+
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    loans: Mapped[int] = mapped_column(Integer)
+    visits: Mapped[int] = mapped_column(Integer)
+
+
+# What the desk pages filter on (see bench/desk.py): today's checkouts and returns, open loans by
+# due date (overdue), and the pickup shelf.
+Index("ix_loans_library_checked_out", Loan.library_id, Loan.checked_out_at)
+Index("ix_loans_checked_out_at", Loan.checked_out_at)   # the province's loans of a period
+Index("ix_loans_library_returned", Loan.library_id, Loan.returned_at)
+Index("ix_loans_open_library_due", Loan.library_id, Loan.due_date,
+      sqlite_where=text("returned_at IS NULL"), postgresql_where=text("returned_at IS NULL"))
+Index("ix_holds_library_status_deadline", Hold.library_id, Hold.status, Hold.pickup_deadline)
+
+
+# -- self-check kiosks and visits (issue 13) ------------------------------------------------------
+
+class Kiosk(TimestampMixin, Base):
+    """A self-check machine's SIP2 login. It acts for its own library only; the password is kept
+    as a salted scrypt hash (see services.kiosks), never in clear."""
+
+    __tablename__ = "kiosks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"), index=True)
+    # The SIP2 login user id (CN); unique in the deployment because a login names no library.
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Visit(Base):
+    """A reader came to the library (door QR, kiosk, desk): at most one per reader per day, the
+    day counted in the school's time zone. "Visits per day" is the seed's readers-per-day."""
+
+    __tablename__ = "visits"
+    __table_args__ = (
+        UniqueConstraint("patron_id", "day"),
+        Index("ix_visits_library_day", "library_id", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"))
+    patron_id: Mapped[int] = mapped_column(ForeignKey("patrons.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(8))  # door | sip2 | desk
 
 # -- channel seam (issue 10) --------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ Public API (other features, e.g. reminders, may call these):
   ``next_open_day(day)``, ``add_school_days(day, n)`` and ``due_date(start, days)``;
   shortcuts ``await add_school_days(db, library_id, day, n)`` and ``await is_closed(db, library_id, day)``.
 - ``await add_closed_days(db, actor, start, end, name)``, ``list_closed_days``, ``remove_closed_days``.
+- Reminder settings (``Library.settings["reminders"]``, read by ``services.reminders.Rules``):
+  ``await reminder_settings(db, actor)``, ``set_quiet_hours(db, actor, start, end)``,
+  ``set_reminder_days(db, actor, before_days=…, overdue_days=…)``, ``reset_reminder_settings``.
 
 Why the rules live in ``Library.settings["circulation"]`` and not in a table of their own: they are
 a handful of integers read together with the library row on every loan or hold (no extra join),
@@ -24,8 +27,9 @@ many dated rows queried by range, so they get the ``closed_days`` table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -276,3 +280,123 @@ async def remove_closed_days(db: Database, actor: Actor, range_id: int) -> bool:
         audit.record(s, "calendar.remove", "closed_days", range_id, actor_patron_id=actor.patron_id,
                      library_id=actor.library_id, channel=actor.channel)
         return True
+
+
+# -- reminder settings: quiet hours and which days reminders go out ---------------------------------
+
+REMINDERS_KEY = "reminders"
+MAX_BEFORE_DAYS = 14
+MAX_OVERDUE_REMINDERS = 6
+_TIME = re.compile(r"^\s*(\d{1,2})(?:\s*[:h.]\s*(\d{2})?)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ReminderSettings:
+    """When a library's reminders go out (school time): nothing between ``quiet_start`` and
+    ``quiet_end``; "due soon" ``before_days`` days before the due date; "overdue" on these
+    days after it."""
+
+    quiet_start: time
+    quiet_end: time
+    before_days: int
+    overdue_days: tuple[int, ...]
+    timezone: str
+
+
+def _reminder_settings(library: Library) -> ReminderSettings:
+    from services.reminders import Rules as ReminderRules  # reminders imports this module
+
+    r = ReminderRules.of(library)
+    return ReminderSettings(r.quiet_start, r.quiet_end, r.before_days, r.overdue_days, r.timezone)
+
+
+def parse_time(value: str | time) -> time:
+    """"20:00", "20h", "7h30", "7" → a time of day; anything else is refused."""
+    if isinstance(value, time):
+        return value.replace(second=0, microsecond=0, tzinfo=None)
+    match = _TIME.match(str(value))
+    if match:
+        hours, minutes = int(match.group(1)), int(match.group(2) or 0)
+        if hours <= 23 and minutes <= 59:
+            return time(hours, minutes)
+    raise DomainError("rules.bad_time", value=str(value)[:20])
+
+
+def parse_days(value: str | int | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """"1,7,14" / "1 7 14" / [1, 7, 14] → (1, 7, 14)."""
+    if isinstance(value, int):
+        parts: list[object] = [value]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [p for p in re.split(r"[\s,;]+", str(value)) if p]
+    days = set()
+    for part in parts:
+        text = str(part).strip()
+        if not text.isdigit():
+            raise DomainError("rules.bad_days", value=str(value)[:40])
+        days.add(int(text))
+    if not days or not all(1 <= d <= 365 for d in days) or len(days) > MAX_OVERDUE_REMINDERS:
+        raise DomainError("rules.bad_days", value=str(value)[:40])
+    return tuple(sorted(days))
+
+
+async def reminder_settings(db: Database, actor: Actor) -> ReminderSettings:
+    """The reminder settings of the actor's library (anyone linked to it may read them)."""
+    if actor.library_id is None:
+        raise DomainError("link.required")
+    async with db.session() as s:
+        library = await s.get(Library, actor.library_id)
+        if library is None:
+            raise DomainError("rules.library_unknown", library=str(actor.library_id))
+        return _reminder_settings(library)
+
+
+async def _change_reminders(db: Database, actor: Actor, action: str, change: dict[str, object],
+                            drop: tuple[str, ...] = ()) -> ReminderSettings:
+    require_staff(actor)
+    async with db.transaction() as s:
+        library = await _lock_library(s, actor.library_id)
+        settings = dict(library.settings or {})
+        cfg = dict(settings.get(REMINDERS_KEY) or {})
+        cfg.update(change)
+        for name in drop:
+            cfg.pop(name, None)
+        settings[REMINDERS_KEY] = cfg
+        library.settings = settings
+        audit.record(s, action, "library", library.id, actor_patron_id=actor.patron_id, library_id=library.id,
+                     channel=actor.channel, **change, reset=list(drop) or None)
+        return _reminder_settings(library)
+
+
+async def set_quiet_hours(db: Database, actor: Actor, start: str | time, end: str | time) -> ReminderSettings:
+    """No reminders from ``start`` to ``end`` (school time; may run overnight, e.g. 20:00–07:00).
+    Equal times mean no quiet hours at all, which is refused: children's phones at night."""
+    begin, finish = parse_time(start), parse_time(end)
+    if begin == finish:
+        raise DomainError("rules.quiet_empty")
+    return await _change_reminders(db, actor, "reminders.quiet_hours",
+                                   {"quiet_hours": [begin.strftime("%H:%M"), finish.strftime("%H:%M")]})
+
+
+async def set_reminder_days(db: Database, actor: Actor, *, before_days: int | str | None = None,
+                            overdue_days: str | list[int] | tuple[int, ...] | None = None) -> ReminderSettings:
+    """Days before the due date for "due soon" (0 = none) and the days after it for "overdue"."""
+    change: dict[str, object] = {}
+    if before_days is not None:
+        text = str(before_days).strip()
+        if not text.isdigit() or int(text) > MAX_BEFORE_DAYS:
+            raise DomainError("rules.out_of_range", name="before_days", low=0, high=MAX_BEFORE_DAYS)
+        change["before_days"] = int(text)
+    if overdue_days is not None:
+        change["overdue_days"] = list(parse_days(overdue_days))
+    if not change:
+        raise DomainError("rules.nothing_to_change")
+    return await _change_reminders(db, actor, "reminders.days", change)
+
+
+async def reset_reminder_settings(db: Database, actor: Actor, name: str) -> ReminderSettings:
+    """Back to the default for ``quiet_hours``, ``before_days`` or ``overdue_days``."""
+    if name not in ("quiet_hours", "before_days", "overdue_days"):
+        raise DomainError("rules.unknown", name=name[:40], names="quiet_hours, before_days, overdue_days")
+    return await _change_reminders(db, actor, "reminders.reset", {}, drop=(name,))

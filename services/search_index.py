@@ -7,13 +7,17 @@ query. Instead we keep
   numpy int32 arrays (no Python object per posting), plus small append-only
   deltas so ``upsert``/``remove`` need no rebuild;
 * a deletion-neighbourhood table over the *vocabulary* (SymSpell style: every
-  token and each of its 1-deletions, hashed with crc32 and sorted) so a typo'd
-  query word finds its intended tokens by binary search, then ``rapidfuzz``
-  verifies the edit distance;
+  token and each of its 1-deletions, hashed and sorted; built vectorised with
+  numpy) so a typo'd query word finds its intended tokens by binary search,
+  then ``rapidfuzz`` verifies the edit distance. A word the catalog knows is
+  taken as typed, but its most frequent one-edit neighbours count for 0.6 (a
+  typo can make another valid syllable: "thanh" typed for "thằng");
 * a token-overlap pre-score (IDF-weighted, vectorised) that narrows the
-  candidates to a few hundred, and only those are scored with rapidfuzz on
-  their folded strings, plus bonuses (exact title, user's own diacritics,
-  available copies break ties).
+  candidates to a few hundred (a title equal to the query always stays), and
+  only those are scored with rapidfuzz on their folded strings, plus bonuses
+  (exact title, user's own diacritics, available copies break ties);
+* when the query names no volume, volumes of one series among the first hits
+  go shelf first, then lowest volume, and take at most two of those places.
 
 All work per query is bounded: the query is cut to 200 characters and 12
 words, each word expands to at most a few vocabulary tokens, and candidate
@@ -27,6 +31,8 @@ from __future__ import annotations
 import bisect
 import math
 import pickle
+import re
+import time
 import zlib
 from array import array
 from collections.abc import Iterable
@@ -56,6 +62,17 @@ MAX_PREFIX_PER_WORD = 12
 GEN_BUDGET = 20_000  # postings read to generate candidates
 PRESCORE_KEEP = 1_000  # candidates kept after the first, IDF-only scoring
 RERANK_KEEP = 80  # candidates scored with rapidfuzz
+# A volume in a folded title (see _volume)
+_VOLUME_WORDS = frozenset("tap quyen cuon phan vol volume book part t".split())
+_NUMBER = re.compile(r"\d{1,3}(?![^ ])").finditer
+_HAS_DIGIT = re.compile(r"\d").search
+_FIELDS = ((False, 1.0), (True, 0.5))  # (subject postings?, weight): subject hits count half
+_FIELDS_MAIN = ((False, 1.0),)
+SERIES_WINDOW = 20  # first hits among which volumes of one series are put in order
+SERIES_CAP = 2  # of those, places one series may take before other works
+NEIGHBOUR_WEIGHT = 0.6  # a known word's one-edit neighbours, vs 1.0 for the word itself
+MAX_NEIGHBOURS = 6  # the most frequent ones
+MIN_NEIGHBOUR_LEN = 4
 WEAK_SCORE = 80.0  # below this the best hit is offered as "did you mean"
 
 
@@ -92,12 +109,40 @@ class _Group:
     """One query word: the vocabulary tokens it may stand for, with a weight each."""
 
     variants: dict[int, float] = field(default_factory=dict)
+    neighbours: set[int] = field(default_factory=set)  # a known word's neighbours: title+author only
     idf: float = 0.0
     size: int = 0
 
 
-def _crc(s: str) -> int:
-    return zlib.crc32(s.encode())
+# Deletion-table keys: a polynomial hash mod 2**32 of the token's bytes, computed vectorised over the
+# whole vocabulary at build (numpy) and per key at query time. A collision only adds a candidate
+# that the edit-distance check then drops.
+_HASH_P = 0x01000193
+_HASH_LEN = 20  # longest token with typo expansion
+_PW = np.array([pow(_HASH_P, j, 2**32) for j in range(_HASH_LEN + 1)], np.uint32)
+_PW_INT = _PW.tolist()
+SNAPSHOT_FORMAT = 4
+
+
+def _hkey(s: str) -> int:
+    return sum(c * p for c, p in zip(s.encode(), _PW_INT, strict=False)) & 0xFFFFFFFF
+
+
+def _hkeys(keys: list[str]) -> np.ndarray:
+    """``_hkey`` of many ASCII strings of at most ``_HASH_LEN`` letters, vectorised."""
+    m = np.frombuffer(b"".join(k.encode().ljust(_HASH_LEN, b"\0") for k in keys), np.uint8)
+    return (m.reshape(len(keys), _HASH_LEN).astype(np.uint32) * _PW[:_HASH_LEN]).sum(axis=1, dtype=np.uint32)
+
+
+class _Vocab(dict):
+    """token -> id, handing out the next id to a new token (one dict lookup per word at build)."""
+
+    def __missing__(self, key: str) -> int:
+        v = self[key] = len(self) - 1  # the row separator holds -1
+        return v
+
+
+_ROW_SEP = "\x01"  # never in folded text
 
 
 def _deletes1(t: str) -> set[str]:
@@ -153,7 +198,12 @@ class SearchIndex:
         self._isbn_keys = np.zeros(0, np.int64)
         self._isbn_slots = np.zeros(0, np.int32)
         self._isbn_delta: dict[int, list[int]] = {}
+        # crc32 of each folded title -> slots, so a query equal to a title always reaches the rerank
+        self._tkey_keys = np.zeros(0, np.uint32)
+        self._tkey_slots = np.zeros(0, np.int32)
+        self._tkey_delta: dict[int, list[int]] = {}
         self._n_base_tokens = 0
+        self._dfs = array("i")  # postings per token (title+author and subject), deltas included
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -163,52 +213,45 @@ class SearchIndex:
         If an id repeats, the last row wins.
         """
         idx = cls()
-        vocab = idx._vocab
-        vget = vocab.get
+        vocab = _Vocab({_ROW_SEP: -1})
         pairs_m: list[np.ndarray] = []  # (token id << 32 | slot) per chunk
         pairs_s: list[np.ndarray] = []
         # authors and subject headings repeat across a catalog: fold each distinct one once
         a_cache: dict[str, str] = {}
-        s_cache: dict[str, str] = {}
+        s_cache: dict[str, str] = {"": ""}
         start = 0
         for chunk in _chunks(records, 16384):
-            fts, fas, fss = [], [], []
-            for rec in chunk:
-                r = rec if isinstance(rec, IndexedTitle) else IndexedTitle(*rec)
-                title = r.title or ""
-                fts.append(fold(title))
-                fa = a_cache.get(r.authors)
-                if fa is None:
-                    fa = a_cache[r.authors] = _author_key(r.authors or "")
-                fas.append(fa)
-                fs = s_cache.get(r.subjects)
-                if fs is None:
-                    fs = s_cache[r.subjects] = fold(r.subjects) if r.subjects else ""
-                fss.append(fs)
-                idx._ids.append(int(r.id))
-                idx._title.append(title)
-                isbn = r.isbn13
-                if isbn and not (len(isbn) == 13 and isbn.isdigit()):
-                    isbn = normalize_isbn(isbn)
-                idx._isbn.append(int(isbn) if isbn else 0)
-                idx._avail.append(max(0, int(r.available or 0)))
+            ids, titles, authors, isbns, subjects, avail = _columns(chunk)
+            titles = [t or "" for t in titles]
+            fts = list(map(fold, titles))
+            fas = [a_cache.get(a) or a_cache.setdefault(a, _author_key(a or "")) for a in authors]
+            fss = [s_cache.get(x) or s_cache.setdefault(x, fold(x) if x else "") for x in subjects]
+            idx._ids.extend(map(int, ids))
+            idx._title.extend(titles)
+            idx._isbn.extend([int(i) if i and len(i) == 13 and i.isdigit() else int(normalize_isbn(i) or 0)
+                              if i else 0 for i in isbns])
+            idx._avail.extend([max(0, int(a or 0)) for a in avail])
             idx._ftitle.extend(fts)
             idx._fauth.extend(fas)
             idx._fsubj.extend(fss)
             mains = [f"{t} {a}" if t and a else t or a for t, a in zip(fts, fas, strict=True)]
-            pairs_m.append(_pairs(mains, vocab, vget, start))
-            pairs_s.append(_pairs(fss, vocab, vget, start))
+            pairs_m.append(_pairs(mains, vocab, start))
+            pairs_s.append(_pairs(fss, vocab, start))
             start += len(chunk)
         del a_cache, s_cache
+        del vocab[_ROW_SEP]
+        idx._vocab = dict(vocab)
+        del vocab
         idx._alive = bytearray(b"\x01") * start
         idx._n_alive = start
-        idx._tokens = list(vocab)  # ids were handed out in insertion order
+        idx._tokens = list(idx._vocab)  # ids were handed out in insertion order
         n_tok = len(idx._tokens)
         idx._m_off, idx._m_docs = _csr(pairs_m, n_tok)
         del pairs_m
         idx._s_off, idx._s_docs = _csr(pairs_s, n_tok)
         del pairs_s
         idx._n_base_tokens = n_tok
+        idx._dfs = array("i", (np.diff(idx._m_off) + np.diff(idx._s_off)).astype(np.int32).tobytes())
         idx._sorted_tokens = sorted(idx._tokens)
         idx._build_deletes()
         idx._build_id_maps()
@@ -258,23 +301,31 @@ class SearchIndex:
         return [tid(t) for t in main], [tid(t) for t in subj]
 
     def _build_deletes(self) -> None:
-        keys = array("I")
-        toks = array("i")
-        crc = zlib.crc32
-        for tid, t in enumerate(self._tokens):
-            if _fuzzy_token(t):
-                b = t.encode()
-                n = len(b) + 1
-                keys.append(crc(b))
-                keys.extend([crc(b[:i] + b[i + 1 :]) for i in range(n - 1)])
-                toks.extend([tid] * n)
-            else:
-                keys.append(crc(t.encode()))
-                toks.append(tid)
-        k = np.frombuffer(keys, np.uint32)
-        order = np.argsort(k, kind="stable")
-        self._del_keys = k[order]
-        self._del_tok = np.frombuffer(toks, np.int32)[order]
+        """Key of every ASCII token of at most 20 letters, and of each 1-deletion of the fuzzy ones,
+        hashed for the whole vocabulary at once (a typo'd query word can only reach these)."""
+        L, W = _HASH_LEN, 65536
+        sel = [(tid, t) for tid, t in enumerate(self._tokens) if len(t) <= L and t.isascii()]
+        parts = []
+        for c in range(0, len(sel), W):
+            part = sel[c : c + W]
+            n = len(part)
+            tids = np.fromiter((tid for tid, _ in part), np.int64, n)
+            lens = np.fromiter((len(t) for _, t in part), np.int64, n)
+            fuzzy = np.fromiter((_fuzzy_token(t) for _, t in part), bool, n)
+            m = np.frombuffer(b"".join(t.encode().ljust(L, b"\0") for _, t in part), np.uint8)
+            m = m.reshape(n, L).astype(np.uint32)
+            pre = np.zeros((n, L + 1), np.uint32)  # pre[:, i]: hash of the first i letters
+            np.cumsum(m * _PW[:L], axis=1, dtype=np.uint32, out=pre[:, 1:])
+            suf = np.zeros((n, L + 1), np.uint32)  # suf[:, k]: letters from k on, each one place down
+            suf[:, 1:L] = np.cumsum((m[:, 1:] * _PW[: L - 1])[:, ::-1], axis=1, dtype=np.uint32)[:, ::-1]
+            full = pre[np.arange(n), lens]
+            dels = pre[:, :L] + suf[:, 1:]  # dels[:, i]: hash of the token without its letter i
+            ok = (np.arange(L)[None, :] < lens[:, None]) & fuzzy[:, None]
+            parts.append((full.astype(np.uint64) << 32) | tids.astype(np.uint64))
+            parts.append((dels[ok].astype(np.uint64) << 32) | np.broadcast_to(tids[:, None], (n, L))[ok].astype(np.uint64))
+        packed = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        self._del_keys = (packed >> 32).astype(np.uint32)
+        self._del_tok = (packed & 0xFFFFFFFF).astype(np.int32)
 
     def _build_id_maps(self) -> None:
         ids = np.frombuffer(self._ids, np.int64)
@@ -294,6 +345,11 @@ class SearchIndex:
         order = np.argsort(isbn[has], kind="stable")
         self._isbn_slots = has[order].astype(np.int32)
         self._isbn_keys = isbn[self._isbn_slots]
+        crc = zlib.crc32
+        tkeys = np.fromiter((crc(t.encode()) for t in self._ftitle), np.uint32, len(self._ftitle))
+        order = np.argsort(tkeys, kind="stable")
+        self._tkey_keys = tkeys[order]
+        self._tkey_slots = order.astype(np.int32)
 
     # ---------------------------------------------------------- maintenance
     def __len__(self) -> int:
@@ -330,17 +386,23 @@ class SearchIndex:
         self._slot_delta[int(r.id)] = slot
         n_before = len(self._tokens)
         mt, st = self._row_tokens(slot, r)
+        self._dfs.extend([0] * (len(self._tokens) - len(self._dfs)))
         for tid in mt:
             self._m_delta.setdefault(tid, array("i")).append(slot)
+            self._dfs[tid] += 1
         for tid in st:
             self._s_delta.setdefault(tid, array("i")).append(slot)
+            self._dfs[tid] += 1
         for tid in range(n_before, len(self._tokens)):  # tokens this row brought into the vocabulary
             t = self._tokens[tid]
             bisect.insort(self._sorted_tokens, t)
+            if len(t) > _HASH_LEN or not t.isascii():
+                continue
             for v in _deletes1(t) | {t} if _fuzzy_token(t) else {t}:
-                self._del_delta.setdefault(_crc(v), []).append(tid)
+                self._del_delta.setdefault(_hkey(v), []).append(tid)
         if self._isbn[slot]:
             self._isbn_delta.setdefault(self._isbn[slot], []).append(slot)
+        self._tkey_delta.setdefault(zlib.crc32(self._ftitle[slot].encode()), []).append(slot)
 
     def compact(self) -> SearchIndex:
         """Return a freshly built index of the live titles (drops tombstones and deltas after many edits)."""
@@ -358,15 +420,20 @@ class SearchIndex:
     def save(self, path: str | Path) -> None:
         """Snapshot to one pickle file (numpy arrays pickle compactly); load with :meth:`load`."""
         with open(path, "wb") as f:
-            pickle.dump({k: getattr(self, k) for k in self.__dict__}, f, protocol=5)
+            pickle.dump({"format": SNAPSHOT_FORMAT, "state": dict(self.__dict__)}, f, protocol=5)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchIndex:
-        """Load a snapshot written by :meth:`save` (trusted files only: it is a pickle)."""
+        """Load a snapshot written by :meth:`save` (trusted files only: it is a pickle).
+
+        Raises ValueError for a snapshot of another format (an older docsach): rebuild then.
+        """
         idx = cls()
         with open(path, "rb") as f:
             state = pickle.load(f)
-        idx.__dict__.update(state)
+        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"search snapshot {path} has another format; rebuild it")
+        idx.__dict__.update(state["state"])
         return idx
 
     # ---------------------------------------------------------------- lookup
@@ -380,10 +447,7 @@ class SearchIndex:
         return base
 
     def _df(self, tid: int) -> int:
-        n = 0
-        if tid < self._n_base_tokens:
-            n = int(self._m_off[tid + 1] - self._m_off[tid] + self._s_off[tid + 1] - self._s_off[tid])
-        return n + len(self._m_delta.get(tid, ())) + len(self._s_delta.get(tid, ()))
+        return self._dfs[tid]
 
     def _fuzzy(self, w: str, allow2: bool = True) -> list[tuple[int, int]]:
         """Vocabulary tokens within edit distance 1 (2 for long unknown words) of ``w``: [(token id, distance)]."""
@@ -393,7 +457,7 @@ class SearchIndex:
         keys = _deletes1(w) | {w}
         if maxd == 2:
             keys |= {d2 for d1 in list(keys) for d2 in _deletes1(d1)}
-        hs = np.fromiter((_crc(k) for k in keys), np.uint32, len(keys))
+        hs = _hkeys(list(keys))
         lo = np.searchsorted(self._del_keys, hs, "left")
         hi = np.searchsorted(self._del_keys, hs, "right")
         cand: set[int] = set()
@@ -444,9 +508,16 @@ class SearchIndex:
             for form in (w, alt):
                 if not form:
                     continue
-                # a word the catalog already uses often is taken as typed when other words
-                # carry the query too; common short words ("the", "of") never expand
+                # a word the catalog already uses often is taken as typed when other words carry
+                # the query too, but a valid word may still be a typo for another one ("thanh"
+                # typed for "thằng"): its neighbours count for less. Short words ("the", "of",
+                # "va") never expand.
                 if exact_df is not None and (exact_df > 50 and len(form) <= 4 or exact_df >= 20 and len(words) >= 2):
+                    if len(form) >= MIN_NEIGHBOUR_LEN:
+                        for tid, _d in self._fuzzy(form, False)[:MAX_NEIGHBOURS]:
+                            if tid not in g.variants:
+                                g.variants[tid] = NEIGHBOUR_WEIGHT
+                                g.neighbours.add(tid)
                     continue
                 for tid, d in self._fuzzy(form, exact_df is None):
                     g.variants.setdefault(tid, 0.85 if d == 1 else 0.7)
@@ -463,8 +534,13 @@ class SearchIndex:
         return groups
 
     # ---------------------------------------------------------------- search
-    def search(self, query: str, limit: int = 10, offset: int = 0) -> SearchResult:
-        """Best matches for a free-text or ISBN query; never raises on odd input, bounded work."""
+    def search(self, query: str, limit: int = 10, offset: int = 0,
+               timings: dict[str, float] | None = None) -> SearchResult:
+        """Best matches for a free-text or ISBN query; never raises on odd input, bounded work.
+
+        ``timings``, if given, receives the seconds each stage took (for ``bench/search.py --profile``).
+        """
+        lap = _Laps(timings)
         limit = max(0, min(int(limit), 100))
         offset = max(0, min(int(offset), 400))
         # invisible characters are dropped before cutting, so they cannot use up the budget
@@ -475,10 +551,12 @@ class SearchIndex:
             if slots:
                 slots.sort(key=lambda s: (-self._avail[s], s))
                 hits = [Hit(self._ids[s], 100.0, "isbn") for s in slots]
+                lap("isbn lookup")
                 return SearchResult(hits[offset : offset + limit], len(hits), None, "isbn")
             kind = "isbn"
         else:
             kind = "text"
+        lap("isbn lookup")
         fq = fold(q)
         if not fq:
             return SearchResult([], 0, None, "empty")
@@ -490,20 +568,48 @@ class SearchIndex:
         # groups use distinct words; the scored query string keeps them all ("harry potter ... harry potter 1")
         alt_of = {w: a for w, a in zip(words, alts, strict=True) if a}
         fq_alt = " ".join(alt_of.get(w, w) for w in fq.split()) if alt_of else None
+        lap("fold + telex decode")
         groups = self._groups(words, alts)
+        lap("word expansion (exact, fuzzy, prefix)")
         if not groups:
             return SearchResult([], 0, None, kind)
         cands, pre, total = self._candidates(groups)
+        # titles equal to the query are candidates whatever the budgets dropped ("the rain" among
+        # thousands of titles with both words), ranked first for the rerank's cut
+        exact = self._title_lookup([fq] if fq_alt is None else [fq, fq_alt])
+        if exact:
+            ex = np.unique(np.array(exact, np.int32))
+            pos = np.minimum(np.searchsorted(cands, ex), max(len(cands) - 1, 0))
+            known = cands[pos] == ex if len(cands) else np.zeros(len(ex), bool)
+            pre[pos[known]] = 1.001
+            cands = np.concatenate([cands, ex[~known]])
+            pre = np.concatenate([pre, np.full(int((~known).sum()), 1.001)])
+        lap("candidates (postings, pre-score)")
         if len(cands) == 0:
             return SearchResult([], 0, None, kind)
-        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1))
+        ranked = self._rerank(q, fq, fq_alt, cands, pre, max(RERANK_KEEP, offset + limit), offset + max(limit, 1),
+                              lap)
         hits = ranked[offset : offset + limit]
         suggestion = None
         # "did you mean": a query word was not in the catalog's vocabulary, or the best match is weak
         corrected = any(self._vocab.get(w) is None and self._vocab.get(a or "") is None for w, a in zip(words, alts, strict=True))
         if ranked and (corrected or ranked[0].score < WEAK_SCORE):
             suggestion = self._title[self._slot_of(ranked[0].id)]
+        lap("result shaping (matched field, suggestion)")
         return SearchResult(hits, max(total, len(hits) + offset), suggestion, kind)
+
+    def _title_lookup(self, ftitles: list[str]) -> list[int]:
+        """Live slots whose folded title is exactly one of these."""
+        out = []
+        for ft in ftitles:
+            key = zlib.crc32(ft.encode())
+            k = np.uint32(key)  # a Python int would make numpy cast the whole array first
+            lo = int(np.searchsorted(self._tkey_keys, k, "left"))
+            hi = int(np.searchsorted(self._tkey_keys, k, "right"))
+            for s in self._tkey_slots[lo:hi].tolist() + self._tkey_delta.get(key, []):
+                if self._alive[s] and self._ftitle[s] == ft:
+                    out.append(s)
+        return out
 
     def _isbn_lookup(self, key: int) -> list[int]:
         lo = int(np.searchsorted(self._isbn_keys, key, "left"))
@@ -515,7 +621,7 @@ class SearchIndex:
         """Docs holding any variant of the word, each with its best weight (subject hits count half)."""
         docs, wts = [], []
         for tid, w in sorted(g.variants.items(), key=lambda x: -x[1]):
-            for subject, mul in ((False, 1.0), (True, 0.5)):
+            for subject, mul in _FIELDS_MAIN if tid in g.neighbours else _FIELDS:
                 p = self._postings(tid, subject)
                 if len(p):
                     p = p[:cap]
@@ -565,7 +671,7 @@ class SearchIndex:
         for g in rest:
             gs = np.zeros(len(cands))
             for tid, wt in g.variants.items():
-                for subject, mul in ((False, 1.0), (True, 0.5)):
+                for subject, mul in _FIELDS_MAIN if tid in g.neighbours else _FIELDS:
                     p = self._postings(tid, subject)
                     if len(p) == 0:
                         continue
@@ -592,7 +698,8 @@ class SearchIndex:
         return "title+author"
 
     def _rerank(self, q: str, fq: str, fq_alt: str | None, cands: np.ndarray, cov: np.ndarray, keep: int,
-                limit: int) -> list[Hit]:
+                limit: int, lap=None) -> list[Hit]:
+        lap = lap or _Laps(None)
         if len(cands) > keep:
             top = np.argpartition(-cov, keep)[:keep]
             cands, cov = cands[top], cov[top]
@@ -605,6 +712,7 @@ class SearchIndex:
         srt = process.cdist(queries, titles, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
         tset = process.cdist(queries, titles, scorer=fuzz.token_set_ratio, **kw).max(axis=0)
         asrt = process.cdist(queries, auths, scorer=fuzz.token_sort_ratio, **kw).max(axis=0)
+        lap("rerank: rapidfuzz")
         exact = np.array([t == fq or t == fq_alt for t in titles], np.float32)
         # IDF-weighted word coverage over title, authors and subjects (typo-aware, from the
         # pre-score) stands in for token_set_ratio on those fields, which costs 3x more.
@@ -627,14 +735,35 @@ class SearchIndex:
                     score[i] += 3.0
                 elif not ascii_q:
                     score[i] += 2.0 * len(mq_words & set(mt.split())) / len(mq_words)
+        lap("rerank: scores, diacritics bonus")
         score = np.round(score, 3)
         avail = np.frombuffer(self._avail, np.int32)[cands]
         # best score first; equal scores: titles with copies on the shelf, then more copies
-        order = np.lexsort((cands, -avail, avail <= 0, -score))[:limit]
+        order = np.lexsort((cands, -avail, avail <= 0, -score))
+        if not _HAS_DIGIT(fq):
+            order = _series_in_order(order, titles, avail, limit)
+        order = order[:limit]
+        lap("availability + order")
         hits = []
         for i in order.tolist():
             hits.append(Hit(self._ids[slots[i]], float(score[i]), self._matched(queries, slots[i], full[i], srt[i], tset[i], asrt[i])))
         return hits
+
+
+class _Laps:
+    """Stage stopwatch for ``search(timings=...)``; does nothing when not asked."""
+
+    __slots__ = ("timings", "t")
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.t = time.perf_counter() if timings is not None else 0.0
+
+    def __call__(self, stage: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.t
+            self.t = now
 
 
 def _chunks(records: Iterable, n: int) -> Iterable[list]:
@@ -643,18 +772,78 @@ def _chunks(records: Iterable, n: int) -> Iterable[list]:
         yield chunk
 
 
-def _pairs(texts: list[str], vocab: dict[str, int], vget, start: int) -> np.ndarray:
-    """Token id << 32 | slot for every word of every text (texts are folded: single spaces)."""
-    words = " ".join(texts).split()
-    ids = list(map(vget, words))
-    if None in ids:  # new words get the next ids, so list(vocab) maps id -> token
-        for w in words:
-            if w not in vocab:
-                vocab[w] = len(vocab)
-        ids = list(map(vget, words))
-    counts = np.fromiter((t.count(" ") + 1 if t else 0 for t in texts), np.int64, len(texts))
-    slots = np.repeat(np.arange(start, start + len(texts), dtype=np.int64), counts)
-    return (np.array(ids, np.int64) << 32) | slots
+def _series_in_order(order: np.ndarray, titles: list[str], avail: np.ndarray, limit: int) -> np.ndarray:
+    """For a query that names no volume. Volumes of one series (titles equal but for the volume)
+    among the first hits go in the order a reader wants: a copy on the shelf first, then the
+    lowest volume (the title without a volume first), in the places the series earned; and a
+    series takes at most SERIES_CAP of those first places, so other works stay in sight."""
+    head = order[: max(limit, SERIES_WINDOW)].tolist()
+    if not any(_HAS_DIGIT(titles[i]) for i in head):
+        return order  # no volumes among them (most queries)
+    key, vol = {}, {}
+    for i in head:
+        t = titles[i]
+        v = _volume(t) if _HAS_DIGIT(t) else None
+        key[i] = f"{t[: v[1]].rstrip()} {t[v[2] :].lstrip()}".strip() if v else t
+        vol[i] = v[0] if v else 0
+    places: dict[str, list[int]] = {}
+    for p, i in enumerate(head):
+        places.setdefault(key[i], []).append(p)
+    series = {k for k, ps in places.items() if len(ps) > 1 and any(vol[head[p]] for p in ps)}
+    if not series:
+        return order
+    for k in series:
+        ps = places[k]
+        members = sorted((head[p] for p in ps), key=lambda i: (avail[i] <= 0, vol[i]))  # stable
+        for p, i in zip(ps, members, strict=True):
+            head[p] = i
+    kept, later, seen = [], [], dict.fromkeys(series, 0)
+    for i in head:
+        k = key[i]
+        if k in seen:
+            seen[k] += 1
+            if seen[k] > SERIES_CAP:
+                later.append(i)
+                continue
+        kept.append(i)
+    return np.array(kept + later + order[len(head) :].tolist())
+
+
+def _volume(t: str) -> tuple[int, int, int] | None:
+    """(volume, start, end of its mention) in a folded title, or None: "tap 3", "vol 7", "t 2", or a
+    number of at most three digits ending the title ("doraemon 12"), but not an edition ("lan 2")."""
+    for m in _NUMBER(t):
+        a, b = m.span()
+        if a and t[a - 1] != " ":
+            continue
+        prev_at = t.rfind(" ", 0, a - 1) + 1 if a else a
+        prev = t[prev_at : a - 1] if a else ""
+        if prev in _VOLUME_WORDS:
+            return max(1, int(m.group())), prev_at, b
+        if b == len(t) and prev and prev != "lan":
+            return max(1, int(m.group())), a, b
+    return None
+
+
+def _columns(chunk: list) -> tuple:
+    """(ids, titles, authors, isbns, subjects, available) of ``IndexedTitle``s or 7-tuples."""
+    if all(type(r) is tuple and len(r) == 7 for r in chunk):
+        ids, titles, authors, isbns, subjects, _years, avail = zip(*chunk, strict=True)
+        return ids, titles, authors, isbns, subjects, avail
+    rs = [_as_record(r) for r in chunk]
+    return ([r.id for r in rs], [r.title for r in rs], [r.authors for r in rs], [r.isbn13 for r in rs],
+            [r.subjects for r in rs], [r.available for r in rs])
+
+
+def _pairs(texts: list[str], vocab: _Vocab, start: int) -> np.ndarray:
+    """Token id << 32 | slot for every word of every text (texts are folded: single spaces).
+    New words get the next ids, so the vocabulary's order maps id -> token."""
+    words = f" {_ROW_SEP} ".join(texts).split()
+    ids = np.fromiter(map(vocab.__getitem__, words), np.int64, len(words))
+    sep = ids < 0
+    slots = np.cumsum(sep) + start
+    keep = ~sep
+    return (ids[keep] << 32) | slots[keep]
 
 
 def _csr(chunks: list[np.ndarray], n_tok: int) -> tuple[np.ndarray, np.ndarray]:

@@ -215,6 +215,7 @@ async def test_snapshot_restart_then_catch_up(demo_app, tmp_path):
     snap = tmp_path / "index.snapshot"
     first = CatalogSearch(db, snapshot=snap)
     await first.ensure_ready()
+    await first.snapshot_written()                    # written in the background once ready
     assert snap.exists()
     path = tmp_path / "new.csv"
     path.write_text(CSV_NEW, encoding="utf-8")

@@ -580,3 +580,28 @@ async def _site(demo_app):
     finally:
         await adapter.stop()
         await test_server.close()
+
+
+async def test_the_desks_notice_log_explains_uncertain(libs: Libraries, clock):
+    from datetime import timedelta
+
+    from services import outbox
+    from services.models import Notification
+    from tests.desk_client import Desk, desk_server
+
+    student = await libs.actor("HS003")
+    async with libs.db.transaction() as s:
+        await outbox.enqueue(s, patron_id=student.patron_id, kind="due_soon", key="due_soon:loan=999:2026-12-03",
+                             send_after=clock.now() - timedelta(hours=1))
+    async with libs.db.transaction() as s:
+        from sqlalchemy import update
+
+        await s.execute(update(Notification).values(status="uncertain", last_error="uncertain: read timeout"))
+    client = await desk_server(libs.app)
+    try:
+        desk = Desk(client, libs.app, libs)
+        await desk.sign_in("TT001")
+        page = await desk.get("/desk/readers/HS003")
+        assert page.status == 200 and 'id="uncertain-note"' in desk.last and "hai lần" in desk.last
+    finally:
+        await client.close()

@@ -246,3 +246,106 @@ def test_save_load_roundtrip(index, tmp_path):
     assert len(loaded) == len(index)
     for q in ("truyeenj kieeuf", "harry poter", "0439023483", "nguyen du"):
         assert top_ids(loaded, q) == top_ids(index, q)
+
+
+# -- rank-1 rules (issue 17) ------------------------------------------------------------------------
+
+THANG = [
+    IndexedTitle(9101, "Thằng Quỷ Nhỏ (Tái Bản 2022)", "Nguyễn Nhật Ánh", None, "", None, 1),
+    IndexedTitle(9102, "Lại Thằng Nhóc Emil", "Astrid Lindgren", None, "", None, 1),
+]
+# A catalog where "nhỏ", "thành" and "quy" are everyday words, as they are in a real one: titles
+# holding the query's words as typed ("thanh quy nho") crowd the one the reader meant.
+_EVERYDAY = {
+    "Ngôi nhà nhỏ": "trên thảo nguyên|bên suối|của em|giữa rừng|ven đô|cuối phố|trong tim|màu xanh",
+    "Chuyện nhỏ": "thường ngày|ở trường|của bé|nhà quê|thành phố|mùa hè|bên hiên|cuối tuần",
+    "Những bước chân nhỏ": "đầu tiên|vững vàng|trên cát|về nhà|của con",
+    "Quy luật thành công": "của người nhỏ bé|cho người trẻ|trong kinh doanh|của người Do Thái",
+    "Quy tắc thành công": "ở trường học|cho học sinh|bền vững",
+    "Thành phố": "huyền thoại|không ngủ|của em|bên sông|mùa thu|trong sương",
+    "Con đường thành công": "thứ nhất|thứ hai|thứ ba|thứ tư|thứ năm|đầu tiên",
+    "Thanh xuân": "của mẹ|không hối tiếc|rực rỡ|con nhà nghèo|năm ấy",
+    "Nhóc Nicolas": "đi học|nghỉ hè|và các bạn",
+    "Thành công": "từ những điều nhỏ|không đến ngẫu nhiên",
+}
+DISTRACTORS = [IndexedTitle(9200 + i, title, "", None, "", None, 1) for i, title in enumerate(
+    f"{head} {tail}" for head, tails in _EVERYDAY.items() for tail in tails.split("|"))]
+
+
+@pytest.fixture(scope="module")
+def thang_index(rows) -> SearchIndex:
+    return SearchIndex.build(rows + THANG + DISTRACTORS)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("thanh quy nho", 9101),          # "thằng" typed as "thanh", itself a common word
+    ("Thanh quỷ nhỏ", 9101),
+    ("thanh nhoc emil", 9102),
+])
+def test_a_typo_that_is_another_valid_word_still_reaches_top3(thang_index, query, expected):
+    assert expected in top_ids(thang_index, query, 3)
+
+
+def test_the_word_as_typed_still_outranks_its_neighbours(thang_index):
+    # the distractor holds every word as typed: it stays first
+    first = thang_index.search("quy luat thanh cong cua nguoi nho be", limit=1).hits[0]
+    assert next(d.title for d in DISTRACTORS if d.id == first.id) == "Quy luật thành công của người nhỏ bé"
+    assert top_ids(thang_index, "thang quy nho", 1) == [9101]
+
+
+def _series(avail: dict[int, int]) -> SearchIndex:
+    return SearchIndex.build([IndexedTitle(100 + n, f"Doraemon - Tập {n}", "Fujiko F. Fujio", None, "", None, a)
+                              for n, a in avail.items()])
+
+
+def test_no_volume_in_query_prefers_first_volume_on_the_shelf():
+    idx = _series({3: 1, 1: 1, 12: 2, 2: 1})
+    hits = idx.search("doraemon").hits
+    assert [h.id for h in hits] == [101, 102, 103, 112]       # by volume
+    idx = _series({3: 1, 1: 0, 12: 2, 2: 1})                   # volume 1 is out
+    assert [h.id for h in idx.search("doraemon").hits] == [102, 103, 112, 101]
+
+
+def test_a_named_volume_wins():
+    idx = _series({1: 1, 2: 1, 3: 0, 12: 1})
+    assert top_ids(idx, "doraemon tap 3", 1) == [103]
+    assert top_ids(idx, "doraemon 12", 1) == [112]
+
+
+def test_a_title_without_volume_goes_before_the_volumes_of_the_same_name():
+    idx = SearchIndex.build([
+        IndexedTitle(1, "Luật hấp dẫn, tập 2", "", None, "", None, 3),
+        IndexedTitle(2, "Luật hấp dẫn", "", None, "", None, 1),
+        IndexedTitle(3, "Luật hấp dẫn - Vol. 1", "", None, "", None, 2),
+    ])
+    assert top_ids(idx, "luat hap dn", 3) == [2, 3, 1]        # a typo: no exact-title bonus helps
+
+
+def test_bare_trailing_number_is_a_volume_but_an_edition_is_not():
+    idx = SearchIndex.build([
+        IndexedTitle(1, "Conan 7", "", None, "", None, 1),
+        IndexedTitle(2, "Conan 1", "", None, "", None, 1),
+        IndexedTitle(3, "Luật hấp dẫn (Tái bản lần 2)", "", None, "", None, 1),
+        IndexedTitle(4, "Luật hấp dẫn", "", None, "", None, 1),
+    ])
+    assert top_ids(idx, "conan", 2) == [2, 1]
+    hits = idx.search("luat hap dan").hits
+    assert hits[0].id == 4 and hits[1].id == 3 and hits[0].score > hits[1].score
+
+
+def test_a_title_equal_to_the_query_is_found_among_thousands_with_its_words():
+    crowd = [IndexedTitle(i, f"{w} the rain {i}", "", None, "", None, 1)
+             for i, w in zip(range(1, 2501), ["After", "Before", "Under", "Into", "Songs of"] * 500, strict=True)]
+    idx = SearchIndex.build([*crowd, IndexedTitle(9999, "The rain", "Keith Peterson", None, "", None, 1)])
+    assert top_ids(idx, "The rain", 1) == [9999]
+
+
+def test_one_series_takes_at_most_two_of_the_first_places():
+    volumes = [IndexedTitle(n, f"Blue helmets : the strategy of UN military operations, tập {n}", "Hillen John",
+                            None, "", None, 1) for n in range(1, 7)]
+    other = IndexedTitle(99, "The Blue Helmets' first war? : use of force by the UN in the Congo", "Findlay Trevor",
+                         None, "", None, 1)
+    idx = SearchIndex.build([*volumes, other])
+    assert top_ids(idx, "blue helmets", 3) == [1, 2, 99]
+    assert top_ids(idx, "blue helmets", 7)[3:] == [3, 4, 5, 6]   # the rest of the series follows, in order
+    assert top_ids(idx, "blue helmets tap 4", 1) == [4]
