@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.config import Settings
-from handlers import account, circulation, desk, inline, reflections, reminders, search, start
+from handlers import account, circulation, desk, inline, ops, reflections, reminders, search, start
 from handlers.core import Deps, Router
 from handlers.i18n import Catalogs
 from services import accounts
@@ -23,7 +23,7 @@ from services.search import CatalogSearch
 log = logging.getLogger(__name__)
 
 # Feature modules, in the order their commands appear in /help and in the command menu.
-FEATURES = [start, search, account, circulation, reflections, reminders, desk, inline]
+FEATURES = [start, search, account, circulation, reflections, reminders, desk, inline, ops]
 
 
 @dataclass
@@ -60,4 +60,7 @@ def build_app(settings: Settings, *, db: Database | None = None, clock: Clock | 
     router = Router(deps)
     for feature in FEATURES:
         feature.register(router)
+    from bot import observe
+
+    observe.instrument(router)   # log ids, metrics (issue 14)
     return App(settings=settings, db=db, deps=deps, router=router)

@@ -21,11 +21,9 @@ log = logging.getLogger("docsach")
 
 
 def _setup_logging(settings: Settings, quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "apscheduler", "aiosqlite", "alembic"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from bot import logs
+
+    logs.setup_from_env(settings.log_level, quiet=quiet)
 
 
 async def _prepare(app: App, *, load_demo: bool) -> None:
@@ -98,6 +96,9 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
     started: list = []
     scheduler = None
+    from bot import alarms
+
+    watchdog = alarms.start(app)   # alarms to the admins (issue 14)
     try:
         for channel in running:
             await channel.start()
@@ -106,7 +107,8 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
             from bot.scheduler import start_scheduler
 
             # Channels registered in app.deps.outbound when they started; each sweep uses what is there.
-            scheduler = start_scheduler(app.router, interval_minutes=app.settings.reminder_interval_minutes)
+            scheduler = start_scheduler(app.router, interval_minutes=app.settings.reminder_interval_minutes,
+                                        first_run_in=_first_sweep_seconds())
         waits = [asyncio.ensure_future(stop.wait())]
         waits += [asyncio.ensure_future(c.finished.wait()) for c in started if getattr(c, "finished", None)]
         try:
@@ -119,6 +121,7 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     finally:
+        await alarms.stop(watchdog)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         for channel in reversed(started):
@@ -130,6 +133,16 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+def _first_sweep_seconds() -> float:
+    """Seconds from start to the first sweep (DOCSACH_SCHEDULER_FIRST_RUN_SECONDS; tests shorten it)."""
+    import os
+
+    try:
+        return max(0.0, float(os.environ.get("DOCSACH_SCHEDULER_FIRST_RUN_SECONDS") or 20))
+    except ValueError:
+        return 20.0
 
 
 async def cmd_chat(app: App, args: argparse.Namespace) -> int:
@@ -482,7 +495,7 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
     try:
         summary = await importer.import_file(
             app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
-            progress=not args.quiet, report=report if args.report or moved else None)
+            progress=_progress_bar(args.quiet), report=report if args.report or moved else None)
     except importer.MalformedFile as exc:
         if exc.key != "import.malformed":   # a message of its own, in the school's language
             return _say_refusal(app, exc)
@@ -499,6 +512,12 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
         _say_refusal(app, summary.report_error)
         return 1
     return 0
+
+
+def _progress_bar(quiet: bool) -> bool:
+    from bot.logs import progress_wanted
+
+    return progress_wanted(not quiet)
 
 
 async def cmd_search(app: App, args: argparse.Namespace) -> int:
@@ -540,6 +559,77 @@ async def cmd_search(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- operations: doctor, backup, restore (issue 14) -------------------------------------------------
+
+def _ops_t(app: App):
+    return app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+
+
+async def cmd_doctor(app: App, args: argparse.Namespace) -> int:
+    from bot import doctor
+
+    report, code = doctor.render(await doctor.diagnose(app.settings, app.db, app.deps.clock), _ops_t(app))
+    print(report)
+    return code
+
+
+async def cmd_backup(app: App, args: argparse.Namespace) -> int:
+    from bot import backup, doctor
+
+    t = _ops_t(app)
+    try:
+        manifest = await backup.backup(app.db, Path(args.file), doctor.files_dir(app.settings))
+    except backup.BackupError as exc:
+        print(t(exc.key, **exc.params), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(t("ops.backup_write_failed", path=args.file, error=exc.strerror or type(exc).__name__),
+              file=sys.stderr)
+        return 2
+    print(t("ops.backup_done", path=args.file, rows=sum(manifest.rows.values()), tables=len(manifest.rows),
+            files=manifest.files, revision=manifest.revision or "-"))
+    return 0
+
+
+async def cmd_restore(app: App, args: argparse.Namespace) -> int:
+    from bot import backup, doctor
+
+    t = _ops_t(app)
+    try:
+        manifest = await backup.restore(app.db, Path(args.file), doctor.files_dir(app.settings), force=args.force)
+    except backup.BackupError as exc:
+        print(t(exc.key, **exc.params), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(t("ops.restore_failed", error=exc.strerror or type(exc).__name__), file=sys.stderr)
+        return 2
+    print(t("ops.restore_done", path=args.file, created=manifest.created_at, rows=sum(manifest.rows.values()),
+            files=manifest.files))
+    return 0
+
+
+def _add_ops_commands(sub, handlers: dict[str, Callable]) -> None:
+    p = sub.add_parser("doctor", help="check the installation and say what to fix",
+                       description="Checks the configuration (secret key, time zone, public URL), the "
+                                   "database and its migration level, each configured platform token "
+                                   "(getMe), the reminder scheduler's last sweep and the free disk space "
+                                   "for stored files. Exits 1 when something must be fixed.")
+    handlers["doctor"] = cmd_doctor
+    p = sub.add_parser("backup", help="write a consistent backup of the database and stored files",
+                       description="One archive (.tar.gz) with a consistent snapshot of the database "
+                                   "(SQLite's backup API, or pg_dump custom format for PostgreSQL) and the "
+                                   "stored files. Safe while the bot runs.")
+    p.add_argument("file", help="the archive to write, e.g. docsach-2026-12-01.tar.gz")
+    handlers["backup"] = cmd_backup
+    p = sub.add_parser("restore", help="restore a backup into an empty database",
+                       description="Restore an archive made by `docsach backup`. Refuses a database that "
+                                   "holds data (or a non-empty files directory) unless --force. Stop the "
+                                   "bot first.")
+    p.add_argument("file", help="the archive made by `docsach backup`")
+    p.add_argument("--force", action="store_true", help="replace the data that is there now")
+    handlers["restore"] = cmd_restore
+
+
 # -- parser --------------------------------------------------------------------------------
 
 def _add_chat_options(p: argparse.ArgumentParser) -> None:
@@ -579,6 +669,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                         "(default: DOCSACH_LISTEN or 127.0.0.1:8080)")
     p.add_argument("--url", default=None, help="webhook: the public https URL Telegram should call "
                                                "(its path is served on --listen)")
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="run N worker processes on the one --listen address (SO_REUSEPORT); sweeps run "
+                        "in all, one of them long-polls (default: 1)")
     handlers["run"] = cmd_run
 
     p = sub.add_parser("staff-login", help="print a one-time sign-in link to the librarian's desk",
@@ -741,6 +834,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--library", dest="library_code", metavar="CODE", default=None,
                    help="count copies of this library only")
     handlers["search"] = cmd_search
+    _add_ops_commands(sub, handlers)
     return parser, handlers
 
 
@@ -753,7 +847,7 @@ async def _main(argv: list[str] | None) -> int:
     settings = Settings.from_env()
     if getattr(args, "library", "x") is None:
         args.library = settings.default_library
-    _setup_logging(settings, quiet=args.command in ("chat", "search", "import") or
+    _setup_logging(settings, quiet=args.command in ("chat", "search", "import", "doctor", "backup", "restore") or
                    (args.command == "run" and not settings.telegram_token))
     app = build_app(settings)
     try:
@@ -762,8 +856,27 @@ async def _main(argv: list[str] | None) -> int:
         await app.close()
 
 
+def _supervise(argv: list[str] | None) -> int | None:
+    """``docsach run --workers N`` (N > 1): start and watch N worker processes (bot/workers.py)."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "run" not in raw:
+        return None
+    parser, _ = build_parser()
+    args, _unknown = parser.parse_known_args(raw)
+    if args.command != "run" or args.workers <= 1:
+        return None
+    from bot import workers
+
+    settings = Settings.from_env()
+    _setup_logging(settings)
+    return workers.supervise(raw[raw.index("run") + 1:], args.workers, database_url=settings.database_url)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        supervised = _supervise(argv)
+        if supervised is not None:
+            return supervised
         return asyncio.run(_main(argv))
     except KeyboardInterrupt:
         return 130

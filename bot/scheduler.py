@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bot import logs, observe
 from handlers.core import Context, Router
 from handlers.messages import ChatUnreachable, DeliveryFailed, DeliveryUncertain, Incoming, Reply
-from services import circulation, outbox, patrons, reminders
+from services import circulation, ops, outbox, patrons, reminders
 from services.common import Clock
 from services.outbox import Claimed, Recipient
 
@@ -321,6 +322,7 @@ class Sweeper:
         said: list[int] = []    # sent or uncertain: newer word about their loans and holds
 
         async def one(message: Message) -> None:
+            logs.event_id.set(f"n-{message.ids[0]}")   # this task's log lines name the notice
             async with gate:
                 said.extend(await self._deliver(message, token, report))
 
@@ -350,6 +352,7 @@ class Sweeper:
         except ChatUnreachable as exc:
             await patrons.mark_unreachable(self.db, person.channel, person.chat_id, self.clock)
             report.unreachable += 1
+            observe.count_send(person.channel, "unreachable")
             fallback = await self._fallback(message) if hops < 3 else None
             if fallback is not None:
                 fallback.notices = [n for n in message.notices if n.id in ids]
@@ -367,19 +370,23 @@ class Sweeper:
             done = await outbox.mark_retry(self.db, self.clock, token, ids_list, f"failed: {exc}",
                                                        retry_after=retry_after)
             report.retry += done
+            observe.count_send(person.channel, "retry")
             return []
         except DeliveryUncertain as exc:
             done = await outbox.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
             report.uncertain += done
+            observe.count_send(person.channel, "uncertain")
         except Exception as exc:  # unknown: it may have gone out, so treat it as uncertain
             log.exception("sending to %s:%s failed", person.channel, person.chat_id)
             done = await outbox.mark_uncertain(self.db, token, ids_list, f"error: {exc!r}")
             report.uncertain += done
+            observe.count_send(person.channel, "error")
         else:
             done = await outbox.mark_sent(self.db, self.clock, token, ids_list, channel=person.channel,
                                                      chat_id=person.chat_id, message_ref=delivery.message_ref)
             report.sent += done
             report.messages += 1
+            observe.count_send(person.channel, "sent")
         return ids_list   # sent, or uncertain
 
     async def _preview(self, report: SweepReport) -> SweepReport:
@@ -417,10 +424,18 @@ def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in
     first = datetime.now(UTC) + timedelta(seconds=first_run_in)
 
     async def sweep() -> None:
+        started = time.perf_counter()
         try:
-            report = await sweeper.sweep()
-            if report.claimed or report.planned:
-                log.info("reminder sweep: %s", report.summary())
+            with logs.bound(logs.new_id("sweep")):
+                report = await sweeper.sweep()
+                if report.claimed or report.planned:
+                    log.info("reminder sweep: %s", report.summary())
+                seconds = time.perf_counter() - started
+                observe.observe_sweep(seconds)
+                # Durable, for `docsach doctor` and the alarms in every worker.
+                await ops.beat(router.deps.db, ops.SWEEP, sweeper.worker, seconds=round(seconds, 3),
+                               detail={"sent": report.sent, "planned": report.planned, "retry": report.retry,
+                                       "uncertain": report.uncertain})
         except Exception:
             log.exception("reminder sweep failed; the next one will pick up where it stopped")
 

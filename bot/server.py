@@ -71,7 +71,13 @@ def desk_part(app: App) -> HttpPart | None:
 
 
 # Every HTTP part besides the channels' own routes, in mounting order.
-HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, landing_part, desk_part]
+def metrics_part(app: App) -> HttpPart | None:
+    from bot.observe import metrics_part as part
+
+    return part(app)
+
+
+HTTP_PARTS: list[Callable[[App], HttpPart | None]] = [health_part, landing_part, desk_part, metrics_part]
 
 
 @web.middleware
@@ -110,7 +116,10 @@ class Server:
     async def start(self) -> None:
         self.runner = web.AppRunner(self.web_app, handle_signals=False, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
+        from bot.workers import reuse_port
+
+        # Several workers (`docsach run --workers N`) share the address: the kernel spreads connections.
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_port=reuse_port() or None)
         await site.start()
         if self.port == 0:   # tests ask for any free port
             sockets = getattr(site._server, "sockets", None) or []

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -652,3 +653,18 @@ class WebMessage(Base):
     attachment_type: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# -- operations (issue 14) -------------------------------------------------------------------------
+
+class Heartbeat(Base):
+    """The last time a background job ran (e.g. the reminder sweep), by any worker: durable, so
+    ``docsach doctor`` and the alarms see it from another process or after a restart."""
+
+    __tablename__ = "runtime_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(120))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

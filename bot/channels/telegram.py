@@ -524,6 +524,8 @@ class TelegramAdapter:
         self.bot: Bot = self.application.bot
         self.channel = TelegramChannel(self.bot, app.db, clock=app.deps.clock, photos=app.deps.photos)
         self.username: str | None = None
+        self._poll_lock = None    # bot.workers.LeaderLock while polling is wanted
+        self._poll_watch: asyncio.Task | None = None
         self.application.add_handler(MessageHandler(
             filters.UpdateType.MESSAGE & (filters.TEXT | filters.PHOTO), self.on_message))
         self.application.add_handler(CallbackQueryHandler(self.on_callback))
@@ -553,17 +555,53 @@ class TelegramAdapter:
             await self.bot.set_webhook(self.webhook.url, secret_token=self.webhook.secret,
                                        allowed_updates=ALLOWED_UPDATES)
         else:
-            await self.application.updater.start_polling(
-                poll_interval=0, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+            # Telegram allows one long poller per bot: with several workers, the holder of the
+            # poll lock polls and the others only send; the lock passes on when its holder dies.
+            from bot.workers import LeaderLock
+
+            self._poll_lock = LeaderLock(self.app.db, "poll:telegram")
+            if await self._poll_lock.try_acquire():
+                await self._start_polling()
+            else:
+                log.info("another worker polls Telegram; this one sends and waits to take over")
+            self._poll_watch = asyncio.create_task(self._watch_poll_lock(), name="telegram-poll-lock")
         log.info("Telegram bot @%s is serving (%s)", self.username,
                  f"webhook {self.webhook.url}" if self.webhook else "long polling")
+
+    async def _start_polling(self) -> None:
+        await self.application.updater.start_polling(
+            poll_interval=0, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+
+    async def _watch_poll_lock(self, every: float = 3.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                held = await self._poll_lock.try_acquire()
+            except Exception:
+                log.warning("cannot check the Telegram poll lock; trying again", exc_info=True)
+                continue
+            polling = bool(self.application.updater and self.application.updater.running)
+            if held and not polling:
+                log.info("this worker takes over polling Telegram")
+                await self._start_polling()
+            elif polling and not held:
+                log.warning("lost the Telegram poll lock; stopping polling here")
+                await self.application.updater.stop()
 
     async def stop(self) -> None:
         if self.app.deps.outbound.get(CHANNEL) is self.channel:
             del self.app.deps.outbound[CHANNEL]
         self.app.deps.channels.pop(CHANNEL, None)
+        watch = self._poll_watch
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            self._poll_watch = None
         if self.application.updater and self.application.updater.running:
             await self.application.updater.stop()
+        if self._poll_lock is not None:
+            await self._poll_lock.release()
         # In webhook mode the webhook stays set while we are down: updates wait at Telegram.
         if self.application.running:
             await self.application.stop()
@@ -691,7 +729,7 @@ class TelegramAdapter:
                 results, next_offset = await self.router.inline_handler(
                     ctx, clean_text(query.query)[:256], query.offset or "")
             except Exception:
-                log.exception("inline query %r from %s failed", query.query[:80], user.id)
+                log.exception("inline query from %s failed", user.id)   # never the query text
                 results, next_offset = [], ""
         articles = [
             InlineQueryResultArticle(
@@ -712,7 +750,7 @@ class TelegramAdapter:
         return self.app.deps.catalogs.translator(lang, self.app.deps.timezone)
 
     async def receive(self, request: web.Request) -> web.Response:
-        """One webhook POST: refused without the secret header, else queued for PTB."""
+        """One webhook POST: refused without the secret header, else handled, then answered 200."""
         assert self.webhook is not None
         supplied = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(supplied.encode(), self.webhook.secret.encode()):
@@ -725,7 +763,10 @@ class TelegramAdapter:
             return web.Response(status=400, text="not an update")
         if update is None:
             return web.Response(status=400, text="not an update")
-        await self.application.update_queue.put(update)
+        # Handled before the 200: a worker that dies mid-update leaves it unanswered, so Telegram
+        # delivers it again (to a living worker) instead of it being lost in a queue. Updates of
+        # one chat still run one at a time (PerChatUpdateProcessor).
+        await self.application.update_processor.process_update(update, self.application.process_update(update))
         return web.Response(text="ok")
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bot.desk import PREFIX, USER, desk_of, render, say, see_other, signed_in, translator
 from bot.desk.views import STAFF
-from services import accounts, circulation, desk
+from services import accounts, catalog, circulation, desk
 from services.common import DomainError
 
 # Notice kinds with a desk name; others show their raw kind.
@@ -93,7 +93,6 @@ async def unlink(request: web.Request) -> web.StreamResponse:
 async def _slips(request: web.Request, *, class_name: str | None = None, patron_ids: list[int] | None = None,
                  name: str) -> web.StreamResponse:
     from handlers.account import slips_pdf
-    from services import catalog
 
     app = desk_of(request).app
     actor = request[USER].actor
