@@ -301,7 +301,7 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     from bot.channels.terminal import CHANNEL, TerminalChannel
 
     app.deps.outbound.setdefault(CHANNEL, TerminalChannel(sys.stdout))
-    closers = await _cli_outbound(app)
+    closers = await _cli_outbound(app) + _zalo_outbound(app)
     try:
         report = await Sweeper(app.router).sweep(dry_run=args.dry_run, max_messages=args.max)
     finally:
@@ -315,6 +315,18 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0
+
+
+def _zalo_outbound(app: App) -> list:
+    """Zalo's output channel for a one-off sweep (no poller): only sends, paced as the bot does."""
+    if not app.settings.zalo_token:
+        return []
+    from bot.channels import zalo
+
+    adapter = zalo.ZaloAdapter(app)
+    app.deps.outbound[zalo.CHANNEL] = adapter.channel
+    app.deps.channels[zalo.CHANNEL] = zalo.profile(app)
+    return [adapter.api.close]
 
 
 async def _cli_outbound(app: App) -> list:
@@ -659,8 +671,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p = sub.add_parser("run", help="migrate, load the demo library if empty, and start the bot",
                        description="Start every configured channel on one HTTP server: the web chat "
                                    "(/chat) and QR landing pages (/b/…) always, Telegram when "
-                                   "TELEGRAM_BOT_TOKEN is set. Without a messaging platform it also "
-                                   "chats in this terminal (when there is input to read), and end of "
+                                   "TELEGRAM_BOT_TOKEN is set, Zalo when ZALO_BOT_TOKEN is set (by webhook "
+                                   "when ZALO_WEBHOOK_SECRET is set too). Without a messaging platform it "
+                                   "also chats in this terminal (when there is input to read), and end of "
                                    "input stops the process.")
     _add_chat_options(p)
     p.add_argument("--webhook", action="store_true", help="Telegram: receive updates by webhook, not polling")
@@ -848,7 +861,7 @@ async def _main(argv: list[str] | None) -> int:
     if getattr(args, "library", "x") is None:
         args.library = settings.default_library
     _setup_logging(settings, quiet=args.command in ("chat", "search", "import", "doctor", "backup", "restore") or
-                   (args.command == "run" and not settings.telegram_token))
+                   (args.command == "run" and not settings.telegram_token and not settings.zalo_token))
     app = build_app(settings)
     try:
         return await handlers[args.command](app, args)

@@ -45,6 +45,13 @@ class Settings:
     public_url: str | None = None
     # Photos people send: kept in the database, or in this directory when set.
     files_dir: str | None = None
+    # Zalo (issue 11): a token turns the channel on; a webhook secret switches it from long polling
+    # to the webhook (which needs public_url). Zalo publishes no rate limits: pace conservatively.
+    zalo_token: str | None = None
+    zalo_api_base_url: str = "https://bot-api.zaloplatforms.com/bot"
+    zalo_webhook_secret: str | None = None
+    zalo_messages_per_second: float = 5.0
+    zalo_bot_link: str | None = None   # the bot's share link from Zalo Bot Manager ("open in Zalo")
     # Sites allowed to show the web chat in an iframe (the school's website), e.g. https://school.edu.vn
     embed_origins: list[str] = field(default_factory=list)
 
@@ -71,6 +78,11 @@ class Settings:
             listen=_env("DOCSACH_LISTEN", "127.0.0.1:8080"),
             public_url=(_env("DOCSACH_PUBLIC_URL") or "").rstrip("/") or None,
             files_dir=_env("DOCSACH_FILES_DIR"),
+            zalo_token=_env("ZALO_BOT_TOKEN"),
+            zalo_api_base_url=_env("ZALO_API_BASE_URL", "https://bot-api.zaloplatforms.com/bot"),
+            zalo_webhook_secret=_env("ZALO_WEBHOOK_SECRET"),
+            zalo_messages_per_second=_positive_float("ZALO_MESSAGES_PER_SECOND", 5.0),
+            zalo_bot_link=_env("ZALO_BOT_LINK"),
             embed_origins=[o for o in (_env("DOCSACH_EMBED_ORIGINS") or "").split()
                            if o.startswith(("https://", "http://")) and "'" not in o and ";" not in o],
         )
@@ -84,11 +96,27 @@ class Settings:
         return {
             "database": _redact_url(self.database_url),
             "telegram": "configured" if self.telegram_token else "off",
+            "zalo": ("webhook" if self.zalo_webhook_secret else "polling") if self.zalo_token else "off",
             "listen": self.listen,
             "public_url": self.public_url or "-",
             "timezone": self.timezone,
             "language": self.default_language,
         }
+
+
+def _positive_float(name: str, default: float) -> float:
+    """A positive number from the environment; a typo falls back to the default, loudly."""
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        log.warning("%s=%r is not a positive number; using %s", name, raw, default)
+        return default
+    return value
 
 
 def _redact_url(url: str) -> str:

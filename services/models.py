@@ -668,3 +668,57 @@ class Heartbeat(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seconds: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# -- chats without buttons, repeated deliveries, files as links (issue 11: Zalo) ------------------
+
+class ChatChoice(Base):
+    """The numbered choices a chat was last shown, on platforms without buttons (Zalo): the
+    person answers "2" or the label. In the database, so a restart or another worker agrees."""
+
+    __tablename__ = "chat_choices"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # [{"n": 1, "label": "...", "payload": "1:renew:..~mac"}, ...]
+    choices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The question that was open when the list was shown ("checkout:copy"), or None: a number
+    # typed once another question is open answers that question, not this older list.
+    context: Mapped[str | None] = mapped_column(String(80))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SeenMessage(Base):
+    """A platform message already handled: platforms without an offset (Zalo) may deliver the
+    same message again, and the first worker to insert its id is the one that answers it."""
+
+    __tablename__ = "seen_messages"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Download(Base):
+    """A document (certificate, slip) for a platform that cannot carry files: served from a
+    signed link that expires. Rows past ``expires_at`` are deleted."""
+
+    __tablename__ = "downloads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    filename: Mapped[str] = mapped_column(String(200))
+    mime_type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Lease(Base):
+    """Work only one process may do at a time (e.g. long-polling one Zalo bot: the platform hands
+    each update to whichever poll asks first). Held until ``expires_at`` unless renewed."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(120))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -206,6 +206,18 @@ def require_linked(actor: Actor) -> None:
         raise DomainError("link.required")
 
 
+async def chat_language(db: Database, channel: str, chat_id: str, default: str = "vi") -> str:
+    """The language to write to a chat in when no message of theirs is at hand (pushed notices
+    on platforms where the adapter adds its own words, e.g. Zalo's "reply with a number")."""
+    async with db.session() as s:
+        row = (await s.execute(
+            select(Patron.language, ChatIdentity.language)
+            .select_from(ChatIdentity).outerjoin(Patron, Patron.id == ChatIdentity.patron_id)
+            .where(ChatIdentity.channel == channel, ChatIdentity.chat_id == chat_id).limit(1)
+        )).first()
+    return pick_language(*(row or ()), default=default)
+
+
 def public_author(patron: Patron, library: Library) -> str | None:
     """How a student is named in public: per the library setting, never when they asked to hide."""
     if (patron.preferences or {}).get("hide_name"):

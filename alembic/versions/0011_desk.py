@@ -1,7 +1,7 @@
 """the librarian's web desk: sign-in links, sessions, passwords, set-aside holds, daily loan counts, page indexes
 
 Revision ID: 0011_desk
-Revises: 0008_kiosks_visits
+Revises: 0010_zalo
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_desk"
-down_revision: str | Sequence[str] | None = "0008_kiosks_visits"
+down_revision: str | Sequence[str] | None = "0010_zalo"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -22,6 +22,14 @@ def _telegram(app: Any, options: RunOptions) -> Channel | None:
     return telegram.configure(app, options)
 
 
+def _zalo(app: Any, options: RunOptions) -> Channel | None:
+    if not app.settings.zalo_token:
+        return None
+    from bot.channels import zalo
+
+    return zalo.configure(app, options)
+
+
 def _web(app: Any, options: RunOptions) -> Channel | None:
     from bot.channels import web
 
@@ -29,7 +37,7 @@ def _web(app: Any, options: RunOptions) -> Channel | None:
 
 
 # Messaging platforms, each returning its adapter or None when its settings are absent.
-MESSAGING: list[Callable[[Any, RunOptions], Channel | None]] = [_telegram]
+MESSAGING: list[Callable[[Any, RunOptions], Channel | None]] = [_telegram, _zalo]
 # Channels served on every run (the web chat), besides the messaging platforms.
 ALWAYS: list[Callable[[Any, RunOptions], Channel | None]] = [_web]
 
