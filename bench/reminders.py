@@ -117,11 +117,10 @@ async def telegram_channel(api: FakeBotApi, db: Database, clock: Clock, rate: fl
     ``max_retries=0`` for 429s: the sweeper pauses every send for ``retry_after`` and re-queues
     the notice (PTB's own retry would add an unpaced request on top of the paced ones)."""
     from telegram.ext import ExtBot
-    from telegram.request import HTTPXRequest
 
-    from bot.channels.telegram import ResilientRateLimiter, TelegramChannel
+    from bot.channels.telegram import ResilientRateLimiter, TelegramChannel, TracedRequest
 
-    request = HTTPXRequest(connection_pool_size=16)
+    request = TracedRequest(connection_pool_size=16)   # the adapter's transport (knows what was written)
     options = {"gate": RateLimiter(per_second=rate)} if wire_gate else {}
     bot = ExtBot(api.token, base_url=api.base_url, request=request,
                  rate_limiter=ResilientRateLimiter(max_retries=0, **options))

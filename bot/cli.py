@@ -240,10 +240,15 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
     """Print QR labels whose codes open the book, copy or shelf: on the landing page when
     DOCSACH_PUBLIC_URL is set, else in the Telegram bot."""
     from handlers.core import deep_link_payload
+    from services import files
     from services.labels import KINDS, Label, catalog_label_items, render_label_sheet
 
     settings = app.settings
     t = app.deps.catalogs.translator(settings.default_language, settings.timezone)
+    try:
+        out = files.check_writable(args.out)     # before asking Telegram or drawing any label
+    except DomainError as refusal:
+        return _refused(app, refusal)
     if not await _printed_links(app, args.bot_username):
         print("The QR codes need somewhere to open: set DOCSACH_PUBLIC_URL (any phone's browser), or "
               "give --bot-username, set TELEGRAM_BOT_USERNAME or TELEGRAM_BOT_TOKEN (Telegram).", file=sys.stderr)
@@ -274,8 +279,10 @@ async def cmd_qr(app: App, args: argparse.Namespace) -> int:
               for item in items]
     pdf = await asyncio.to_thread(render_label_sheet, labels, columns=args.columns, rows=args.rows,
                                   title=f"{library_name} — {headings[what]}")
-    out = Path(args.out)
-    await asyncio.to_thread(out.write_bytes, pdf)
+    try:
+        await asyncio.to_thread(files.write_bytes, out, pdf)
+    except DomainError as refusal:
+        return _refused(app, refusal)
     pages = -(-len(labels) // (args.columns * args.rows))
     print(f"{len(labels)} labels on {pages} A4 page(s): {out}")
     return 0
@@ -308,6 +315,10 @@ async def cmd_remind(app: App, args: argparse.Namespace) -> int:
     if args.status:
         counts = await outbox.status_counts(app.db)
         print("notifications: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+        for status in ("uncertain", "superseded"):
+            if counts.get(status):
+                print(t(f"outbox.{status}_explained", count=counts[status]))
         return 0
     if args.unreachable:
         rows = await outbox.unreachable_chats(app.db, None)
@@ -373,33 +384,35 @@ async def _cli_outbound(app: App) -> list:
 
 async def cmd_export(app: App, args: argparse.Namespace) -> int:
     """Export a campaign's approved reflections for the ambassador round."""
-    from pathlib import Path
-
     from handlers.i18n import Catalogs
-    from services import campaigns
+    from services import campaigns, files
 
     await upgrade_async(app.settings.database_url)
     t = Catalogs().translator(args.language or app.settings.default_language, app.settings.timezone)
     try:
+        if args.output and args.output != "-":
+            files.check_writable(args.output)
         campaign = await campaigns.find(app.db, args.campaign)
+        output = Path(args.output or f"reflections-campaign-{campaign.id}.{args.format}")
+        if str(output) != "-":
+            files.check_writable(output)
         data = await campaigns.export_reflections(app.db, campaign.id, args.format, t,
                                                   shortlisted_only=args.shortlisted)
+        if str(output) == "-":
+            sys.stdout.buffer.write(data)
+            return 0
+        await asyncio.to_thread(files.write_bytes, output, data)
     except DomainError as refusal:
         print(t(refusal.key, **refusal.params), file=sys.stderr)
         return 2
-    output = Path(args.output or f"reflections-campaign-{campaign.id}.{args.format}")
-    if str(output) == "-":
-        sys.stdout.buffer.write(data)
-    else:
-        await asyncio.to_thread(output.write_bytes, data)
-        print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
+    print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
     return 0
 
 
 async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
     await upgrade_async(app.settings.database_url)
     try:
-        report = await accounts.import_patrons(app.db, args.file, args.library)
+        report = await accounts.import_patrons(app.db, args.file, args.library, encoding=args.encoding)
     except DomainError as err:
         return _refused(app, err)
     except OSError as err:
@@ -412,13 +425,17 @@ async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
+    import io
+
     from handlers.account import slips_pdf
+    from services import files
+    from services.spreadsheets import write_csv as safe_rows
 
     await upgrade_async(app.settings.database_url)
     try:
+        if args.out:
+            files.check_writable(args.out)    # before anything is revoked or issued
         actor = await accounts.operator_actor(app.db, args.library)
-        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
-                                                  key=app.deps.link_code_key)
     except DomainError as err:
         return _refused(app, err)
     t = _t(app)
@@ -426,28 +443,34 @@ async def cmd_link_codes(app: App, args: argparse.Namespace) -> int:
         # Nothing can open a printed link yet: the QR codes hold the code itself. Say so.
         print(t("cli.no_link_warning"), file=sys.stderr)
     link = app.deps.printed_link
-    if args.out and args.out.lower().endswith(".pdf"):
-        # The slips are read by the students: their register.
-        student_t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone, "student")
-        pdf = await slips_pdf(issued, link=link, t=student_t,
-                              school=await catalog.library_name(app.db, actor.library_id))
-        await asyncio.to_thread(Path(args.out).write_bytes, pdf)
-    elif args.out:
-        import csv
 
-        def write_csv() -> None:
-            with open(args.out, "w", encoding="utf-8-sig", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["card", "full_name", "class", "code", "link", "expires"])
-                for i in issued:
-                    writer.writerow([i.card_number, i.full_name, i.class_name or "", i.code,
-                                     link(i.payload) or i.payload,
-                                     i.expires_at.astimezone(t.zone).date().isoformat()])
+    # The slips are read by the students: their register.
+    student_t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone, "student")
 
-        await asyncio.to_thread(write_csv)
-    else:
-        for i in issued:
-            print(f"{i.card_number}\t{i.full_name}\t{i.code}")
+    async def hand_out(issued: list[accounts.IssuedCode]) -> None:
+        """Runs inside the issuing transaction: if the slips cannot be written, no code is
+        issued and the old unused slips stay valid."""
+        if args.out and args.out.lower().endswith(".pdf"):
+            pdf = await slips_pdf(issued, link=link, t=student_t,
+                                  school=await catalog.library_name(app.db, actor.library_id))
+            await asyncio.to_thread(files.write_bytes, args.out, pdf)
+        elif args.out:
+            body = io.StringIO(newline="")
+            safe_rows(body, [["card", "full_name", "class", "code", "link", "expires"],
+                             *([i.card_number, i.full_name, i.class_name or "", i.code,
+                                link(i.payload) or i.payload, i.expires_at.astimezone(t.zone).date().isoformat()]
+                               for i in issued)])
+            await asyncio.to_thread(files.write_text, args.out, body.getvalue(), "utf-8-sig")
+        else:
+            for i in issued:
+                print(f"{i.card_number}\t{i.full_name}\t{i.code}")
+            sys.stdout.flush()
+
+    try:
+        issued = await accounts.issue_link_codes(app.db, actor, class_name=args.class_name, clock=app.deps.clock,
+                                                  key=app.deps.link_code_key, deliver=hand_out)
+    except DomainError as err:
+        return _refused(app, err)
     print(t("cli.codes_done", count=len(issued), name=args.class_name, date=t.date(issued[0].expires_at))
           + (" → " + args.out if args.out else ""), file=sys.stderr)
     return 0
@@ -513,16 +536,23 @@ async def cmd_expire_holds(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_import(app: App, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from services import importer
 
     await upgrade_async(app.settings.database_url)
+    t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+    try:
+        report, moved = importer.report_destination(Path(args.file), Path(args.report) if args.report else None)
+    except DomainError as refusal:
+        return _refused(app, refusal)
+    if moved:   # said before importing, not discovered afterwards
+        print(t("files.report_moved", folder=str(Path(args.file).parent), path=str(report)), file=sys.stderr)
     try:
         summary = await importer.import_file(
             app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
-            progress=_progress_bar(args.quiet), report=Path(args.report) if args.report else None)
+            progress=_progress_bar(args.quiet), report=report if args.report or moved else None)
     except importer.MalformedFile as exc:
+        if exc.key != "import.malformed":   # a message of its own, in the school's language
+            return _refused(app, exc)
         print(f"{args.file}: cannot import: {exc.detail}. Nothing was changed.", file=sys.stderr)
         return 2
     except DomainError as exc:
@@ -534,7 +564,10 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
                                                                               or summary.unchanged):
         print(_t(app)("cli.no_copies_hint", library=args.library_code), file=sys.stderr)
     if summary.report_path:
-        print(f"rejected rows and reasons: {summary.report_path}")
+        print(f"rejected or shortened rows, with reasons: {summary.report_path}")
+    if summary.report_error is not None:
+        _refused(app, summary.report_error)
+        return 1
     return 0
 
 
@@ -758,7 +791,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--unreachable", action="store_true",
                    help="list patrons whose chat blocked the bot (they get no reminders)")
     p.add_argument("--requeue-uncertain", action="store_true",
-                   help="send again the notices whose delivery was uncertain (a deliberate human decision)")
+                   help="send again the notices whose delivery was uncertain (a deliberate human decision: "
+                        "they may have arrived, so readers may get them twice)")
     handlers["remind"] = cmd_remind
     from bot import sip2_cli
 
@@ -788,6 +822,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                                    "are listed with the reason.")
     p.add_argument("file", help="the CSV file (UTF-8; ',' or ';' separated)")
     p.add_argument("--library", required=True, help="library code, e.g. demo")
+    p.add_argument("--encoding", default=None, metavar="NAME",
+                   help="the file's encoding when it is not UTF-8, e.g. cp1258 (old Vietnamese Windows) or "
+                        "latin-1; without it a file that is not clearly UTF-8 or Vietnamese cp1258 is refused")
     handlers["import-patrons"] = cmd_import_patrons
 
     p = sub.add_parser("link-codes", help="new link codes for a class (slips to hand out)",

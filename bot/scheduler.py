@@ -142,6 +142,8 @@ class Sweeper:
         self.concurrency = concurrency
         self.batch = batch
         self.lease = lease
+        self.busy = asyncio.Lock()       # one sweep at a time in this process
+        self.resweep = False             # claims were taken back while a sweep ran: sweep again
 
     @property
     def db(self):
@@ -159,12 +161,49 @@ class Sweeper:
         report = SweepReport()
         if dry_run:
             return await self._preview(report)
+        async with self.busy:
+            token = outbox.new_claim_token(self.worker)
+            await outbox.beat(self.db, self.clock, token)    # alive before the first claim
+            heart = asyncio.create_task(self._heartbeat(token))
+            try:
+                return await self._sweep(report, token, max_messages)
+            finally:
+                heart.cancel()
+                with contextlib.suppress(BaseException):
+                    await heart
+                with contextlib.suppress(Exception):
+                    await outbox.retire(self.db, self.clock, token)
+
+    async def _heartbeat(self, token: str) -> None:
+        """While this sweep runs, tell other sweepers it is alive (see ``outbox.recover``)."""
+        while True:
+            await asyncio.sleep(outbox.HEARTBEAT_EVERY.total_seconds())
+            try:
+                await outbox.beat(self.db, self.clock, token)
+            except Exception as exc:   # a missed beat is harmless; several in a row free our claims
+                log.warning("outbox heartbeat failed: %s", exc)
+
+    async def recover(self) -> int:
+        """Between sweeps (every few seconds): take back the claims of sweepers that died, and
+        send them now rather than at the next sweep. Returns how many were taken back."""
+        released, lost = await outbox.recover(self.db, self.clock, self.lease)
+        if lost:
+            log.warning("%d notice(s) were being sent by a sweeper that stopped: marked uncertain", lost)
+        if released or self.resweep:
+            if self.busy.locked():
+                self.resweep = True     # the running sweep may have passed them; sweep again after it
+            else:
+                self.resweep = False
+                report = await self.sweep()
+                log.info("reminder sweep after taking back %d claim(s): %s", released, report.summary())
+        return released
+
+    async def _sweep(self, report: SweepReport, token: str, max_messages: int | None) -> SweepReport:
         report.planned = (await reminders.plan(self.db, self.clock)).inserted
         report.released, report.lost = await outbox.recover(self.db, self.clock, self.lease)
         open_ids = await reminders.defer_quiet(self.db, self.clock)
         rules = await reminders.library_rules(self.db)
         report.quiet_libraries = sorted(set(rules) - set(open_ids))
-        token = outbox.new_claim_token(self.worker)
         budget = max_messages
         gate = asyncio.Semaphore(self.concurrency)
         # Pipelined: the next batch is claimed and rendered while the previous one is still
@@ -191,7 +230,7 @@ class Sweeper:
                 open_ids = [lid for lid in open_ids if not rules[lid].is_quiet(now)]
         except BaseException:
             if sending is not None and not sending.done():
-                sending.cancel()   # what it had not attempted is released by the lease; nothing is lost
+                sending.cancel()   # what it had not attempted is taken back when our heartbeat stops
                 with contextlib.suppress(BaseException):
                     await sending
             raise
@@ -280,24 +319,32 @@ class Sweeper:
     async def _deliver_all(self, messages: list[Message], token: str, report: SweepReport,
                            gate: asyncio.Semaphore) -> None:
 
+        said: list[int] = []    # sent or uncertain: newer word about their loans and holds
+
         async def one(message: Message) -> None:
             logs.event_id.set(f"n-{message.ids[0]}")   # this task's log lines name the notice
             async with gate:
-                await self._deliver(message, token, report)
+                said.extend(await self._deliver(message, token, report))
 
-        await asyncio.gather(*(one(m) for m in messages))
+        try:
+            await asyncio.gather(*(one(m) for m in messages))
+        finally:
+            if said:
+                with contextlib.suppress(Exception):   # bookkeeping only: a later batch catches up
+                    await outbox.supersede(self.db, said)
 
-    async def _deliver(self, message: Message, token: str, report: SweepReport, hops: int = 0) -> None:
+    async def _deliver(self, message: Message, token: str, report: SweepReport, hops: int = 0) -> list[int]:
+        """Send one message and record the outcome; returns the ids sent or left uncertain."""
         # Counters are added after each await (``x += await f()`` would lose concurrent updates).
         person = message.recipient
         channel = self.deps.outbound.get(person.channel or "")
         if channel is None:
             await outbox.release(self.db, token, message.ids, not_before=self.clock.now() + LATER)
-            return
+            return []
         await self.limiter.acquire(f"{person.channel}:{person.chat_id}")
         ids = await outbox.attempt(self.db, self.clock, token, message.ids)
         if not ids:
-            return   # another sweeper took these over after our lease ran out
+            return []   # another sweeper took these over after our claim was taken back
         ids_list = sorted(ids)
         try:
             await self.limiter.gate()
@@ -309,10 +356,10 @@ class Sweeper:
             fallback = await self._fallback(message) if hops < 3 else None
             if fallback is not None:
                 fallback.notices = [n for n in message.notices if n.id in ids]
-                await self._deliver(fallback, token, report, hops + 1)
-                return
+                return await self._deliver(fallback, token, report, hops + 1)
             done = await outbox.mark_skipped(self.db, token, ids_list, f"unreachable: {exc}")
             report.skipped += done
+            return []
         except DeliveryFailed as exc:
             # A 429 that outlived the channel's own retries: everyone waits (the cause may carry it).
             retry_after = getattr(exc, "retry_after", None) or getattr(exc.__cause__, "retry_after", None)
@@ -324,6 +371,7 @@ class Sweeper:
                                                        retry_after=retry_after)
             report.retry += done
             observe.count_send(person.channel, "retry")
+            return []
         except DeliveryUncertain as exc:
             done = await outbox.mark_uncertain(self.db, token, ids_list, f"uncertain: {exc}")
             report.uncertain += done
@@ -339,6 +387,7 @@ class Sweeper:
             report.sent += done
             report.messages += 1
             observe.count_send(person.channel, "sent")
+        return ids_list   # sent, or uncertain
 
     async def _preview(self, report: SweepReport) -> SweepReport:
         """What a sweep would send now, without inserting, claiming or sending anything."""
@@ -364,9 +413,10 @@ class Sweeper:
 # -- the scheduler ----------------------------------------------------------------------------------
 
 def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in: float = 20,
-                    sweeper: Sweeper | None = None):
-    """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep and the
-    holds-expiry sweep. One sweep at a time per process."""
+                    sweeper: Sweeper | None = None, recover_every: float = 10):
+    """An APScheduler 3 ``AsyncIOScheduler`` on the running loop: the reminder sweep, a check
+    every ``recover_every`` seconds for claims of sweepers that died (sent at once, so a crash
+    delays notices by under a minute), and the holds-expiry sweep. One sweep at a time per process."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     sweeper = sweeper or Sweeper(router)
@@ -391,6 +441,15 @@ def start_scheduler(router: Router, *, interval_minutes: float = 5, first_run_in
 
     scheduler.add_job(sweep, "interval", minutes=interval_minutes, next_run_time=first, id="reminders",
                       max_instances=1, coalesce=True, misfire_grace_time=60)
+
+    async def recover() -> None:
+        try:
+            await sweeper.recover()
+        except Exception:
+            log.exception("taking back a dead sweeper's claims failed; the next sweep will")
+
+    scheduler.add_job(recover, "interval", seconds=recover_every, next_run_time=first, id="recover",
+                      max_instances=1, coalesce=True, misfire_grace_time=30)
 
     async def expire() -> None:
         try:

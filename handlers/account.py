@@ -15,7 +15,7 @@ from services.common import DomainError
 
 async def _redeem(ctx: Context, code: str) -> Reply:
     result = await accounts.redeem_link_code(ctx.db, ctx.actor, code, clock=ctx.clock,
-                                            key=ctx.deps.link_code_key)
+                                            key=ctx.deps.link_code_key, source=ctx.event.source)
     # From now on they are a student or a teacher, not a guest: answer in that register.
     t = ctx.deps.catalogs.translator(ctx.actor.language, ctx.deps.timezone, audience_for(result.role))
     where = t("account.linked_class", name=result.class_name) if result.class_name else ""

@@ -157,6 +157,7 @@ class Router:
         self.group_buttons: set[str] = set()
         self.flows: dict[str, Handler] = {}
         self.deep_links: dict[str, Handler] = {}
+        self.group_deep_links: set[str] = set()
         self.text_handler: Handler | None = None
         self.photo_handler: Handler | None = None
         self.text_prefilters: list[Handler] = []
@@ -186,9 +187,12 @@ class Router:
         """Plain text goes to ``handler`` while the chat's conversation state is in this flow."""
         self.flows[name] = handler
 
-    def deep_link(self, prefix: str, handler: Handler) -> None:
-        """``/start <prefix><rest>`` (from a QR code or a channel's deep link) goes to ``handler``."""
+    def deep_link(self, prefix: str, handler: Handler, *, in_groups: bool = False) -> None:
+        """``/start <prefix><rest>`` (from a QR code or a channel's deep link) goes to ``handler``.
+        Like commands, private chats only unless ``in_groups`` (a link code must never run in a group)."""
         self.deep_links[prefix] = handler
+        if in_groups:
+            self.group_deep_links.add(prefix)
 
     def fallback_text(self, handler: Handler) -> None:
         """Plain text that no flow or prefilter took (the catalog search)."""
@@ -326,11 +330,18 @@ class Router:
             buttons = [[Button(ctx.t("error.open_private"), url=ctx.channel.home)]]
         return Reply(text, buttons=buttons, toast=text if toast else None)
 
-    def start_payload_handler(self, payload: str) -> Handler | None:
+    def start_payload_handler(self, payload: str, *, private: bool = True) -> Handler | None:
+        """The deep-link handler for ``payload``; in a group, one that says "private chat only"
+        for links that are not meant for groups (nothing runs, so a link code is not used up)."""
         for prefix, handler in self.deep_links.items():
             if payload.startswith(prefix):
+                if not private and prefix not in self.group_deep_links:
+                    return self._private_only_handler
                 return handler
         return None
+
+    async def _private_only_handler(self, event: Incoming, ctx: Context) -> Reply:
+        return self._private_only(ctx)
 
     def help_lines(self, ctx: Context) -> list[str]:
         return [ctx.t(c.help_key) for c in self.commands.values()

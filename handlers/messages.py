@@ -30,6 +30,9 @@ class Incoming:
     display_name: str | None = None
     chat_type: str = "private"
     photo_ref: str | None = None       # a stored photo (services.photos ref) the person sent
+    mentioned: bool = False            # a group message addressed to the bot by @name (mention removed)
+    source: str | None = None          # the client's address where a channel knows it (web chat): link-code
+                                       # guesses are also limited per source
 
     @property
     def command(self) -> str | None:

@@ -30,6 +30,7 @@ SHELF_PAGE = 10
 GOOD_MATCH = 75.0
 SIMILARITY_FLOOR = 60.0
 RESEMBLANCE = 75.0          # rapidfuzz similarity of the folded query to the hit's title + authors
+CARD_LIMIT = 3500     # a card or a result page is one chat message (Telegram's limit is 4096)
 STATUS_KEYS = {
     CopyStatus.AVAILABLE: N_("search.status_available"),
     CopyStatus.ON_LOAN: N_("search.status_on_loan"),
@@ -92,8 +93,8 @@ async def search_command(event: Incoming, ctx: Context) -> Reply:
 
 
 async def search_text(event: Incoming, ctx: Context) -> Reply | None:
-    if event.chat_type != "private":  # in a group, only /search is meant for the bot
-        return None
+    if event.chat_type != "private" and not event.mentioned:
+        return None   # in a group, only /search and "@bot words" are meant for the bot
     return await run_search(ctx, event.text)
 
 
@@ -189,13 +190,13 @@ async def book_card(ctx: Context, title_id: int, *, scanned_copy: int | None = N
     t = ctx.t
     library_id = ctx.actor.library_id
     card = await catalog.get_title_card(ctx.db, title_id, library_id)
-    lines = [f"📖 {card.title}"]
+    lines = [f"📖 {short(card.title, 300)}"]
     if card.authors:
-        lines.append(t("search.card_authors", authors=card.authors))
+        lines.append(t("search.card_authors", authors=short(card.authors, 200)))
     if card.year:
         lines.append(t("search.card_year", year=card.year))
     if card.publisher:
-        lines.append(t("search.card_publisher", publisher=card.publisher))
+        lines.append(t("search.card_publisher", publisher=short(card.publisher, 120)))
     if card.call_number:
         lines.append(t("search.card_call_number", call_number=card.call_number))
     if card.isbn13:
@@ -206,8 +207,10 @@ async def book_card(ctx: Context, title_id: int, *, scanned_copy: int | None = N
             lines.insert(1, t("search.card_scanned", barcode=copy.barcode, status=t(STATUS_KEYS[copy.status])))
     if card.copies:
         lines.append(t("search.card_copies", available=card.available, copies=len(card.copies)))
+        room = CARD_LIMIT - 200 - sum(len(line) + 1 for line in lines)   # 200: the holds line
+        shown = 0
         for copy in card.copies[:30]:
-            place = copy.location_name or t("search.card_no_place")
+            place = short(copy.location_name, 60) if copy.location_name else t("search.card_no_place")
             status = t(STATUS_KEYS[copy.status])
             if library_id is None:
                 lines.append(t("search.card_copy_other", library=copy.library_code, barcode=copy.barcode,
@@ -216,7 +219,12 @@ async def book_card(ctx: Context, title_id: int, *, scanned_copy: int | None = N
                 if copy.due_date is not None:
                     status = t("search.status_on_loan_due", due=t.date(copy.due_date))
                 lines.append(t("search.card_copy", barcode=copy.barcode, place=place, status=status))
-        if len(card.copies) > 30:
+            room -= len(lines[-1]) + 1
+            if room < 0:      # one message per card, however many copies and long shelf names
+                lines.pop()
+                break
+            shown += 1
+        if shown < len(card.copies):
             lines.append("…")
         if library_id is not None and not card.available and card.next_due is not None:
             lines.append(t("search.card_next_due", due=t.date(card.next_due), count=card.holds_waiting))
@@ -235,7 +243,7 @@ async def book_card(ctx: Context, title_id: int, *, scanned_copy: int | None = N
             buttons.extend(await provider(ctx, title_id))
         except Exception:  # one feature's bug must not hide the book
             log.exception("book card buttons from %r failed", provider)
-    return Reply("\n".join(lines), buttons=buttons)
+    return Reply("\n".join(lines)[:CARD_LIMIT], buttons=buttons)
 
 
 async def press_book(event: Incoming, ctx: Context, args: list[str]) -> Reply:
@@ -309,6 +317,6 @@ def register(router: Router) -> None:
     router.button("book", press_book, in_groups=True)
     router.button("sp", press_page, in_groups=True)
     router.button("loc", press_location, in_groups=True)
-    router.deep_link("t", link_title)
-    router.deep_link("c", link_copy)
-    router.deep_link("l", link_location)
+    router.deep_link("t", link_title, in_groups=True)   # catalog only: nobody's personal data
+    router.deep_link("c", link_copy, in_groups=True)
+    router.deep_link("l", link_location, in_groups=True)

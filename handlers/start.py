@@ -13,12 +13,12 @@ async def start(event: Incoming, ctx: Context) -> list[Reply] | Reply | None:
     """Greet, or open what a scanned QR code / t.me link points at."""
     payload = event.args
     if payload:
-        handler = ctx.router.start_payload_handler(payload)
+        handler = ctx.router.start_payload_handler(payload, private=event.chat_type == "private")
         if handler is None:
             return Reply(ctx.t("start.bad_link"))
         return await handler(event, ctx)
     t = ctx.t
-    if ctx.actor.is_linked:
+    if ctx.actor.is_linked and event.chat_type == "private":   # a group is not told anyone's name
         greeting = t("start.welcome_back", name=ctx.actor.full_name or "")
     else:
         greeting = t("start.welcome_guest")

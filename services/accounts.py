@@ -20,10 +20,17 @@ database or backup does not give away codes that are still valid (40 bits fall q
 offline search of a plain hash). Without a stable secret (none configured, so every process would
 invent its own) codes use the plain SHA-256 digest, and a keyed deployment still accepts those,
 so codes printed before the key was set keep working until they expire. Changing the secret
-invalidates the codes issued under the old one (as it does buttons already in chats). Guessing is rate-limited in the database (so every worker agrees): per
-chat identity 5 attempts per 15 minutes, and deployment-wide 200 attempts per 10 minutes. A wrong
-guess cannot tell which library it was aimed at, so the "global" limit covers every library at
-once, which is stricter than one limit per library.
+invalidates the codes issued under the old one (as it does buttons already in chats).
+
+Guessing is rate-limited in the database (so every worker agrees), in an order that one attacker
+cannot turn against everyone else: each chat identity (one platform account) has 5 attempts per
+15 minutes, and each ``source`` the adapter names (the web chat's client address) 30 wrong guesses
+(right ones do not count, so a whole class may link from one school network); an attempt refused
+by a limit counts nowhere. Wrong guesses are also counted deployment-wide; past 200 in
+10 minutes, guesses spread over many chats are slowed: a wrong guess then uses up its chat's
+whole window at once. The global count never refuses a chat that is under its own limit, so a
+valid code from such a chat always links it. A wrong guess cannot tell which library it was
+aimed at, so the global count covers every library at once.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import io
 import re
 import secrets
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,7 +51,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit
+from services import audit, spreadsheets
 from services.common import Clock, DomainError, NotFound, PermissionDenied
 from services.db import Database, insert_for
 from services.models import (
@@ -65,7 +73,8 @@ ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 8
 CODE_TTL = timedelta(days=14)
 CHAT_LIMIT = (5, 15 * 60)        # attempts, window in seconds
-GLOBAL_LIMIT = (200, 10 * 60)
+SOURCE_LIMIT = (30, 15 * 60)     # wrong guesses per client address (web chat): a school may share one
+GLOBAL_LIMIT = (200, 10 * 60)    # wrong guesses deployment-wide before guessing is slowed
 MAX_IMPORT_ROWS = 20_000
 
 
@@ -142,8 +151,12 @@ class LinkResult:
 
 async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None = None,
                            patron_ids: list[int] | None = None, clock: Clock,
-                           ttl: timedelta = CODE_TTL, key: bytes | None = None) -> list[IssuedCode]:
-    """New single-use codes for a class or for given patrons of the staff member's library."""
+                           ttl: timedelta = CODE_TTL, key: bytes | None = None,
+                           deliver: Callable[[list[IssuedCode]], Awaitable[None]] | None = None,
+                           ) -> list[IssuedCode]:
+    """New single-use codes for a class or for given patrons of the staff member's library.
+    ``deliver`` (e.g. write the slips file) runs inside the transaction: if it fails, nothing
+    is issued and the earlier unused codes stay valid, so no live code is left unseen."""
     require_staff(actor)
     if not class_name and not patron_ids:
         raise DomainError("account.codes_need_class")
@@ -173,41 +186,97 @@ async def issue_link_codes(db: Database, actor: Actor, *, class_name: str | None
             audit.record(s, "account.code_issue", "patron", patron.id, actor_patron_id=actor.patron_id,
                          library_id=patron.library_id, channel=actor.channel)
         await s.flush()  # a (vanishingly rare) duplicate digest fails the whole batch: just run it again
+        if deliver is not None:
+            await deliver(issued)
         return issued
 
 
-async def _hit(s: AsyncSession, key: str, window: int, now: datetime) -> tuple[int, int]:
-    """Count one attempt against ``key`` in the current fixed window: (count so far, seconds left)."""
+def _window(now: datetime, window: int) -> tuple[int, int]:
+    """(start of the fixed window containing ``now``, seconds left in it)."""
     epoch = int(now.timestamp())
     start = epoch - epoch % window
+    return start, start + window - epoch
+
+
+async def _take(s: AsyncSession, key: str, window: int, limit: int, now: datetime,
+                cost: int = 1) -> tuple[int | None, int]:
+    """Use ``cost`` attempts of ``key``'s current window if it has any left: (count now, or None
+    when the window is already full and nothing was counted; seconds left in the window)."""
+    start, left = _window(now, window)
+    insert = insert_for(s)
+    stmt = insert(RateCounter).values(key=key, window_start=start, count=cost)
+    stmt = stmt.on_conflict_do_update(index_elements=["key", "window_start"],
+                                      set_={"count": RateCounter.count + cost},
+                                      where=RateCounter.count < limit).returning(RateCounter.count)
+    return (await s.execute(stmt)).scalar_one_or_none(), left
+
+
+async def _hit(s: AsyncSession, key: str, window: int, now: datetime) -> tuple[int, int]:
+    """Count one attempt against ``key`` in the current fixed window: (count so far, seconds left).
+    (Unconditional; the desk's sign-in uses it. Link codes use :func:`_take`.)"""
+    start, left = _window(now, window)
     insert = insert_for(s)
     stmt = insert(RateCounter).values(key=key, window_start=start, count=1)
     stmt = stmt.on_conflict_do_update(index_elements=["key", "window_start"],
                                       set_={"count": RateCounter.count + 1}).returning(RateCounter.count)
-    count = (await s.execute(stmt)).scalar_one()
-    return count, start + window - epoch
+    return (await s.execute(stmt)).scalar_one(), left
+
+
+def _wait(left: int) -> DomainError:
+    return DomainError("account.too_many_attempts", minutes=max(1, -(-left // 60)))
 
 
 async def redeem_link_code(db: Database, actor: Actor, code: str, *, clock: Clock,
-                           key: bytes | None = None) -> LinkResult:
-    """Link this chat to the patron the code was issued for. Each attempt counts against the limits."""
+                           key: bytes | None = None, source: str | None = None) -> LinkResult:
+    """Link this chat to the patron the code was issued for. Each attempt that is not refused
+    counts against the chat's (and ``source``'s) limit; a wrong one also against the global count."""
     if actor.identity_id is None:
         raise DomainError("account.link_failed")
     if actor.is_linked:
         raise DomainError("account.already_linked")
-    now = clock.now()
-    async with db.transaction() as s:
-        await s.execute(delete(RateCounter).where(
-            RateCounter.key.like("link:%"), RateCounter.window_start < int(now.timestamp()) - 86400))
-        chat_count, chat_left = await _hit(s, f"link:chat:{actor.identity_id}", CHAT_LIMIT[1], now)
-        all_count, all_left = await _hit(s, "link:all", GLOBAL_LIMIT[1], now)
-    if chat_count > CHAT_LIMIT[0]:
-        raise DomainError("account.too_many_attempts", minutes=max(1, -(-chat_left // 60)))
-    if all_count > GLOBAL_LIMIT[0]:
-        raise DomainError("account.too_many_attempts", minutes=max(1, -(-all_left // 60)))
     normalized = normalize_code(code)
     if normalized is None:
-        raise DomainError("account.code_invalid")
+        raise DomainError("account.code_invalid")   # not a code at all: probes nothing, counts nothing
+    now = clock.now()
+    chat_key = f"link:chat:{actor.identity_id}"
+    source_key = f"link:src:{source[:60]}" if source else None
+    async with db.transaction() as s:   # a refusal rolls back every count taken here
+        await s.execute(delete(RateCounter).where(
+            RateCounter.key.like("link:%"), RateCounter.window_start < int(now.timestamp()) - 86400))
+        taken, left = await _take(s, chat_key, CHAT_LIMIT[1], CHAT_LIMIT[0], now)
+        if taken is None:
+            raise _wait(left)
+        if source_key is not None:   # only wrong guesses count here: a class linking from one lab is fine
+            start, left = _window(now, SOURCE_LIMIT[1])
+            wrong = await s.scalar(select(RateCounter.count).where(RateCounter.key == source_key,
+                                                                   RateCounter.window_start == start))
+            if (wrong or 0) >= SOURCE_LIMIT[0]:
+                raise _wait(left)
+    try:
+        return await _claim(db, actor, normalized, key, now)
+    except DomainError as refusal:
+        if refusal.key in ("account.code_invalid", "account.code_used", "account.code_expired"):
+            await _count_wrong_guess(db, chat_key, source_key, now)
+        raise
+
+
+async def _count_wrong_guess(db: Database, chat_key: str, source_key: str | None, now: datetime) -> None:
+    """Count a wrong guess for its address and deployment-wide; past the global limit, it uses up
+    its chat's window."""
+    async with db.transaction() as s:
+        if source_key is not None:
+            await _take(s, source_key, SOURCE_LIMIT[1], 1 << 30, now)
+        start, _ = _window(now, GLOBAL_LIMIT[1])
+        insert = insert_for(s)
+        count = (await s.execute(insert(RateCounter).values(key="link:wrong", window_start=start, count=1)
+                                 .on_conflict_do_update(index_elements=["key", "window_start"],
+                                                        set_={"count": RateCounter.count + 1})
+                                 .returning(RateCounter.count))).scalar_one()
+        if count > GLOBAL_LIMIT[0]:
+            await _take(s, chat_key, CHAT_LIMIT[1], CHAT_LIMIT[0], now, cost=CHAT_LIMIT[0])
+
+
+async def _claim(db: Database, actor: Actor, normalized: str, key: bytes | None, now: datetime) -> LinkResult:
     digests = _digests(normalized, key)
     async with db.transaction() as s:
         claimed = (await s.execute(
@@ -394,19 +463,35 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
+    encoding: str = "utf-8"
 
     def summary(self) -> str:
-        return (f"{self.library_code}: {self.created} created, {self.updated} updated, "
+        text = (f"{self.library_code}: {self.created} created, {self.updated} updated, "
                 f"{self.unchanged} unchanged, {len(self.rejected)} rejected")
+        return text if self.encoding == "utf-8" else f"{text} (read as {self.encoding})"
 
 
-def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]]]:
+def _read_small(path: Path, limit: int) -> bytes:
+    """The file, refusing a device (/dev/zero), a folder or more than ``limit`` bytes."""
+    import stat
+
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode) and not stat.S_ISFIFO(info.st_mode):
+        raise DomainError("import.not_a_file", path=str(path)[:200])
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DomainError("import.file_too_big", megabytes=limit // 2**20)
+    return data
+
+
+def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]], list[RejectedRow]]:
     sample = data[:4096]
     try:
         dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.reader(io.StringIO(data), dialect)
+    reader = csv.reader(io.StringIO(data, newline=""), dialect)
     header = next(reader, None)
     if not header:
         raise DomainError("import.empty")
@@ -420,29 +505,67 @@ def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str
     if missing:
         raise DomainError("import.missing_columns", columns=", ".join(missing), found=", ".join(header)[:200])
     rows = []
+    start = reader.line_num + 1
     for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        values = {f: (row[i].strip() if i < len(row) else "") for f, i in columns.items()}
-        rows.append((reader.line_num, values))
-    return columns, rows
+        if any(cell.strip() for cell in row):
+            values = {f: (row[i].strip() if i < len(row) else "") for f, i in columns.items()}
+            rows.append((start, values))
+        start = reader.line_num + 1
+    rejected = []
+    if rows and spreadsheets.ends_inside_quotes(data, dialect):
+        line, values = rows.pop()   # cut short inside quotes: the partial row is not a person
+        rejected.append(RejectedRow(line, "the file ends inside quotes, so this row is incomplete",
+                                    values.get("card", "")[:40]))
+    return columns, rows, rejected
+
+
+MAX_IMPORT_BYTES = 32 * 1024 * 1024      # 20,000 rows are about 2 MB
+VIETNAMESE_VOWELS = set("aăâeêioôơuưyAĂÂEÊIOÔƠUƯY")
+TONE_MARKS = {"\u0300", "\u0301", "\u0303", "\u0309", "\u0323"}   # cp1258 writes tones as separate marks
+
+
+def decode_patron_file(raw: bytes, encoding: str | None = None) -> tuple[str, str]:
+    """(text, encoding used). UTF-8 (with or without BOM) is read as is; ``encoding`` when the
+    office says so. Otherwise a file is taken as Windows-1258 (old Vietnamese Windows exports)
+    only when it reads as Vietnamese does in that code page: tone marks, each right after a
+    vowel. Anything else is refused rather than guessed (Latin-1 «Hélène Þór» would silently
+    become «Hélène ̃ór»)."""
+    if encoding:
+        try:
+            return unicodedata.normalize("NFC", raw.decode(encoding)).lstrip("\ufeff"), encoding
+        except LookupError:
+            raise DomainError("import.encoding_unknown", encoding=encoding[:30]) from None
+        except UnicodeDecodeError as exc:
+            raise DomainError("import.encoding_wrong", encoding=encoding[:30],
+                              line=raw[:exc.start].count(b"\n") + 1) from None
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+    try:
+        text = raw.decode("cp1258")
+    except UnicodeDecodeError:
+        raise DomainError("import.encoding_unsure", line=line) from None
+    marks = [(i, ch) for i, ch in enumerate(text) if ch in TONE_MARKS]
+    if not marks or any(i == 0 or text[i - 1] not in VIETNAMESE_VOWELS for i, _ in marks):
+        raise DomainError("import.encoding_unsure", line=line)
+    return unicodedata.normalize("NFC", text), "cp1258"
 
 
 async def import_patrons(db: Database, path: str | Path, library_code: str, *,
-                         actor: Actor | None = None) -> ImportReport:
+                         actor: Actor | None = None, encoding: str | None = None) -> ImportReport:
     """Create or update the library's patrons from a CSV file; rows that do not make sense are reported.
-    ``actor``: a staff member of that library (the desk); None: the operator's CLI on the server."""
+    ``actor``: a staff member of that library (the desk); None: the operator's CLI on the server.
+    The file's encoding is detected or refused, never guessed (see :func:`decode_patron_file`)."""
     if actor is not None:
         require_staff(actor)
         if actor.library_code != library_code:
             raise PermissionDenied()
-    raw = await asyncio.to_thread(Path(path).read_bytes)
-    try:
-        data = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        data = raw.decode("cp1258", errors="replace")  # old Windows exports in Vietnamese
-    _, rows = _read_rows(data)
-    report = ImportReport(library_code)
+    raw = await asyncio.to_thread(_read_small, Path(path), MAX_IMPORT_BYTES)
+    data, used = decode_patron_file(raw, encoding)
+    _, rows, broken = _read_rows(data)
+    report = ImportReport(library_code, encoding=used)
+    report.rejected.extend(broken)
     if len(rows) > MAX_IMPORT_ROWS:
         raise DomainError("import.too_many", limit=MAX_IMPORT_ROWS)
     async with db.transaction() as s:
@@ -502,4 +625,5 @@ async def import_patrons(db: Database, path: str | Path, library_code: str, *,
                      channel=actor.channel if actor else "cli", actor_patron_id=actor.patron_id if actor else None,
                      created=report.created, updated=report.updated, unchanged=report.unchanged,
                      rejected=len(report.rejected))
+    report.rejected.sort(key=lambda row: row.line)
     return report

@@ -19,7 +19,6 @@ Badges, computed from the student's whole history in their library:
 
 from __future__ import annotations
 
-import csv
 import io
 import unicodedata
 from collections import defaultdict
@@ -32,7 +31,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, outbox
+from services import audit, outbox, spreadsheets
 from services.common import Clock, DomainError, NotFound, aware
 from services.db import Database, insert_for
 from services.models import (
@@ -716,11 +715,7 @@ async def export_reflections(db: Database, campaign_id: int, fmt: str, t: Transl
         c = await s.get(Campaign, campaign_id)
         library = await s.get(Library, c.library_id)
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(_headers(t))
-        writer.writerows(_cells(r, t) for r in rows)
-        return buffer.getvalue().encode("utf-8-sig")
+        return spreadsheets.csv_bytes([_headers(t), *(_cells(r, t) for r in rows)])
     if fmt == "xlsx":
         from openpyxl import Workbook
         from openpyxl.styles import Alignment, Font
@@ -728,11 +723,11 @@ async def export_reflections(db: Database, campaign_id: int, fmt: str, t: Transl
         wb = Workbook()
         ws = wb.active
         ws.title = t("campaigns.sheet_title")[:31]
-        ws.append(_headers(t))
+        spreadsheets.xlsx_append(ws, _headers(t))
         for cell in ws[1]:
             cell.font = Font(bold=True)
         for r in rows:
-            ws.append(_cells(r, t))
+            spreadsheets.xlsx_append(ws, _cells(r, t))
         for letter, width in zip("ABCDEFGH", (24, 8, 32, 8, 8, 80, 12, 10), strict=True):
             ws.column_dimensions[letter].width = width
         for row in ws.iter_rows(min_row=2, min_col=6, max_col=6):

@@ -5,6 +5,7 @@ Two phases, so a broken file never leaves a half-imported catalog:
 1. *parse* the whole file into :class:`Record`s (or :class:`Rejected` rows with a reason); a file
    that cannot be read as a whole (not CSV/XLSX/MARC, no title column, a truncated MARC record,
    broken XML) raises :class:`MalformedFile` before anything is written;
+   over-long text (``LIMITS``) is shortened at a word boundary and the row listed in the report;
 2. *apply* every record in ONE transaction: match existing titles by ``source_key`` (LCCN, ISBN,
    MARC 001, or a hash of folded title+author+year), else by ISBN-13; update only what differs,
    so importing the same file twice changes nothing the second time.
@@ -21,9 +22,9 @@ import csv
 import hashlib
 import io
 import re
+import stat
 import sys
 import unicodedata
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit
+from services import audit, files, spreadsheets
 from services.common import DomainError
 from services.db import Database
 from services.models import Copy, CopyStatus, Library, Location, Title
@@ -39,13 +40,52 @@ from services.textfold import fold, normalize_isbn
 
 BATCH = 500
 FIELDS = ("title", "authors", "isbn13", "publisher", "year", "language", "subjects", "call_number")
+# Longest text kept per field: generous for real catalog data (LoC titles with subtitles run to a
+# few hundred characters), but a 100,000-character "title" must not reach a chat. Longer text is
+# shortened at a word boundary and the row is listed in the report.
+LIMITS = {"title": 500, "authors": 500, "publisher": 200, "subjects": 1000}
+LOCATION_LIMIT = 100
+MAX_FILE_BYTES = 512 * 1024 * 1024    # a province-wide MARC dump is far smaller; /dev/zero is not
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f}".removesuffix(".0")
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """The whole file, refusing (MalformedFile, nothing read into memory beyond ``limit``) a file
+    larger than ``limit``, a device such as /dev/zero, or a folder."""
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise MalformedFile(f"{path} is a folder, not a file", "import.catalog_not_a_file", path=str(path))
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            raise MalformedFile(f"{path} is a device, not a file", "import.catalog_not_a_file", path=str(path))
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise MalformedFile(f"the file is {_mb(info.st_size)} MB; at most {_mb(limit)} MB can be "
+                                "imported at once (split it into several files)", "import.catalog_too_big",
+                                size=_mb(info.st_size), limit=_mb(limit))
+        chunks, size = [], 0
+        with path.open("rb") as fh:     # a pipe has no size: read up to the limit
+            while chunk := fh.read(min(1 << 20, limit + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise MalformedFile(f"the input is larger than {_mb(limit)} MB, the most that can be "
+                                        "imported at once (split it into several files)",
+                                        "import.catalog_input_too_big", limit=_mb(limit))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
 
 
 class MalformedFile(DomainError):
     """The file as a whole cannot be imported; nothing was written."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__("import.malformed", detail=detail)
+    def __init__(self, detail: str, key: str = "import.malformed", **params: object) -> None:
+        """``detail``: an English sentence for logs (and, with the generic key, for the message);
+        ``key`` + ``params``: a message of its own, in the reader's language."""
+        super().__init__(key, **(params if key != "import.malformed" else {"detail": detail}))
         self.detail = detail
 
     def __str__(self) -> str:
@@ -77,6 +117,7 @@ class Record:
     copies: list[CopySpec] = field(default_factory=list)
     min_copies: int = 0             # "copies / số bản" column: at least this many
     shelf: str | None = None        # where generated copies go (spreadsheet location column)
+    notes: list[str] = field(default_factory=list)   # what was changed on the way in (shortened text)
 
     @property
     def key(self) -> str:
@@ -99,6 +140,36 @@ class Rejected:
     position: str
     title: str
     reason: str
+    imported: bool = False          # a warning: the row was imported, but not exactly as written
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:/.-") + "…"
+
+
+def cap_fields(record: Record) -> Record:
+    """Shorten over-long text fields (see ``LIMITS``), noting each in ``record.notes``."""
+    for name, limit in LIMITS.items():
+        value = getattr(record, name)
+        if value and len(value) > limit:
+            setattr(record, name, _cut(value, limit))
+            record.notes.append(f"{name} had {len(value)} characters; kept the first {limit}")
+    if record.shelf and len(record.shelf) > LOCATION_LIMIT:
+        record.notes.append(f"location had {len(record.shelf)} characters; kept the first {LOCATION_LIMIT}")
+        record.shelf = _cut(record.shelf, LOCATION_LIMIT)
+    for spec in record.copies:
+        if spec.location and len(spec.location) > LOCATION_LIMIT:
+            note = f"location had {len(spec.location)} characters; kept the first {LOCATION_LIMIT}"
+            if note not in record.notes:
+                record.notes.append(note)
+            spec.location = _cut(spec.location, LOCATION_LIMIT)
+    return record
 
 
 @dataclass
@@ -108,9 +179,11 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    warnings: list[Rejected] = field(default_factory=list)   # imported, but changed (see Record.notes)
     copies_added: int = 0
     holdings_ignored: int = 0       # holdings in the file, but no library was given
     report_path: Path | None = None
+    report_error: DomainError | None = None     # the report could not be written (disk full…)
     title_ids: list[int] = field(default_factory=list)   # per applied record, in file order
     changed_ids: list[int] = field(default_factory=list)
 
@@ -119,6 +192,8 @@ class ImportSummary:
                 f"rejected {len(self.rejected)}; copies added {self.copies_added}")
         if self.holdings_ignored:
             text += f"; {self.holdings_ignored} holdings ignored (give --library CODE to import copies)"
+        if self.warnings:
+            text += f"; {len(self.warnings)} imported with shortened text"
         return text
 
 
@@ -306,15 +381,31 @@ def read_csv(data: bytes) -> Iterator[Record | Rejected]:
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=first.count)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    cut = spreadsheets.ends_inside_quotes(text, delimiter=delimiter)
+    partial: list[tuple[int, list[object]]] = []
 
     def rows() -> Iterator[tuple[int, list[object]]]:
+        previous = None
         try:
             for row in reader:
-                yield reader.line_num, list(row)
+                if previous is not None:
+                    yield previous
+                previous = reader.line_num, list(row)
         except csv.Error as exc:
             raise MalformedFile(f"CSV line {reader.line_num}: {exc}") from exc
+        if previous is not None:
+            if cut:   # the file stops inside a quoted field: that row is incomplete, not a title
+                partial.append(previous)
+            else:
+                yield previous
 
-    return _rows_to_records(rows(), "CSV")
+    def records() -> Iterator[Record | Rejected]:
+        yield from _rows_to_records(rows(), "CSV")
+        for number, row in partial:
+            yield Rejected(f"row {number}", clean(row[0] if row else "")[:200],
+                           "the file ends inside quotes, so this row is incomplete")
+
+    return records()
 
 
 def read_xlsx(data: bytes) -> Iterator[Record | Rejected]:
@@ -322,13 +413,24 @@ def read_xlsx(data: bytes) -> Iterator[Record | Rejected]:
 
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise MalformedFile(f"not a readable Excel workbook ({exc.__class__.__name__})") from exc
-    sheet = book.worksheets[0]
+    except Exception as exc:   # zip, XML or openpyxl's own: the workbook is unreadable
+        raise MalformedFile(f"not a readable Excel workbook ({exc.__class__.__name__})", "import.xlsx_unreadable",
+                            error=exc.__class__.__name__) from exc
+    # The first sheet that holds cells: a chart sheet (or a workbook of charts only) has none.
+    sheet = next((ws for ws in book.worksheets if hasattr(ws, "iter_rows")), None)
+    if sheet is None:
+        raise MalformedFile("the Excel workbook has no sheet with rows (only charts?); put the catalog "
+                            "on an ordinary sheet", "import.xlsx_charts_only")
 
     def rows() -> Iterator[tuple[int, list[object]]]:
-        for number, row in enumerate(sheet.iter_rows(values_only=True), 1):
-            yield number, list(row)
+        number = 0
+        try:
+            for number, row in enumerate(sheet.iter_rows(values_only=True), 1):
+                yield number, list(row)
+        except Exception as exc:  # read lazily: a sheet cut short fails mid-way
+            raise MalformedFile(f"the Excel sheet cannot be read after row {number} ({exc.__class__.__name__}):"
+                                " the file is damaged or was cut short; save it again from Excel",
+                                "import.xlsx_damaged", row=number) from exc
 
     return _rows_to_records(rows(), "Excel")
 
@@ -488,10 +590,7 @@ READERS = {"csv": read_csv, "xlsx": read_xlsx, "marc": read_marc, "marcxml": rea
 def parse_file(path: Path | str, *, progress: bool = False) -> tuple[str, list[Record], list[Rejected]]:
     """Read the whole file (phase 1). Raises :class:`MalformedFile`; writes nothing."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise MalformedFile(f"cannot read {path}: {exc.strerror}") from exc
+    data = read_limited(path, MAX_FILE_BYTES)
     if not data.strip():
         raise MalformedFile("the file is empty")
     fmt = detect_format(path, data)
@@ -503,7 +602,11 @@ def parse_file(path: Path | str, *, progress: bool = False) -> tuple[str, list[R
 
         items = tqdm(items, desc="reading", unit=" rec", file=sys.stderr, leave=False)
     for item in items:
-        (records if isinstance(item, Record) else rejected).append(item)
+        if isinstance(item, Record):
+            records.append(cap_fields(item))
+        else:
+            item.title = _cut(item.title, LIMITS["title"])
+            rejected.append(item)
     return fmt, records, rejected
 
 
@@ -698,29 +801,36 @@ async def apply_records(s: AsyncSession, records: list[Record], *, library: Libr
     return summary
 
 
+def report_destination(path: Path, report: Path | None = None) -> tuple[Path, bool]:
+    """Where the report of rejected and shortened rows will go, decided before importing:
+    ``report`` when given (a DomainError if it cannot be written), else ``FILE.rejected.csv``
+    beside the input, else (that folder is read-only) the current directory. The flag says the
+    report moved to the current directory, so the caller can say so up front."""
+    if report is not None:
+        return files.check_writable(report), False
+    beside = path.with_name(path.name + ".rejected.csv")
+    try:
+        return files.check_writable(beside), False
+    except DomainError:
+        return files.check_writable(Path.cwd() / beside.name), True
+
+
 def write_report(path: Path, rejected: list[Rejected], report: Path | None = None) -> Path | None:
-    """Rejected rows go to ``FILE.rejected.csv`` beside the input (or the current directory when
-    that folder is read-only). A clean import removes a stale report."""
-    target = report or path.with_name(path.name + ".rejected.csv")
+    """Write the rows (rejected, or imported with a warning) and their reasons to ``report``
+    (default: see :func:`report_destination`). A clean import removes a stale default report."""
     if not rejected:
+        target = report or path.with_name(path.name + ".rejected.csv")
         if report is None and target.exists():
             try:
                 target.unlink()
             except OSError:
                 pass
         return None
+    target = report or report_destination(path)[0]
     body = io.StringIO()
-    writer = csv.writer(body)
-    writer.writerow(["position", "title", "reason"])
-    for r in rejected:
-        writer.writerow([r.position, r.title, r.reason])
-    for candidate in (target, Path.cwd() / target.name):
-        try:
-            candidate.write_text(body.getvalue(), encoding="utf-8")
-            return candidate
-        except OSError:
-            continue
-    return None
+    spreadsheets.write_csv(body, [["position", "title", "reason"],
+                                  *([r.position, r.title, r.reason] for r in rejected)])
+    return files.write_text(target, body.getvalue())
 
 
 async def import_file(db: Database, path: Path | str, *, library_code: str | None = None, copies: int = 0,
@@ -728,8 +838,12 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
                       actor_patron_id: int | None = None) -> ImportSummary:
     """Import a catalog file in one transaction; see the module docstring."""
     path = Path(path)
+    if report is not None:
+        files.check_writable(report)   # say so before importing, not after
     fmt, records, rejected = parse_file(path, progress=progress)
-    summary = ImportSummary(format=fmt, rejected=rejected)
+    summary = ImportSummary(format=fmt, rejected=rejected,
+                            warnings=[Rejected(r.position, r.title, "imported, but " + "; ".join(r.notes), True)
+                                      for r in records if r.notes])
     async with db.transaction() as s:
         library = None
         if library_code:
@@ -743,5 +857,8 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
                      library_id=library.id if library else None, channel=channel, file=path.name,
                      format=fmt, added=summary.added, updated=summary.updated, unchanged=summary.unchanged,
                      rejected=len(summary.rejected), copies_added=summary.copies_added)
-    summary.report_path = write_report(path, summary.rejected, report)
+    try:
+        summary.report_path = write_report(path, summary.rejected + summary.warnings, report)
+    except DomainError as exc:   # the import itself is committed; say why the report is missing
+        summary.report_error = exc
     return summary

@@ -89,6 +89,7 @@ class NotificationStatus(enum.StrEnum):
     FAILED = "failed"
     UNCERTAIN = "uncertain"
     SKIPPED = "skipped"
+    SUPERSEDED = "superseded"   # was uncertain; a later reminder about the same loan or hold went out
 
 
 def utcnow() -> datetime:
@@ -325,6 +326,18 @@ class Notification(TimestampMixin, Base):
     channel: Mapped[str | None] = mapped_column(String(16))
     chat_id: Mapped[str | None] = mapped_column(String(64))
     message_ref: Mapped[str | None] = mapped_column(String(64))
+
+
+class OutboxWorker(Base):
+    """A process delivering notices, and when it last said it was alive. Its claims
+    (``Notification.claimed_by`` = ``worker``) are taken back soon after the heartbeat stops,
+    instead of waiting out the whole lease."""
+
+    __tablename__ = "outbox_workers"
+
+    worker: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(Base):

@@ -7,19 +7,29 @@ unique ``key`` makes recording the same event twice harmless. Reminder planning
 
 Delivery bookkeeping, safe with several sweepers and crashes (the database is the source of truth):
 
-1. ``recover`` returns expired claims: never attempted → pending again; attempted (the process
-   died during the send) → ``uncertain``.
+1. ``recover`` returns the claims of a dead sweeper: never attempted → pending again; attempted
+   (the process died during the send) → ``uncertain``. A sweeper proves it is alive with a
+   heartbeat (``beat``, every ``HEARTBEAT_EVERY``, in ``outbox_workers``); its claims are taken
+   back once the heartbeat is ``HEARTBEAT_TIMEOUT`` old, so after a crash the rest goes out within
+   a minute, not after the whole ``LEASE`` (which still bounds a claim held by a process that is
+   alive but stuck). Clocks of the machines sharing a database must agree (NTP) to within a few
+   seconds; a worker judged dead too early is harmless: a pending claim is no longer its own (its
+   ``attempt`` finds nothing), an attempted one it still marks sent.
 2. ``claim`` takes a batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a conditional update on
    SQLite); ``attempt`` marks the notices just before the send call (committed first);
    ``mark_sent`` / ``mark_retry`` / ``mark_uncertain`` / ``mark_skipped`` / ``mark_failed`` record
    the outcome, ``release`` gives claims back untouched.
 
-The uncertain rule: a notice whose send timed out after the request went out, or whose sweeper
-died between ``attempt`` and the outcome, becomes ``uncertain`` and is never re-sent
-automatically — a duplicate reminder erodes trust more than a missing one, and every reminder
-has a natural follow-up. Uncertain notices are counted in ``status_counts``
-(``docsach remind --status``) and a librarian may re-queue them on purpose with
-``requeue_uncertain``.
+The uncertain rule: a notice whose request was written out but got no answer (a read timeout,
+the connection closed after sending), or whose sweeper died between ``attempt`` and the outcome,
+becomes ``uncertain`` and is never re-sent automatically — a duplicate reminder erodes trust more
+than a missing one, and every reminder has a natural follow-up. (A failure before the request
+was written — no connection, a reset before the last byte left — is "not sent" and retried.)
+When the next notice about the same loan or hold (``subject``) is sent or itself becomes
+uncertain, earlier uncertain ones become ``superseded``: no librarian needs to look at a "due
+soon" that has become "due today". The rest are counted in ``status_counts``
+(``docsach remind --status`` explains them) and a librarian may re-queue them on purpose with
+``requeue_uncertain`` (which may deliver a second copy).
 
 ``recipients`` decides where a notice goes: the chat the patron used last among the channels
 this process runs, falling back to their other chats when that one is unreachable.
@@ -27,6 +37,7 @@ this process runs, falling back to their other chats when that one is unreachabl
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -34,15 +45,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common import Clock, aware
 from services.db import Database, insert_for
-from services.models import ChatIdentity, Library, Notification, NotificationStatus, Patron, Role
+from services.models import (
+    ChatIdentity,
+    Library,
+    Notification,
+    NotificationStatus,
+    OutboxWorker,
+    Patron,
+    Role,
+)
 from services.patrons import Actor, require_staff
 
-LEASE = timedelta(minutes=10)     # a claim older than this belongs to a dead sweeper
+LEASE = timedelta(minutes=10)     # a claim older than this is taken back even from a live sweeper
+HEARTBEAT_EVERY = timedelta(seconds=10)
+HEARTBEAT_TIMEOUT = timedelta(seconds=30)   # three missed beats: the sweeper is dead
 MAX_ATTEMPTS = 5                  # DeliveryFailed this often → failed for good
 
 
@@ -76,10 +97,33 @@ class Claimed:
     payload: dict[str, Any]
     attempts: int
 
-async def recover(db: Database, clock: Clock, lease: timedelta = LEASE) -> tuple[int, int]:
-    """Expired claims: never attempted → pending; attempted but unfinished → uncertain."""
+async def beat(db: Database, clock: Clock, worker: str) -> None:
+    """``worker`` (a claim token) is alive: register it, or renew its heartbeat."""
     now = clock.now().astimezone(UTC)
-    stale = and_(Notification.status == NotificationStatus.CLAIMED, Notification.claimed_at < now - lease)
+    async with db.transaction() as s:
+        stmt = insert_for(s)(OutboxWorker).values(worker=worker[:64], started_at=now, heartbeat_at=now)
+        await s.execute(stmt.on_conflict_do_update(index_elements=["worker"], set_={"heartbeat_at": now}))
+
+
+async def retire(db: Database, clock: Clock, worker: str) -> None:
+    """The sweep ended: forget the worker (and workers that died long ago)."""
+    now = clock.now().astimezone(UTC)
+    async with db.transaction() as s:
+        await s.execute(delete(OutboxWorker).where(
+            (OutboxWorker.worker == worker[:64]) | (OutboxWorker.heartbeat_at < now - timedelta(days=1))))
+
+
+async def recover(db: Database, clock: Clock, lease: timedelta = LEASE,
+                  heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT) -> tuple[int, int]:
+    """Claims of dead sweepers (no heartbeat for ``heartbeat_timeout``; or the claim is older than
+    ``lease``): never attempted → pending; attempted but unfinished → uncertain."""
+    now = clock.now().astimezone(UTC)
+    alive = select(OutboxWorker.worker).where(OutboxWorker.heartbeat_at >= now - heartbeat_timeout)
+    stale = and_(Notification.status == NotificationStatus.CLAIMED, or_(
+        Notification.claimed_at < now - lease,
+        # a claim younger than the timeout is never judged: its worker may not have beaten yet
+        and_(Notification.claimed_at < now - heartbeat_timeout, Notification.claimed_by.not_in(alive)),
+    ))
     attempted = and_(Notification.attempted_at.is_not(None), Notification.attempted_at >= Notification.claimed_at)
     async with db.transaction() as s:
         released = await s.execute(
@@ -163,6 +207,51 @@ async def mark_sent(db: Database, clock: Clock, token: str, ids: Sequence[int], 
 
 async def mark_uncertain(db: Database, token: str, ids: Sequence[int], error: str) -> int:
     return await _finish(db, ids, token, status=NotificationStatus.UNCERTAIN, last_error=error[:500])
+
+
+# "due_soon:loan=12:2026-12-03", "overdue:loan=12:…:7" → loan=12; "pickup_tomorrow:hold=5:…",
+# "hold_ready:5", "hold_expired:5" → hold=5. Notices without a subject are never superseded.
+_SUBJECT = re.compile(r"^[a-z_]+:(?P<kind>loan|hold)=(?P<id>\d+)(?::|$)|^hold_(?:ready|expired):(?P<hold>\d+)$")
+
+
+def subject(key: str) -> str | None:
+    """What a notice is about, for superseding: "loan=12", "hold=5", or None."""
+    match = _SUBJECT.match(key or "")
+    if match is None:
+        return None
+    return f"hold={match['hold']}" if match["hold"] else f"{match['kind']}={match['id']}"
+
+
+async def supersede(db: Database, ids: Sequence[int]) -> int:
+    """Earlier uncertain notices about the same subject as ``ids`` (just sent, or uncertain
+    themselves) → superseded: the reader has a newer word about that loan or hold. The sweeper
+    calls it once per batch; usually one indexed query that finds nothing."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    async with db.transaction() as s:
+        return await _supersede(s, ids)
+
+
+async def _supersede(s: AsyncSession, ids: list[int]) -> int:
+    patrons_of = select(Notification.patron_id).where(Notification.id.in_(ids))
+    older = (await s.execute(select(Notification.id, Notification.patron_id, Notification.key).where(
+        Notification.status == NotificationStatus.UNCERTAIN, Notification.patron_id.in_(patrons_of),
+        Notification.id.not_in(ids)))).all()
+    if not older:
+        return 0
+    newer = (await s.execute(select(Notification.id, Notification.patron_id, Notification.key)
+                             .where(Notification.id.in_(ids)))).all()
+    wanted = {(pid, subject(key)): (nid, key) for nid, pid, key in newer if subject(key)}
+    done = 0
+    for nid, pid, key in older:
+        by = wanted.get((pid, subject(key)))
+        if by is not None and nid < by[0]:
+            await s.execute(update(Notification).where(
+                Notification.id == nid, Notification.status == NotificationStatus.UNCERTAIN).values(
+                status=NotificationStatus.SUPERSEDED, last_error=f"superseded by {by[1]}"[:500]))
+            done += 1
+    return done
 
 
 async def mark_skipped(db: Database, token: str | None, ids: Sequence[int], reason: str) -> int:

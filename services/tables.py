@@ -3,17 +3,18 @@
 A cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is a formula to a
 spreadsheet: a book title such as ``=HYPERLINK("http://…")`` typed by anyone who can add a title
 would run when a librarian opens the export. Such text cells get a leading apostrophe (OWASP's
-advice); numbers stay numbers.
+advice); numbers stay numbers. The writing itself goes through ``services/spreadsheets.py``, the
+one place every CSV/XLSX the project writes is made safe.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+from services import spreadsheets
+from services.spreadsheets import FORMULA_START
 
 
 def safe_cell(value: object) -> object:
@@ -31,11 +32,7 @@ def safe_cell(value: object) -> object:
 
 
 def to_csv(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([safe_cell(h) for h in headers])
-    writer.writerows([safe_cell(v) for v in row] for row in rows)
-    return buffer.getvalue().encode("utf-8-sig")
+    return spreadsheets.csv_bytes([[safe_cell(h) for h in headers], *([safe_cell(v) for v in row] for row in rows)])
 
 
 def to_xlsx(headers: Sequence[str], rows: Iterable[Sequence[object]], sheet: str = "docsach") -> bytes:
@@ -45,14 +42,11 @@ def to_xlsx(headers: Sequence[str], rows: Iterable[Sequence[object]], sheet: str
     wb = Workbook()
     ws = wb.active
     ws.title = "".join(ch for ch in sheet if ch not in "[]:*?/\\")[:31] or "docsach"
-    ws.append([safe_cell(h) for h in headers])
+    spreadsheets.xlsx_append(ws, [safe_cell(h) for h in headers])
     for cell in ws[1]:
         cell.font = Font(bold=True)
-    for row in rows:
-        ws.append([safe_cell(v) for v in row])
-        for cell in ws[ws.max_row]:
-            if isinstance(cell.value, str):
-                cell.data_type = "s"   # a string stays a string, even one openpyxl would read as a formula
+    for row in rows:   # text typed as text: a string stays a string, even one openpyxl would read as a formula
+        spreadsheets.xlsx_append(ws, [safe_cell(v) for v in row])
     for column in ws.columns:
         width = max((len(str(c.value or "")) for c in column), default=8)
         ws.column_dimensions[column[0].column_letter].width = min(60, max(8, width + 2))

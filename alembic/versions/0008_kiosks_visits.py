@@ -1,7 +1,7 @@
 """kiosks and visits: SIP2 self-check logins, and one visit per reader per day
 
 Revision ID: 0008_kiosks_visits
-Revises: 0006_channel_seam
+Revises: 0007_hardening
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_kiosks_visits"
-down_revision: str | Sequence[str] | None = "0006_channel_seam"
+down_revision: str | Sequence[str] | None = "0007_hardening"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

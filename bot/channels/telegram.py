@@ -8,9 +8,11 @@ checks Telegram's secret header. Photos people send are downloaded and stored by
 from there (older reflections may still hold a Telegram file id, which is sent as it is).
 
 Delivery rules, in one place (:class:`ResilientRateLimiter`): 429 waits ``retry_after`` and
-retries (PTB's AIORateLimiter); 5xx and failures where the request never left are retried with
-backoff; a timeout after the request went out is retried only for calls that are safe to repeat
-(edits, answers, settings) — never sendMessage, which could then arrive twice. 403 "blocked"
+retries (PTB's AIORateLimiter); 5xx and failures where the request was not completely written
+(no connection, a reset or timeout before the last byte left: :class:`WriteTracingTransport`
+knows) are retried with backoff; a failure after the request was written is retried only for
+calls that are safe to repeat (edits, answers, settings) — never sendMessage, which could then
+arrive twice. An update PTB cannot parse is skipped, not fetched forever (:class:`PollingRequest`). 403 "blocked"
 marks the chat unreachable and nothing more is sent there until the person writes again.
 """
 
@@ -65,6 +67,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from bot.app import App
 from bot.channels.base import ChannelError, ChannelProfile, RunOptions
@@ -129,9 +132,81 @@ def file_base_url(base_url: str) -> str:
 
 # -- failures: what is safe to repeat ---------------------------------------------------------
 
+class WriteTracingTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport, noting on any failure whether the whole request had been written.
+
+    Only that tells "not sent" from "maybe delivered": a failed connect, a pool timeout, or a
+    reset/timeout while the headers or body were still being written means the Bot API never
+    got a complete request (it cannot act on half of one), so it is safe to send again. Once the
+    last byte is written, a read timeout or a connection closed before the answer means the
+    message may well have arrived. httpcore reports each phase through the ``trace`` request
+    extension; the flag rides on the exception as ``request_written``, and PTB keeps that
+    exception as the ``__cause__`` of its NetworkError / TimedOut. ``network_backend`` (httpcore's)
+    is for tests that inject failures at the socket level."""
+
+    def __init__(self, *, limits: httpx.Limits, proxy: Any = None, network_backend: Any = None) -> None:
+        super().__init__(limits=limits, http1=True, http2=False, proxy=proxy)
+        if network_backend is not None:
+            import httpcore
+
+            self._pool = httpcore.AsyncConnectionPool(
+                max_connections=limits.max_connections, max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry, http1=True, http2=False, network_backend=network_backend)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        written = False
+        outer = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal written
+            if event.endswith("send_request_body.complete"):
+                written = True
+            if outer is not None:
+                await outer(event, info)
+
+        request.extensions = {**request.extensions, "trace": trace}
+        try:
+            return await super().handle_async_request(request)
+        except httpx.HTTPError as exc:
+            exc.request_written = written   # type: ignore[attr-defined]
+            raise
+
+
+class TracedRequest(HTTPXRequest):
+    """PTB's HTTPXRequest over :class:`WriteTracingTransport` (a fresh one for each client PTB builds)."""
+
+    def __init__(self, *, network_backend: Any = None, **kwargs: Any) -> None:
+        self._network_backend = network_backend
+        super().__init__(**kwargs)
+
+    def _build_client(self) -> httpx.AsyncClient:
+        kwargs = dict(self._client_kwargs)
+        limits, proxy = kwargs["limits"], kwargs.pop("proxy", None)
+        kwargs["transport"] = WriteTracingTransport(limits=limits, proxy=proxy, network_backend=self._network_backend)
+        if proxy is None:
+            # httpx only reads HTTP(S)_PROXY / NO_PROXY when it builds the transport itself; keep
+            # honouring them (a school network may need a proxy), each proxy behind our transport.
+            kwargs["mounts"] = {pattern: WriteTracingTransport(limits=limits, proxy=url) if url else None
+                                for pattern, url in _environment_proxies().items()}
+        return httpx.AsyncClient(**kwargs)
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    """httpx's reading of HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY ({URL pattern: proxy})."""
+    try:
+        from httpx._utils import get_environment_proxies
+    except ImportError:   # a future httpx moved it: fall back to no proxy from the environment
+        return {}
+    return get_environment_proxies()
+
+
 def outcome(error: BaseException) -> str:
-    """"not_sent" (never left us), "failed" (the server answered with an error) or "uncertain"."""
+    """"not_sent" (the request was not completely written: safe to repeat), "failed" (the server
+    answered with an error) or "uncertain" (written, no answer: it may have arrived)."""
     cause = error.__cause__
+    written = getattr(cause, "request_written", None)
+    if written is not None:   # our transport saw what happened (see WriteTracingTransport)
+        return "uncertain" if written else "not_sent"
     if isinstance(error, TimedOut):
         if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or "Pool timeout" in str(error):
             return "not_sent"
@@ -144,6 +219,35 @@ def outcome(error: BaseException) -> str:
 
 
 MESSAGE_ENDPOINTS = ("send", "edit", "copy", "forward")
+
+
+class PollingRequest(HTTPXRequest):
+    """getUpdates over httpx, but one update PTB cannot parse (say, a poll from an older
+    self-hosted Bot API server without ``allows_revoting``) no longer fails the whole batch:
+    PTB would fetch it again forever and answer no one. It becomes an empty update with the
+    same id, so the offset moves past it; it is logged once, with its id."""
+
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> dict[str, Any]:
+        data = HTTPXRequest.parse_json_payload(payload)
+        result = data.get("result") if isinstance(data, dict) else None
+        if isinstance(result, list):
+            data["result"] = [_parseable(raw) for raw in result]
+        return data
+
+
+def _parseable(raw: Any) -> Any:
+    try:
+        Update.de_json(raw, None)
+        return raw
+    except Exception as exc:
+        update_id = raw.get("update_id") if isinstance(raw, dict) else None
+        if not isinstance(update_id, int):
+            raise
+        kinds = ",".join(k for k in raw if k != "update_id")[:80]
+        log.warning("telegram: skipped update %s (%s) that could not be read: %s: %s",
+                    update_id, kinds, type(exc).__name__, str(exc)[:200])
+        return {"update_id": update_id}
 
 
 class ResilientRateLimiter(AIORateLimiter):
@@ -396,11 +500,12 @@ class TelegramAdapter:
     def __init__(self, app: App, *, webhook: Webhook | None = None, poll_timeout: int = 30,
                  token: str | None = None, base_url: str | None = None,
                  backoff: tuple[float, ...] = (0.5, 2.0, 5.0), max_retries: int = 3,
-                 read_timeout: float | None = None, concurrency: int = 16) -> None:
+                 read_timeout: float | None = None, concurrency: int = 16, network_backend: Any = None) -> None:
         self.app = app
         self.router = app.router
         self.webhook = webhook
         self.poll_timeout = poll_timeout
+        self.refusals = RefusalLog()     # wrong-secret webhook requests, counted, logged sparingly
         base_url = base_url or app.settings.telegram_api_base_url
         builder = (
             ApplicationBuilder()
@@ -411,9 +516,10 @@ class TelegramAdapter:
                                                gate=RateLimiter(per_second=28)))
             .concurrent_updates(PerChatUpdateProcessor(concurrency))
             .arbitrary_callback_data(False)
+            .get_updates_request(PollingRequest(connection_pool_size=1))
         )
-        if read_timeout is not None:
-            builder = builder.read_timeout(read_timeout).write_timeout(read_timeout)
+        timeouts = {"read_timeout": read_timeout, "write_timeout": read_timeout} if read_timeout is not None else {}
+        builder = builder.request(TracedRequest(connection_pool_size=256, network_backend=network_backend, **timeouts))
         self.application: Application = builder.build()
         self.bot: Bot = self.application.bot
         self.channel = TelegramChannel(self.bot, app.db, clock=app.deps.clock, photos=app.deps.photos)
@@ -522,7 +628,7 @@ class TelegramAdapter:
         event = Incoming(
             channel=CHANNEL, chat_id=str(chat.id), user_id=str(user.id), text=text,
             language_hint=user.language_code, display_name=user.full_name, chat_type=chat.type,
-            photo_ref=photo_ref,
+            photo_ref=photo_ref, mentioned=chat.type != "private" and not text.startswith("/"),
         )
         await self.deliver(event, await self.router.dispatch(event))
 
@@ -648,11 +754,12 @@ class TelegramAdapter:
         assert self.webhook is not None
         supplied = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(supplied.encode(), self.webhook.secret.encode()):
-            log.warning("webhook request from %s without the right secret: refused", request.remote)
+            self.refusals.note(request.remote)
             return web.Response(status=403, text="forbidden")
         try:
             update = Update.de_json(await request.json(), self.bot)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            # RecursionError: a body nested thousands of levels deep ("[[[[…"), which json gives up on
             return web.Response(status=400, text="not an update")
         if update is None:
             return web.Response(status=400, text="not an update")
@@ -688,6 +795,27 @@ async def _quietly(call: Awaitable[Any]) -> None:
         await call
     except TelegramError as exc:
         log.info("telegram call ignored: %s", exc)
+
+
+class RefusalLog:
+    """Requests refused for a wrong secret, logged at most once per ``interval`` seconds with a
+    count, so whoever finds the webhook URL cannot flood the log (one line per request would)."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self.total = 0
+        self._unlogged = 0
+        self._last: float | None = None
+
+    def note(self, remote: str | None) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if self._last is not None and now - self._last < self.interval:
+            return
+        log.warning("webhook: refused %d request(s) without the right secret since the last report "
+                    "(latest from %s; %d in all)", self._unlogged, remote, self.total)
+        self._unlogged, self._last = 0, now
 
 
 @contextlib.asynccontextmanager

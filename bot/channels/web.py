@@ -400,7 +400,8 @@ class WebChatAdapter:
                 return True
             body = {"text": text}
             event = Incoming(channel=CHANNEL, chat_id=conn.chat_key, user_id=conn.chat_key, text=text,
-                             language_hint=webkit.language(request, self.app.deps.default_language))
+                             language_hint=webkit.language(request, self.app.deps.default_language),
+                             source="ip:" + webkit.address(request))   # link-code guesses: per address too
         else:
             payload = data.get("payload")
             if not isinstance(payload, str) or len(payload) > 128:

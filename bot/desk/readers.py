@@ -95,11 +95,18 @@ async def _slips(request: web.Request, *, class_name: str | None = None, patron_
     from handlers.account import slips_pdf
 
     app = desk_of(request).app
-    issued = await accounts.issue_link_codes(app.db, request[USER].actor, class_name=class_name,
-                                             patron_ids=patron_ids, clock=app.deps.clock,
-                                             key=app.deps.link_code_key)
-    pdf = await slips_pdf(issued, link=app.deps.printed_link, t=translator(request),
-                          school=await catalog.library_name(app.db, request[USER].actor.library_id))
+    actor = request[USER].actor
+    school = await catalog.library_name(app.db, actor.library_id)
+    made: list[bytes] = []
+
+    async def render_slips(issued: list[accounts.IssuedCode]) -> None:
+        # Inside the issuing transaction: if the sheet cannot be made, no code is issued and the
+        # old slips stay valid (no live code shown to nobody).
+        made.append(await slips_pdf(issued, link=app.deps.printed_link, t=translator(request), school=school))
+
+    await accounts.issue_link_codes(app.db, actor, class_name=class_name, patron_ids=patron_ids,
+                                    clock=app.deps.clock, key=app.deps.link_code_key, deliver=render_slips)
+    pdf = made[0]
     safe = "".join(ch for ch in name if ch.isalnum() or ch in "-_") or "codes"
     return web.Response(body=pdf, content_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="link-codes-{safe}.pdf"'})
