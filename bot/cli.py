@@ -416,7 +416,7 @@ async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
     except DomainError as err:
         return _refused(app, err)
     except OSError as err:
-        print(f"cannot read {args.file}: {err}", file=sys.stderr)
+        print(_t(app)("cli.cannot_read", path=args.file, error=err.strerror or err.__class__.__name__), file=sys.stderr)
         return 2
     print(report.summary())
     for row in report.rejected:

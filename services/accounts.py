@@ -524,6 +524,30 @@ VIETNAMESE_VOWELS = set("aăâeêioôơuưyAĂÂEÊIOÔƠUƯY")
 TONE_MARKS = {"\u0300", "\u0301", "\u0303", "\u0309", "\u0323"}   # cp1258 writes tones as separate marks
 
 
+def xlsx_as_csv(raw: bytes) -> str:
+    """The first sheet with cells of an Excel workbook as CSV text, so a roster saved from Excel
+    reads like its CSV export. A damaged or chart-only workbook is one clear refusal."""
+    from openpyxl import load_workbook
+
+    try:
+        book = load_workbook(io.BytesIO(raw), read_only=True, data_only=True)
+    except Exception as exc:   # zip, XML or openpyxl's own: the workbook is unreadable
+        raise DomainError("import.xlsx_unreadable", error=exc.__class__.__name__) from None
+    sheet = next((ws for ws in book.worksheets if hasattr(ws, "iter_rows")), None)
+    if sheet is None:
+        raise DomainError("import.xlsx_charts_only")
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    written = 0
+    try:
+        for row in sheet.iter_rows(values_only=True):
+            writer.writerow(["" if v is None else str(v).strip() for v in row])
+            written += 1
+    except Exception:   # read lazily: a sheet cut short fails mid-way
+        raise DomainError("import.xlsx_damaged", row=written) from None
+    return out.getvalue()
+
+
 def decode_patron_file(raw: bytes, encoding: str | None = None) -> tuple[str, str]:
     """(text, encoding used). UTF-8 (with or without BOM) is read as is; ``encoding`` when the
     office says so. Otherwise a file is taken as Windows-1258 (old Vietnamese Windows exports)
@@ -538,6 +562,11 @@ def decode_patron_file(raw: bytes, encoding: str | None = None) -> tuple[str, st
         except UnicodeDecodeError as exc:
             raise DomainError("import.encoding_wrong", encoding=encoding[:30],
                               line=raw[:exc.start].count(b"\n") + 1) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):     # UTF-16 with its byte-order mark (Excel's "Unicode text")
+        try:
+            return unicodedata.normalize("NFC", raw.decode("utf-16")).lstrip("\ufeff"), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise DomainError("import.encoding_wrong", encoding="utf-16", line=1) from exc
     try:
         return raw.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
@@ -562,7 +591,10 @@ async def import_patrons(db: Database, path: str | Path, library_code: str, *,
         if actor.library_code != library_code:
             raise PermissionDenied()
     raw = await asyncio.to_thread(_read_small, Path(path), MAX_IMPORT_BYTES)
-    data, used = decode_patron_file(raw, encoding)
+    if raw.startswith(b"PK\x03\x04"):      # an Excel workbook (a zip), as school offices often send
+        data, used = await asyncio.to_thread(xlsx_as_csv, raw), "xlsx"
+    else:
+        data, used = decode_patron_file(raw, encoding)
     _, rows, broken = _read_rows(data)
     report = ImportReport(library_code, encoding=used)
     report.rejected.extend(broken)

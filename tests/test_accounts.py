@@ -168,6 +168,36 @@ async def test_rate_limit_is_shared_by_every_worker(libs: Libraries, clock):
         await other_worker.dispose()
 
 
+async def test_a_roster_saved_from_excel_or_as_utf16_imports_like_its_csv(libs: Libraries, tmp_path, monkeypatch,
+                                                                          capsys):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    for row in CSV_VI.splitlines():
+        book.active.append(row.split(";"))
+    xlsx = tmp_path / "hs.xlsx"
+    book.save(xlsx)
+    report = await accounts.import_patrons(libs.db, xlsx, "demo")
+    assert (report.created, [r.line for r in report.rejected]) == (3, [5, 6, 7, 8, 9])
+    utf16 = tmp_path / "hs16.csv"
+    utf16.write_text(CSV_VI.replace("Nguyễn Thị Mai", "Nguyễn Thị Mai Anh"), encoding="utf-16")
+    again = await accounts.import_patrons(libs.db, utf16, "demo")
+    assert (again.updated, again.unchanged) == (1, 2)
+    broken = tmp_path / "cut.xlsx"
+    broken.write_bytes(xlsx.read_bytes()[:300])
+    with pytest.raises(DomainError) as info:
+        await accounts.import_patrons(libs.db, broken, "demo")
+    assert info.value.key == "import.xlsx_unreadable"
+    # The CLI: one translated sentence and a non-zero exit, for a damaged workbook and a missing file.
+    monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
+    monkeypatch.setenv("DOCSACH_DEFAULT_LANGUAGE", "en")
+    assert await cli._main(["import-patrons", str(broken), "--library", "demo"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("This Excel file cannot be read")
+    assert await cli._main(["import-patrons", str(tmp_path / "none.csv"), "--library", "demo"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"Cannot read {tmp_path / 'none.csv'}: No such file or directory. Nothing was imported."
+
+
 async def test_cli_import_rules_calendar_and_codes(libs: Libraries, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DOCSACH_DATABASE_URL", libs.db.url)
     path = tmp_path / "hs.csv"
