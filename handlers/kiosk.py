@@ -16,15 +16,9 @@ from handlers.messages import Incoming, Reply
 from handlers.text import short
 from services import visits
 from services.common import DomainError
-from services.models import Role
 
 DOOR_PREFIX = "v"
 ACTIONS = ("checkout", "renew", "return")
-
-
-def _form(ctx: Context) -> str:
-    """Students are "em"; anyone else gets the neutral wording."""
-    return "student" if ctx.actor.role in (None, Role.STUDENT) else "staff"
 
 
 def _date(ctx: Context, iso: Any) -> str:
@@ -36,19 +30,18 @@ def _date(ctx: Context, iso: Any) -> str:
 
 async def render_receipt(ctx: Context, payload: dict[str, Any]) -> Reply:
     t = ctx.t
-    form = _form(ctx)
     items = [i for i in payload.get("items") or [] if i.get("action") in ACTIONS]
     if len(items) == 1:
         item = items[0]
-        return Reply(t(f"sip2.receipt_{item['action']}_{form}", title=short(str(item.get("title") or "…"), 120),
+        return Reply(t(f"sip2.receipt_{item['action']}", title=short(str(item.get("title") or "…"), 120),
                        date=_date(ctx, item.get("due_date"))))
-    lines = [t(f"sip2.receipt_digest_{form}", count=len(items))]
+    lines = [t("sip2.receipt_digest", count=len(items))]
     for item in items:
         lines.append(t(f"sip2.receipt_line_{item['action']}", title=short(str(item.get("title") or "…"), 80),
                        date=_date(ctx, item.get("due_date"))))
     due = sorted(str(i.get("due_date")) for i in items if i.get("action") != "return" and i.get("due_date"))
     if due:
-        lines.append(t(f"sip2.receipt_digest_footer_{form}", date=_date(ctx, due[0])))
+        lines.append(t("sip2.receipt_digest_footer", date=_date(ctx, due[0])))
     return Reply("\n".join(lines))
 
 
@@ -66,8 +59,7 @@ async def door_check_in(event: Incoming, ctx: Context) -> Reply:
         result = await visits.check_in_at_door(ctx.db, ctx.actor, int(raw), clock=ctx.clock)
     except DomainError as refusal:
         return Reply(t(refusal.key, **refusal.params))
-    form = _form(ctx)
-    key = f"sip2.door_welcome_{form}" if result.recorded else f"sip2.door_again_{form}"
+    key = "sip2.door_welcome" if result.recorded else "sip2.door_again"
     return Reply(t(key, name=ctx.actor.full_name or "", library=result.library_name))
 
 

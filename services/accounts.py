@@ -43,7 +43,7 @@ import io
 import re
 import secrets
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -485,14 +485,26 @@ def _read_small(path: Path, limit: int) -> bytes:
     return data
 
 
-def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]], list[RejectedRow]]:
-    sample = data[:4096]
-    try:
-        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
+def _numbered_csv(data: str, dialect) -> Iterator[tuple[int, list[str]]]:
+    """Each CSV row with the line it starts on (a quoted cell may span lines)."""
     reader = csv.reader(io.StringIO(data, newline=""), dialect)
-    header = next(reader, None)
+    start = 1
+    for row in reader:
+        yield start, row
+        start = reader.line_num + 1
+
+
+def _read_rows(data: str | list[list[str]]) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]], list[RejectedRow]]:
+    """The roster's columns and rows, from CSV text or from a sheet's rows (an Excel roster)."""
+    if isinstance(data, str):
+        try:
+            dialect = csv.Sniffer().sniff(data[:4096], delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        numbered: Iterator[tuple[int, list[str]]] = _numbered_csv(data, dialect)
+    else:
+        numbered = iter(enumerate(data, 1))
+    _, header = next(numbered, (0, None))
     if not header:
         raise DomainError("import.empty")
     columns: dict[str, int] = {}
@@ -505,14 +517,12 @@ def _read_rows(data: str) -> tuple[dict[str, str], list[tuple[int, dict[str, str
     if missing:
         raise DomainError("import.missing_columns", columns=", ".join(missing), found=", ".join(header)[:200])
     rows = []
-    start = reader.line_num + 1
-    for row in reader:
+    for line, row in numbered:
         if any(cell.strip() for cell in row):
             values = {f: (row[i].strip() if i < len(row) else "") for f, i in columns.items()}
-            rows.append((start, values))
-        start = reader.line_num + 1
+            rows.append((line, values))
     rejected = []
-    if rows and spreadsheets.ends_inside_quotes(data, dialect):
+    if rows and isinstance(data, str) and spreadsheets.ends_inside_quotes(data, dialect):
         line, values = rows.pop()   # cut short inside quotes: the partial row is not a person
         rejected.append(RejectedRow(line, "the file ends inside quotes, so this row is incomplete",
                                     values.get("card", "")[:40]))
@@ -524,9 +534,9 @@ VIETNAMESE_VOWELS = set("aăâeêioôơuưyAĂÂEÊIOÔƠUƯY")
 TONE_MARKS = {"\u0300", "\u0301", "\u0303", "\u0309", "\u0323"}   # cp1258 writes tones as separate marks
 
 
-def xlsx_as_csv(raw: bytes) -> str:
-    """The first sheet with cells of an Excel workbook as CSV text, so a roster saved from Excel
-    reads like its CSV export. A damaged or chart-only workbook is one clear refusal."""
+def xlsx_rows(raw: bytes) -> list[list[str]]:
+    """The first sheet with cells of an Excel workbook, as text cells, so a roster saved from
+    Excel reads like its CSV export. A damaged or chart-only workbook is one clear refusal."""
     from openpyxl import load_workbook
 
     try:
@@ -536,16 +546,13 @@ def xlsx_as_csv(raw: bytes) -> str:
     sheet = next((ws for ws in book.worksheets if hasattr(ws, "iter_rows")), None)
     if sheet is None:
         raise DomainError("import.xlsx_charts_only")
-    out = io.StringIO(newline="")
-    writer = csv.writer(out)
-    written = 0
+    rows: list[list[str]] = []
     try:
         for row in sheet.iter_rows(values_only=True):
-            writer.writerow(["" if v is None else str(v).strip() for v in row])
-            written += 1
+            rows.append(["" if v is None else str(v).strip() for v in row])
     except Exception:   # read lazily: a sheet cut short fails mid-way
-        raise DomainError("import.xlsx_damaged", row=written) from None
-    return out.getvalue()
+        raise DomainError("import.xlsx_damaged", row=len(rows)) from None
+    return rows
 
 
 def decode_patron_file(raw: bytes, encoding: str | None = None) -> tuple[str, str]:
@@ -592,7 +599,7 @@ async def import_patrons(db: Database, path: str | Path, library_code: str, *,
             raise PermissionDenied()
     raw = await asyncio.to_thread(_read_small, Path(path), MAX_IMPORT_BYTES)
     if raw.startswith(b"PK\x03\x04"):      # an Excel workbook (a zip), as school offices often send
-        data, used = await asyncio.to_thread(xlsx_as_csv, raw), "xlsx"
+        data, used = await asyncio.to_thread(xlsx_rows, raw), "xlsx"
     else:
         data, used = decode_patron_file(raw, encoding)
     _, rows, broken = _read_rows(data)
