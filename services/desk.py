@@ -376,11 +376,10 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
         per_student[line.patron_id].append(line)
     from fpdf import FPDF
 
-    from services.labels import FONTS
+    from services.labels import add_fonts, fit_text
 
     pdf = FPDF(orientation="P", format="A4")
-    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
-    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    add_fonts(pdf)
     pdf.set_auto_page_break(False)
     pdf.set_margins(12, 12, 12)
     slip_h, gap = 62.0, 4.0
@@ -412,7 +411,7 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
             pdf.set_x(18)
             params = {"barcode": line.barcode, "due": t.date(line.due_date, "short"), "days": line.days}
             room = 174 - pdf.get_string_width(t("desk.slip_line", title="", **params))
-            pdf.cell(176, 6, t("desk.slip_line", title=_fit(pdf, line.title, room), **params),
+            pdf.cell(176, 6, t("desk.slip_line", title=fit_text(pdf, line.title, room), **params),
                      new_x="LMARGIN", new_y="NEXT")
         if len(lines) > 6:
             pdf.set_x(18)
@@ -423,14 +422,6 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
         pdf.set_font("DejaVu", "", 12)
         pdf.multi_cell(0, 8, t("desk.slips_none", class_name=class_name), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
-
-
-def _fit(pdf, text: str, width: float) -> str:
-    if pdf.get_string_width(text) <= width:
-        return text
-    while text and pdf.get_string_width(text + "…") > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
 
 
 # -- notices ---------------------------------------------------------------------------------------
