@@ -515,16 +515,20 @@ async def my_holds(db: Database, actor: Actor) -> list[HoldView]:
         return await _active_hold_views(s, actor.patron_id)
 
 
-async def _active_hold_views(s: AsyncSession, patron_id: int) -> list[HoldView]:
-    """A patron's active holds, oldest first, with queue positions and any set-aside copy."""
-    rows = (await s.execute(
+async def _active_holds(s: AsyncSession, patron_id: int) -> list[tuple[Hold, str, str | None]]:
+    """A patron's active holds, oldest first: (hold, title, barcode of the set-aside copy or None)."""
+    return [tuple(row) for row in (await s.execute(
         select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
         .outerjoin(Copy, Copy.id == Hold.copy_id)
         .where(Hold.patron_id == patron_id, Hold.status.in_(ACTIVE_HOLD))
         .order_by(Hold.queued_at, Hold.id)
-    )).all()
+    )).all()]
+
+
+async def _active_hold_views(s: AsyncSession, patron_id: int) -> list[HoldView]:
+    """A patron's active holds with queue positions."""
     return [HoldView(h.id, h.title_id, title, h.status, await _position(s, h), aware(h.queued_at),
-                     h.pickup_deadline, barcode) for h, title, barcode in rows]
+                     h.pickup_deadline, barcode) for h, title, barcode in await _active_holds(s, patron_id)]
 
 
 async def expire_holds(db: Database, *, clock: Clock, library_id: int | None = None) -> ExpireReport:

@@ -255,11 +255,7 @@ async def reader(db: Database, actor: Actor, ref: int | str, *, clock: Clock) ->
         patron = await circulation._find_patron(s, actor.library_id, ref)
         library = await _library(s, actor)
         loans = await circulation._loan_views(s, Loan.patron_id == patron.id, clock.today(library.timezone), library)
-        holds = (await s.execute(
-            select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
-            .outerjoin(Copy, Copy.id == Hold.copy_id)
-            .where(Hold.patron_id == patron.id, Hold.status.in_(circulation.ACTIVE_HOLD))
-            .order_by(Hold.queued_at, Hold.id))).all()
+        holds = await circulation._active_holds(s, patron.id)
     return Reader(patron.id, patron.card_number, patron.full_name, patron.class_name, patron.role, loans,
                   [HoldOfReader(h.id, title, h.status, h.pickup_deadline, barcode) for h, title, barcode in holds],
                   rules_for(library, patron.role).max_loans)
