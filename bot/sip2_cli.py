@@ -102,12 +102,11 @@ def door_poster(url: str, library: str, heading: str, instruction: str) -> bytes
 
     from fpdf import FPDF
 
-    from services.labels import FONTS, _draw_qr
+    from services.labels import _draw_qr, add_fonts
 
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_auto_page_break(False)
-    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
-    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    add_fonts(pdf)
     pdf.set_creator("docsach")
     pdf.set_title(f"{library} — {heading}")
     pdf.add_page()

@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -50,7 +49,6 @@ from services.models import (
 from services.patrons import Actor, public_author, require_linked, require_staff
 from services.textfold import fold_accents as fold
 
-FONTS = Path(__file__).resolve().parent / "fonts"
 BOOK_POINTS, REFLECTION_POINTS = 1, 2
 MAX_GOAL = 100
 STREAK_WEEKS = 4
@@ -508,10 +506,11 @@ async def badges(db: Database, actor: Actor) -> list[Badge]:
 def _pdf():
     from fpdf import FPDF
 
+    from services.labels import add_fonts
+
     pdf = FPDF(orientation="L", format="A4")
     pdf.set_auto_page_break(True, margin=15)
-    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
-    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    add_fonts(pdf)
     return pdf
 
 
@@ -554,6 +553,8 @@ def render_certificate(t: Translate, *, school: str, name: str, class_name: str 
     signer_title = cfg.get("signer_title") or t("campaigns.cert_signer")
     signer_name = cfg.get("signer_name") or ""
     when = t.date(day, "long") if hasattr(t, "date") else day.strftime("%d/%m/%Y")
+    from services.labels import fit_text
+
     green = (30, 90, 60)
     pdf = _pdf()
     pdf.set_auto_page_break(False)
@@ -569,7 +570,7 @@ def render_certificate(t: Translate, *, school: str, name: str, class_name: str 
     def centred(x: float, y: float, w: float, text: str, size: float, style: str = "", h: float = 6) -> None:
         pdf.set_font("DejaVu", style, size)
         pdf.set_xy(x, y)
-        pdf.cell(w, h, _fit_text(pdf, text, w), align="C")
+        pdf.cell(w, h, fit_text(pdf, text, w), align="C")
 
     # header: issuing body and school | national motto
     centred(left, 22, col, authority.upper(), 11)
@@ -602,7 +603,7 @@ def render_certificate(t: Translate, *, school: str, name: str, class_name: str 
     sign_x, sign_w = left + width - 105, 105.0
     pdf.set_font("DejaVu", "", 12)
     pdf.set_xy(sign_x, 146)
-    pdf.cell(sign_w, 7, _fit_text(pdf, t("campaigns.cert_place_date", place=place, date=when), sign_w), align="C")
+    pdf.cell(sign_w, 7, fit_text(pdf, t("campaigns.cert_place_date", place=place, date=when), sign_w), align="C")
     centred(sign_x, 154, sign_w, signer_title.upper(), 12, "B", 7)
     pdf.set_font("DejaVu", "", 9)
     pdf.set_text_color(110, 110, 110)
@@ -615,14 +616,6 @@ def render_certificate(t: Translate, *, school: str, name: str, class_name: str 
         pdf.set_draw_color(150, 150, 150)
         pdf.line(sign_x + 20, 189, sign_x + sign_w - 20, 189)
     return bytes(pdf.output())
-
-
-def _fit_text(pdf, text: str, width: float) -> str:
-    if pdf.get_string_width(text) <= width:
-        return text
-    while text and pdf.get_string_width(text + "…") > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
 
 
 # -- ambassador shortlist and export ----------------------------------------------------------

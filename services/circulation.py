@@ -471,41 +471,64 @@ async def cancel_hold(db: Database, actor: Actor, hold_id: int, *, clock: Clock)
     require_linked(actor)
 
     async def work(s: AsyncSession) -> CancelResult:
-        hold = await s.get(Hold, hold_id)
-        if hold is None or not _owner_or_staff(actor, hold.patron_id, hold.library_id):
-            raise NotFound("circulation.hold_not_found")
-        sc = await _scope(s, hold.library_id, clock)
-        await _lock_title(s, hold.library_id, hold.title_id)
-        await s.refresh(hold)
-        title = await _title(s, hold.title_id)
-        if hold.status not in ACTIVE_HOLD:
-            raise DomainError("circulation.hold_not_active", title=title.title)
-        was_ready = hold.status == HoldStatus.READY
-        copy_id = hold.copy_id
-        await _cas_hold(s, hold, hold.status, status=HoldStatus.CANCELLED, closed_at=sc.now)
-        audit.record(s, "hold.cancel", "hold", hold.id, actor_patron_id=actor.patron_id,
-                     library_id=hold.library_id, channel=actor.channel, was_ready=was_ready)
-        if was_ready and copy_id:
-            copy = await s.get(Copy, copy_id)
-            if copy is not None and copy.status == CopyStatus.ON_HOLD_SHELF:
-                await _release(s, sc, copy, actor=actor)
-        return CancelResult(hold.id, title.title, was_ready)
+        return await _cancel_active_hold(
+            s, actor, hold_id, clock, allowed=lambda h: _owner_or_staff(actor, h.patron_id, h.library_id))
 
     return await run_tx(db, work)
+
+
+async def _cancel_active_hold(s: AsyncSession, actor: Actor, hold_id: int, clock: Clock, *,
+                              allowed: Callable[[Hold], bool],
+                              on_cancelled: Callable[[AsyncSession, _Scope, Hold, Title], Awaitable[None]]
+                              | None = None, by_staff: bool = False, reason: str | None = None) -> CancelResult:
+    """One in-transaction cancel, shared by readers and staff: lock the title, close the hold,
+    audit it (noting the reader and reason when staff act for them), run the caller's extra step,
+    then pass a set-aside copy to the next reader."""
+    hold = await s.get(Hold, hold_id)
+    if hold is None or not allowed(hold):
+        raise NotFound("circulation.hold_not_found")
+    sc = await _scope(s, hold.library_id, clock)
+    await _lock_title(s, hold.library_id, hold.title_id)
+    await s.refresh(hold)
+    title = await _title(s, hold.title_id)
+    if hold.status not in ACTIVE_HOLD:
+        raise DomainError("circulation.hold_not_active", title=title.title)
+    was_ready = hold.status == HoldStatus.READY
+    copy_id = hold.copy_id
+    await _cas_hold(s, hold, hold.status, status=HoldStatus.CANCELLED, closed_at=sc.now)
+    on_behalf = {"patron_id": hold.patron_id, "by_staff": True, "reason": reason} if by_staff else {}
+    audit.record(s, "hold.cancel", "hold", hold.id, actor_patron_id=actor.patron_id,
+                 library_id=hold.library_id, channel=actor.channel, was_ready=was_ready, **on_behalf)
+    if on_cancelled is not None:
+        await on_cancelled(s, sc, hold, title)
+    if was_ready and copy_id:
+        copy = await s.get(Copy, copy_id)
+        if copy is not None and copy.status == CopyStatus.ON_HOLD_SHELF:
+            await _release(s, sc, copy, actor=actor)
+    return CancelResult(hold.id, title.title, was_ready)
 
 
 async def my_holds(db: Database, actor: Actor) -> list[HoldView]:
     """The actor's own active holds, with queue positions. Nobody else's."""
     require_linked(actor)
     async with db.session() as s:
-        rows = (await s.execute(
-            select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
-            .outerjoin(Copy, Copy.id == Hold.copy_id)
-            .where(Hold.patron_id == actor.patron_id, Hold.status.in_(ACTIVE_HOLD))
-            .order_by(Hold.queued_at, Hold.id)
-        )).all()
-        return [HoldView(h.id, h.title_id, title, h.status, await _position(s, h), aware(h.queued_at),
-                         h.pickup_deadline, barcode) for h, title, barcode in rows]
+        return await _active_hold_views(s, actor.patron_id)
+
+
+async def _active_holds(s: AsyncSession, patron_id: int) -> list[tuple[Hold, str, str | None]]:
+    """A patron's active holds, oldest first: (hold, title, barcode of the set-aside copy or None)."""
+    return [tuple(row) for row in (await s.execute(
+        select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
+        .outerjoin(Copy, Copy.id == Hold.copy_id)
+        .where(Hold.patron_id == patron_id, Hold.status.in_(ACTIVE_HOLD))
+        .order_by(Hold.queued_at, Hold.id)
+    )).all()]
+
+
+async def _active_hold_views(s: AsyncSession, patron_id: int) -> list[HoldView]:
+    """A patron's active holds with queue positions."""
+    return [HoldView(h.id, h.title_id, title, h.status, await _position(s, h), aware(h.queued_at),
+                     h.pickup_deadline, barcode) for h, title, barcode in await _active_holds(s, patron_id)]
 
 
 async def expire_holds(db: Database, *, clock: Clock, library_id: int | None = None) -> ExpireReport:
@@ -973,14 +996,7 @@ async def reader_holds(db: Database, actor: Actor, patron_ref: int | str) -> Rea
     require_staff(actor)
     async with db.session() as s:
         patron = await _find_patron(s, actor.library_id, patron_ref)
-        rows = (await s.execute(
-            select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
-            .outerjoin(Copy, Copy.id == Hold.copy_id)
-            .where(Hold.patron_id == patron.id, Hold.status.in_(ACTIVE_HOLD))
-            .order_by(Hold.queued_at, Hold.id)
-        )).all()
-        holds = [HoldView(h.id, h.title_id, title, h.status, await _position(s, h), aware(h.queued_at),
-                          h.pickup_deadline, barcode) for h, title, barcode in rows]
+        holds = await _active_hold_views(s, patron.id)
         return ReaderHolds(patron.id, patron.full_name, patron.card_number, patron.class_name, holds)
 
 
@@ -991,32 +1007,17 @@ async def staff_cancel_hold(db: Database, actor: Actor, hold_id: int, *, clock: 
     require_staff(actor)
     reason = " ".join((reason or "").split())[:300] or None
 
-    async def work(s: AsyncSession) -> CancelResult:
-        hold = await s.get(Hold, hold_id)
-        if hold is None or hold.library_id != actor.library_id:
-            raise NotFound("circulation.hold_not_found")
-        sc = await _scope(s, hold.library_id, clock)
-        await _lock_title(s, hold.library_id, hold.title_id)
-        await s.refresh(hold)
-        title = await _title(s, hold.title_id)
-        if hold.status not in ACTIVE_HOLD:
-            raise DomainError("circulation.hold_not_active", title=title.title)
-        was_ready = hold.status == HoldStatus.READY
-        copy_id = hold.copy_id
-        await _cas_hold(s, hold, hold.status, status=HoldStatus.CANCELLED, closed_at=sc.now)
-        audit.record(s, "hold.cancel", "hold", hold.id, actor_patron_id=actor.patron_id,
-                     library_id=hold.library_id, channel=actor.channel, was_ready=was_ready,
-                     patron_id=hold.patron_id, by_staff=True, reason=reason)
+    async def tell_reader(s: AsyncSession, sc: _Scope, hold: Hold, title: Title) -> None:
         if hold.patron_id != actor.patron_id:
             await outbox.enqueue(
                 s, patron_id=hold.patron_id, kind="hold_cancelled", key=f"hold_cancelled:{hold.id}",
                 send_after=sc.now, payload={"hold_id": hold.id, "title_id": hold.title_id, "title": title.title,
                                             "library_id": hold.library_id, "reason": reason})
-        if was_ready and copy_id:
-            copy = await s.get(Copy, copy_id)
-            if copy is not None and copy.status == CopyStatus.ON_HOLD_SHELF:
-                await _release(s, sc, copy, actor=actor)
-        return CancelResult(hold.id, title.title, was_ready)
+
+    async def work(s: AsyncSession) -> CancelResult:
+        return await _cancel_active_hold(
+            s, actor, hold_id, clock, allowed=lambda h: h.library_id == actor.library_id,
+            on_cancelled=tell_reader, by_staff=True, reason=reason)
 
     return await run_tx(db, work)
 

@@ -255,11 +255,7 @@ async def reader(db: Database, actor: Actor, ref: int | str, *, clock: Clock) ->
         patron = await circulation._find_patron(s, actor.library_id, ref)
         library = await _library(s, actor)
         loans = await circulation._loan_views(s, Loan.patron_id == patron.id, clock.today(library.timezone), library)
-        holds = (await s.execute(
-            select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
-            .outerjoin(Copy, Copy.id == Hold.copy_id)
-            .where(Hold.patron_id == patron.id, Hold.status.in_(circulation.ACTIVE_HOLD))
-            .order_by(Hold.queued_at, Hold.id))).all()
+        holds = await circulation._active_holds(s, patron.id)
     return Reader(patron.id, patron.card_number, patron.full_name, patron.class_name, patron.role, loans,
                   [HoldOfReader(h.id, title, h.status, h.pickup_deadline, barcode) for h, title, barcode in holds],
                   rules_for(library, patron.role).max_loans)
@@ -376,11 +372,10 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
         per_student[line.patron_id].append(line)
     from fpdf import FPDF
 
-    from services.labels import FONTS
+    from services.labels import add_fonts, fit_text
 
     pdf = FPDF(orientation="P", format="A4")
-    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
-    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    add_fonts(pdf)
     pdf.set_auto_page_break(False)
     pdf.set_margins(12, 12, 12)
     slip_h, gap = 62.0, 4.0
@@ -412,7 +407,7 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
             pdf.set_x(18)
             params = {"barcode": line.barcode, "due": t.date(line.due_date, "short"), "days": line.days}
             room = 174 - pdf.get_string_width(t("desk.slip_line", title="", **params))
-            pdf.cell(176, 6, t("desk.slip_line", title=_fit(pdf, line.title, room), **params),
+            pdf.cell(176, 6, t("desk.slip_line", title=fit_text(pdf, line.title, room), **params),
                      new_x="LMARGIN", new_y="NEXT")
         if len(lines) > 6:
             pdf.set_x(18)
@@ -423,14 +418,6 @@ async def overdue_slips_pdf(db: Database, actor: Actor, class_name: str, *, cloc
         pdf.set_font("DejaVu", "", 12)
         pdf.multi_cell(0, 8, t("desk.slips_none", class_name=class_name), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
-
-
-def _fit(pdf, text: str, width: float) -> str:
-    if pdf.get_string_width(text) <= width:
-        return text
-    while text and pdf.get_string_width(text + "…") > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
 
 
 # -- notices ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import audit, outbox
+from services import audit, circulation, outbox
 from services.common import Clock, DomainError, NotFound
 from services.db import Database, insert_for
 from services.models import (
@@ -310,11 +310,7 @@ async def find_patron(db: Database, kiosk: KioskInfo, card: str, *, clock: Clock
             select(Loan, Copy.barcode, Title.title).join(Copy, Copy.id == Loan.copy_id)
             .join(Title, Title.id == Copy.title_id)
             .where(Loan.patron_id == patron.id, Loan.returned_at.is_(None)).order_by(Loan.due_date, Loan.id))).all()
-        holds = (await s.execute(
-            select(Hold, Title.title, Copy.barcode).join(Title, Title.id == Hold.title_id)
-            .outerjoin(Copy, Copy.id == Hold.copy_id)
-            .where(Hold.patron_id == patron.id, Hold.status.in_((HoldStatus.WAITING, HoldStatus.READY)))
-            .order_by(Hold.queued_at, Hold.id))).all()
+        holds = await circulation._active_holds(s, patron.id)
     charged = [ItemLine(barcode, title, loan.due_date, loan.id, loan.renewals) for loan, barcode, title in loans]
     overdue = [item for item in charged if item.due_date < today]
     oldest = min((item.due_date for item in charged), default=None)

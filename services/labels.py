@@ -24,6 +24,12 @@ from services.db import Database
 from services.models import Copy, Library, Location, Title
 
 FONTS = Path(__file__).resolve().parent / "fonts"
+
+
+def add_fonts(pdf: FPDF) -> None:
+    """Register the bundled DejaVu family (regular "" and bold "B"): it has every Vietnamese glyph."""
+    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
+    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
 PAGE_W, PAGE_H = 210.0, 297.0          # A4, millimetres
 MARGIN_X, MARGIN_Y = 7.0, 10.0          # most printers cannot print closer to the edge
 TITLE_H = 8.0
@@ -52,8 +58,7 @@ def render_label_sheet(labels: Sequence[Label], *, columns: int = 3, rows: int =
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_auto_page_break(False)
     pdf.set_margins(0, 0, 0)
-    pdf.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
-    pdf.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    add_fonts(pdf)
     pdf.set_creator("docsach")
     if title:
         pdf.set_title(title)
@@ -69,7 +74,7 @@ def render_label_sheet(labels: Sequence[Label], *, columns: int = 3, rows: int =
             pdf.set_text_color(60, 60, 60)
             pdf.set_xy(MARGIN_X, MARGIN_Y)
             heading = f"{_nfc(title)} — {page + 1}/{pages}" if pages > 1 else _nfc(title)
-            pdf.cell(PAGE_W - 2 * MARGIN_X, 5, _fit(pdf, heading, PAGE_W - 2 * MARGIN_X))
+            pdf.cell(PAGE_W - 2 * MARGIN_X, 5, fit_text(pdf, heading, PAGE_W - 2 * MARGIN_X))
         for slot, label in enumerate(labels[page * per_page:(page + 1) * per_page]):
             x = MARGIN_X + (slot % columns) * cell_w
             y = top + (slot // columns) * cell_h
@@ -122,7 +127,7 @@ def _layout(pdf: FPDF, lines: list[str], width: float, height: float) -> tuple[l
     room = max(1, capacity - len(rest))
     pdf.set_font("DejaVu", "B", size)
     if len(head) > room:
-        head = head[:room - 1] + [_fit(pdf, " ".join(head[room - 1:]), width)]
+        head = head[:room - 1] + [fit_text(pdf, " ".join(head[room - 1:]), width)]
     pdf.set_font("DejaVu", "", size)
     rest = rest[:max(0, capacity - len(head))]
     return [("B", part) for part in head] + [("", part) for part in rest], size
@@ -180,7 +185,8 @@ def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
     return lines
 
 
-def _fit(pdf: FPDF, text: str, width: float) -> str:
+def fit_text(pdf: FPDF, text: str, width: float) -> str:
+    """``text`` in the current font, cut with "…" so it fits ``width`` mm (one line, never wraps)."""
     if pdf.get_string_width(text) <= width:
         return text
     while text and pdf.get_string_width(text + "…") > width:

@@ -295,13 +295,19 @@ async def _edit(db: Database, actor: Actor, reflection_id: int, change, action: 
         return await _view(s, r, withdrawn=withdrawn)
 
 
-async def append_text(db: Database, actor: Actor, reflection_id: int, text: str) -> ReflectionView:
-    """Add one message to the body (Telegram splits long writing into several messages)."""
+def _written_text(text: str | None) -> str:
+    """What a student wrote, NFC and trimmed; refused when it is empty or has no words at all."""
     text = unicodedata.normalize("NFC", (text or "").strip())
     if not text:
         raise DomainError("reflections.empty")
     if count_words(text) == 0:
         raise DomainError("reflections.no_words")
+    return text
+
+
+async def append_text(db: Database, actor: Actor, reflection_id: int, text: str) -> ReflectionView:
+    """Add one message to the body (Telegram splits long writing into several messages)."""
+    text = _written_text(text)
 
     async def change(s: AsyncSession, r: Reflection) -> None:
         body = f"{r.body}\n\n{text}" if r.body else text
@@ -317,11 +323,7 @@ async def append_text(db: Database, actor: Actor, reflection_id: int, text: str)
 async def replace_text(db: Database, actor: Actor, reflection_id: int, text: str) -> ReflectionView:
     """Replace the whole body with a corrected version in one step (a student revising after a
     teacher's note): checked first, so a refused text leaves the old one as it was."""
-    text = unicodedata.normalize("NFC", (text or "").strip())
-    if not text:
-        raise DomainError("reflections.empty")
-    if count_words(text) == 0:
-        raise DomainError("reflections.no_words")
+    text = _written_text(text)
 
     async def change(s: AsyncSession, r: Reflection) -> None:
         words = count_words(text)
