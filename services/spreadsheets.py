@@ -47,6 +47,16 @@ def csv_bytes(rows: Iterable[Iterable[Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8-sig")
 
 
+def csv_for_reading(rows: Iterable[Iterable[Any]]) -> str:
+    """Rows as CSV text to be parsed again at once (an Excel roster read like its CSV export):
+    values unchanged, since nothing here is ever opened by a spreadsheet. Not for exports."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue()
+
+
 def xlsx_append(ws: Any, values: Iterable[Any]) -> None:
     """Append a row to an openpyxl worksheet; text is stored as text, never as a formula."""
     cleaned = [_ILLEGAL_XML.sub("", v) if isinstance(v, str) else v for v in values]
