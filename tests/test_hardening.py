@@ -280,7 +280,8 @@ async def test_huge_catalog_text_is_capped_on_import_and_a_card_is_one_message(d
     assert english.startswith("imported, but title had 99999 characters; kept the first 500")
     assert "row 2" in summary.report_path.read_text(encoding="utf-8")
     async with app.db.session() as s:
-        title = (await s.execute(select(Title).where(Title.title.like("Dế Mèn%")))).scalar_one()
+        title = (await s.execute(select(Title).where(Title.title.like("Dế Mèn%"), Title.title.like("%…"))
+                                  )).scalar_one()   # the demo has its own, uncut Dế Mèn
     assert len(title.title) <= importer.LIMITS["title"] and title.title.endswith("…")
     # Text already in the database (from before the cap) still makes one message, in a group too.
     async with app.db.transaction() as s:
