@@ -418,9 +418,11 @@ async def cmd_import_patrons(app: App, args: argparse.Namespace) -> int:
     except OSError as err:
         print(_t(app)("cli.cannot_read", path=args.file, error=err.strerror or err.__class__.__name__), file=sys.stderr)
         return 2
-    print(report.summary())
+    t = _t(app)
+    print(report.summary().text(t))
     for row in report.rejected:
-        print(f"  line {row.line}: {row.reason}" + (f" ({row.card})" if row.card else ""))
+        print(t("imports.patron_line_card" if row.card else "imports.patron_line", line=row.line,
+                reason=row.reason.text(t), card=row.card))
     return 1 if report.rejected and not (report.created or report.updated or report.unchanged) else 0
 
 
@@ -539,7 +541,7 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
     from services import importer
 
     await upgrade_async(app.settings.database_url)
-    t = app.deps.catalogs.translator(app.settings.default_language, app.settings.timezone)
+    t = _t(app)
     try:
         report, moved = importer.report_destination(Path(args.file), Path(args.report) if args.report else None)
     except DomainError as refusal:
@@ -549,7 +551,7 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
     try:
         summary = await importer.import_file(
             app.db, Path(args.file), library_code=args.library_code, copies=args.copies,
-            progress=_progress_bar(args.quiet), report=report if args.report or moved else None)
+            progress=_progress_bar(args.quiet), report=report if args.report or moved else None, t=t)
     except importer.MalformedFile as exc:
         if exc.key != "import.malformed":   # a message of its own, in the school's language
             return _refused(app, exc)
@@ -559,12 +561,12 @@ async def cmd_import(app: App, args: argparse.Namespace) -> int:
         t = app.deps.catalogs.translator("en")
         print(f"{args.file}: {t(exc.key, **exc.params)}", file=sys.stderr)
         return 2
-    print(f"{args.file} ({summary.format}): {summary.line()}")
+    print(f"{args.file} ({summary.format}): " + "".join(part.text(t) for part in summary.line()))
     if args.library_code and not args.copies and not summary.copies_added and (summary.added or summary.updated
                                                                               or summary.unchanged):
         print(_t(app)("cli.no_copies_hint", library=args.library_code), file=sys.stderr)
     if summary.report_path:
-        print(f"rejected or shortened rows, with reasons: {summary.report_path}")
+        print(t("imports.report_written", path=str(summary.report_path)))
     if summary.report_error is not None:
         _refused(app, summary.report_error)
         return 1

@@ -52,7 +52,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import audit, spreadsheets
-from services.common import Clock, DomainError, NotFound, PermissionDenied
+from services.common import Clock, DomainError, NotFound, PermissionDenied, Reason
 from services.db import Database, insert_for
 from services.models import (
     ChatIdentity,
@@ -452,7 +452,7 @@ def _key(text: str) -> str:
 @dataclass(frozen=True)
 class RejectedRow:
     line: int
-    reason: str
+    reason: Reason      # translated by whoever shows it (CLI, desk)
     card: str = ""
 
 
@@ -465,10 +465,13 @@ class ImportReport:
     rejected: list[RejectedRow] = field(default_factory=list)
     encoding: str = "utf-8"
 
-    def summary(self) -> str:
-        text = (f"{self.library_code}: {self.created} created, {self.updated} updated, "
-                f"{self.unchanged} unchanged, {len(self.rejected)} rejected")
-        return text if self.encoding == "utf-8" else f"{text} (read as {self.encoding})"
+    def summary(self) -> Reason:
+        """The counts as a message (the caller translates it)."""
+        params = {"library": self.library_code, "created": self.created, "updated": self.updated,
+                  "unchanged": self.unchanged, "rejected": len(self.rejected)}
+        if self.encoding == "utf-8":
+            return Reason("imports.patrons_summary", params)
+        return Reason("imports.patrons_summary_encoding", {**params, "encoding": self.encoding})
 
 
 def _read_small(path: Path, limit: int) -> bytes:
@@ -524,7 +527,7 @@ def _read_rows(data: str | list[list[str]]) -> tuple[dict[str, str], list[tuple[
     rejected = []
     if rows and isinstance(data, str) and spreadsheets.ends_inside_quotes(data, dialect):
         line, values = rows.pop()   # cut short inside quotes: the partial row is not a person
-        rejected.append(RejectedRow(line, "the file ends inside quotes, so this row is incomplete",
+        rejected.append(RejectedRow(line, Reason("imports.unclosed_quotes"),
                                     values.get("card", "")[:40]))
     return columns, rows, rejected
 
@@ -618,32 +621,33 @@ async def import_patrons(db: Database, path: str | Path, library_code: str, *,
             card = values.get("card", "")
             name = " ".join(unicodedata.normalize("NFC", values.get("name", "")).split())
             if not card:
-                report.rejected.append(RejectedRow(line, "missing card number"))
+                report.rejected.append(RejectedRow(line, Reason("imports.missing_card")))
                 continue
             if not _CARD.match(card):
-                report.rejected.append(RejectedRow(line, "card number may use letters, digits and . _ / - only "
-                                                         "(at most 32)", card[:40]))
+                report.rejected.append(RejectedRow(line, Reason("imports.card_characters"), card[:40]))
                 continue
             if card in seen:
-                report.rejected.append(RejectedRow(line, "card number appears twice in the file", card))
+                report.rejected.append(RejectedRow(line, Reason("imports.card_twice"), card))
                 continue
             if not name or len(name) > 200:
-                report.rejected.append(RejectedRow(line, "missing or too long name", card))
+                report.rejected.append(RejectedRow(line, Reason("imports.name_missing"), card))
                 continue
             role_text = _key(values.get("role", "")).replace("_", "")
             role = ROLES.get(role_text) if role_text else Role.STUDENT
             if role is None:
-                report.rejected.append(RejectedRow(line, f"unknown role {values.get('role', '')[:30]!r}", card))
+                report.rejected.append(RejectedRow(line, Reason("imports.unknown_role",
+                                                                  {"role": values.get("role", "")[:30]}), card))
                 continue
             class_name = " ".join(values.get("class", "").split()).upper() or None
             if class_name and len(class_name) > 32:
-                report.rejected.append(RejectedRow(line, "class name longer than 32 characters", card))
+                report.rejected.append(RejectedRow(line, Reason("imports.class_too_long"), card))
                 continue
             grade_text = values.get("grade", "")
             grade = None
             if grade_text:
                 if not grade_text.isdigit() or not 1 <= int(grade_text) <= 12:
-                    report.rejected.append(RejectedRow(line, f"grade {grade_text[:10]!r} is not 1–12", card))
+                    report.rejected.append(RejectedRow(line, Reason("imports.grade_range",
+                                                                      {"grade": grade_text[:10]}), card))
                     continue
                 grade = int(grade_text)
             elif class_name and (m := re.match(r"^(\d{1,2})", class_name)) and 1 <= int(m.group(1)) <= 12:

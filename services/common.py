@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +19,35 @@ class DomainError(Exception):
         super().__init__(key)
         self.key = key
         self.params = params
+
+
+@dataclass(frozen=True, eq=True)
+class Reason:
+    """Why a row was refused or changed (imports): a message id in locales/ and what fills it in.
+
+    Services say *why* without choosing a language; whoever shows it translates it with
+    ``text(t)``, ``t`` being a translator (``t(key, **params) -> str``). A parameter that is itself a
+    reason (a field's name) is translated first; a list of reasons is translated and joined with "; ".
+    """
+
+    key: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def text(self, t: Callable[..., str]) -> str:
+        def value(v: Any) -> Any:
+            if isinstance(v, Reason):
+                return v.text(t)
+            if isinstance(v, list | tuple) and v and all(isinstance(r, Reason) for r in v):
+                return "; ".join(r.text(t) for r in v)
+            return v
+
+        return t(self.key, **{k: value(v) for k, v in self.params.items()})
+
+    def __str__(self) -> str:
+        """Untranslated (logs, and callers that give no translator): the key and its parameters."""
+        shown = ", ".join(f"{k}={v if not isinstance(v, list) else '; '.join(map(str, v))}"
+                          for k, v in self.params.items())
+        return f"{self.key} ({shown})" if shown else self.key
 
 
 class PermissionDenied(DomainError):

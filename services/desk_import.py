@@ -4,7 +4,7 @@
 temporary file and imports it in the background: the file is read completely first (a malformed
 file changes nothing), then applied in ONE transaction in batches of ``importer.BATCH`` titles,
 the job's ``done``/``total`` advancing after each batch. ``job(actor, job_id)`` returns the job
-to staff of the same library; ``rejected_csv(job)`` the rejected rows (formula-safe).
+to staff of the same library; ``rejected_csv(job, t)`` the rejected rows (formula-safe).
 
 Jobs live in the process that took the upload (the progress of an open transaction cannot be read
 from the database by anyone else); with several desk processes, route one desk session to one
@@ -125,6 +125,7 @@ def job(actor: Actor, job_id: str) -> ImportJob:
     return found
 
 
-def rejected_csv(found: ImportJob) -> bytes:
-    rows = [(r.position, r.title, r.reason) for r in (found.summary.rejected if found.summary else [])]
-    return tables.to_csv(["position", "title", "reason"], rows)
+def rejected_csv(found: ImportJob, t: importer.Translate) -> bytes:
+    """The rejected rows with their reasons in the reader's language (``t``), formula-safe."""
+    header, *rows = importer.report_table(found.summary.rejected if found.summary else [], t)
+    return tables.to_csv(header, rows)

@@ -25,7 +25,7 @@ import re
 import stat
 import sys
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import audit, files, spreadsheets
-from services.common import DomainError
+from services.common import DomainError, Reason
 from services.db import Database
 from services.models import Copy, CopyStatus, Library, Location, Title
 from services.textfold import fold, normalize_isbn
@@ -117,7 +117,7 @@ class Record:
     copies: list[CopySpec] = field(default_factory=list)
     min_copies: int = 0             # "copies / số bản" column: at least this many
     shelf: str | None = None        # where generated copies go (spreadsheet location column)
-    notes: list[str] = field(default_factory=list)   # what was changed on the way in (shortened text)
+    notes: list[Reason] = field(default_factory=list)   # what was changed on the way in (shortened text)
 
     @property
     def key(self) -> str:
@@ -137,10 +137,22 @@ class Record:
 
 @dataclass
 class Rejected:
-    position: str
+    position: str                   # "row 12" (spreadsheets) or "record 3" (MARC): see ``place``
     title: str
-    reason: str
+    reason: Reason                  # translated by whoever shows it (CLI, desk)
     imported: bool = False          # a warning: the row was imported, but not exactly as written
+
+    @property
+    def place(self) -> Reason:
+        """The position as a message (row or record number in the reader's language)."""
+        kind, _, number = self.position.partition(" ")
+        if number.isdigit() and kind in ("row", "record"):
+            return Reason(f"imports.{kind}", {"number": int(number)})
+        return Reason("imports.position", {"position": self.position})
+
+
+def _shortened(name: str, length: int, limit: int) -> Reason:
+    return Reason("imports.field_cut", {"field": Reason(f"imports.field_{name}"), "length": length, "limit": limit})
 
 
 def _cut(text: str, limit: int) -> str:
@@ -159,13 +171,13 @@ def cap_fields(record: Record) -> Record:
         value = getattr(record, name)
         if value and len(value) > limit:
             setattr(record, name, _cut(value, limit))
-            record.notes.append(f"{name} had {len(value)} characters; kept the first {limit}")
+            record.notes.append(_shortened(name, len(value), limit))
     if record.shelf and len(record.shelf) > LOCATION_LIMIT:
-        record.notes.append(f"location had {len(record.shelf)} characters; kept the first {LOCATION_LIMIT}")
+        record.notes.append(_shortened("location", len(record.shelf), LOCATION_LIMIT))
         record.shelf = _cut(record.shelf, LOCATION_LIMIT)
     for spec in record.copies:
         if spec.location and len(spec.location) > LOCATION_LIMIT:
-            note = f"location had {len(spec.location)} characters; kept the first {LOCATION_LIMIT}"
+            note = _shortened("location", len(spec.location), LOCATION_LIMIT)
             if note not in record.notes:
                 record.notes.append(note)
             spec.location = _cut(spec.location, LOCATION_LIMIT)
@@ -187,14 +199,16 @@ class ImportSummary:
     title_ids: list[int] = field(default_factory=list)   # per applied record, in file order
     changed_ids: list[int] = field(default_factory=list)
 
-    def line(self) -> str:
-        text = (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"rejected {len(self.rejected)}; copies added {self.copies_added}")
+    def line(self) -> list[Reason]:
+        """The summary as messages, shown one after another (the CLI's one-line summary)."""
+        parts = [Reason("imports.summary", {"added": self.added, "updated": self.updated,
+                                            "unchanged": self.unchanged, "rejected": len(self.rejected),
+                                            "copies": self.copies_added})]
         if self.holdings_ignored:
-            text += f"; {self.holdings_ignored} holdings ignored (give --library CODE to import copies)"
+            parts.append(Reason("imports.summary_holdings_ignored", {"count": self.holdings_ignored}))
         if self.warnings:
-            text += f"; {len(self.warnings)} imported with shortened text"
-        return text
+            parts.append(Reason("imports.summary_shortened", {"count": len(self.warnings)}))
+        return parts
 
 
 # -- text clean-up -----------------------------------------------------------------------------
@@ -325,7 +339,7 @@ def _rows_to_records(rows: Iterator[tuple[int, list[object]]], fmt: str) -> Iter
         position = f"row {number}"
         title = clean(cell("title"))
         if not title:
-            yield Rejected(position, "", "missing title")
+            yield Rejected(position, "", Reason("imports.missing_title"))
             continue
         isbn = None
         raw_isbns = [row[i] for i in header.get("isbn", ()) if i < len(row) and str(row[i] or "").strip()]
@@ -334,7 +348,7 @@ def _rows_to_records(rows: Iterator[tuple[int, list[object]]], fmt: str) -> Iter
             if isbn:
                 break
         if raw_isbns and not isbn:
-            yield Rejected(position, title, f"invalid ISBN {str(raw_isbns[0]).strip()[:40]}")
+            yield Rejected(position, title, Reason("imports.invalid_isbn", {"isbn": str(raw_isbns[0]).strip()[:40]}))
             continue
         copies_raw = cell("copies")
         min_copies = 0
@@ -342,16 +356,16 @@ def _rows_to_records(rows: Iterator[tuple[int, list[object]]], fmt: str) -> Iter
             try:
                 min_copies = int(float(str(copies_raw).strip()))
             except ValueError:
-                yield Rejected(position, title, f"copies is not a number: {str(copies_raw)[:20]}")
+                yield Rejected(position, title, Reason("imports.copies_not_number", {"value": str(copies_raw)[:20]}))
                 continue
             if not 0 <= min_copies <= 500:
-                yield Rejected(position, title, f"copies out of range: {min_copies}")
+                yield Rejected(position, title, Reason("imports.copies_out_of_range", {"count": min_copies}))
                 continue
         barcode = clean(cell("barcode")) or None
         if isinstance(cell("barcode"), float):
             barcode = str(int(cell("barcode")))
         if barcode and len(barcode) > 32:
-            yield Rejected(position, title, f"barcode longer than 32 characters: {barcode[:40]}")
+            yield Rejected(position, title, Reason("imports.barcode_too_long", {"barcode": barcode[:40]}))
             continue
         location = clean(cell("location")) or None
         record = Record(
@@ -403,7 +417,7 @@ def read_csv(data: bytes) -> Iterator[Record | Rejected]:
         yield from _rows_to_records(rows(), "CSV")
         for number, row in partial:
             yield Rejected(f"row {number}", clean(row[0] if row else "")[:200],
-                           "the file ends inside quotes, so this row is incomplete")
+                           Reason("imports.unclosed_quotes"))
 
     return records()
 
@@ -451,7 +465,7 @@ def marc_record(rec, position: str) -> Record | Rejected:
         if rec.get("003") is not None and rec["003"].data.strip():
             control = f"{rec['003'].data.strip()}:{control}"
     if not title:
-        return Rejected(position, control or "", "no title (245)")
+        return Rejected(position, control or "", Reason("imports.no_title_marc"))
     authors = ""
     for tag in ("100", "110", "111"):
         if rec.get(tag) is not None:
@@ -520,7 +534,7 @@ def marc_record(rec, position: str) -> Record | Rejected:
             elif any(v not in ("", "0") for v in _subfields(f, "1")):
                 status = CopyStatus.LOST
         if barcode and len(barcode) > 32:
-            return Rejected(position, title, f"barcode longer than 32 characters: {barcode[:40]}")
+            return Rejected(position, title, Reason("imports.barcode_too_long", {"barcode": barcode[:40]}))
         record.copies.append(CopySpec(barcode=barcode, location=location, status=status))
     return record
 
@@ -540,7 +554,7 @@ def read_marc(data: bytes) -> Iterator[Record | Rejected]:
         if rec is None:
             exc = reader.current_exception
             if isinstance(exc, UnicodeDecodeError):
-                yield Rejected(position, "", "character encoding error (not valid UTF-8 / MARC-8)")
+                yield Rejected(position, "", Reason("imports.encoding_error"))
                 continue
             name = exc.__class__.__name__ if exc else "unknown error"
             hint = " — the file is truncated or not MARC21 (ISO 2709)" if name in _STRUCTURAL else ""
@@ -675,17 +689,17 @@ class _Copies:
             self.locations[fold(name)] = self.locations[fold(code)] = found
         return found
 
-    def conflict(self, record: Record, title_id: int | None) -> str | None:
+    def conflict(self, record: Record, title_id: int | None) -> Reason | None:
         """A barcode of this record that is another title's copy (in the library, or earlier in the file)."""
         for spec in record.copies:
             if not spec.barcode:
                 continue
             copy = self.by_barcode.get(spec.barcode)
             if copy is not None and copy.title_id != title_id:
-                return f"barcode {spec.barcode} already belongs to another title (id {copy.title_id})"
+                return Reason("imports.barcode_taken", {"barcode": spec.barcode, "title_id": copy.title_id})
             owner = self.claimed.get(spec.barcode)
             if owner is not None and owner != record.key:
-                return f"barcode {spec.barcode} is given to two different titles in this file"
+                return Reason("imports.barcode_twice", {"barcode": spec.barcode})
         return None
 
     def claim(self, record: Record) -> None:
@@ -815,9 +829,23 @@ def report_destination(path: Path, report: Path | None = None) -> tuple[Path, bo
         return files.check_writable(Path.cwd() / beside.name), True
 
 
-def write_report(path: Path, rejected: list[Rejected], report: Path | None = None) -> Path | None:
-    """Write the rows (rejected, or imported with a warning) and their reasons to ``report``
-    (default: see :func:`report_destination`). A clean import removes a stale default report."""
+Translate = Callable[..., str]   # a translator: t(key, **params) -> text in the reader's language
+
+
+def report_table(rejected: list[Rejected], t: Translate | None) -> list[list[str]]:
+    """The report's header and rows, in the language of ``t`` (the operator's). Without a
+    translator (a caller with no language) positions stay "row N" and reasons show their keys."""
+    if t is None:
+        return [["position", "title", "reason"], *([r.position, r.title, str(r.reason)] for r in rejected)]
+    return [[t("imports.col_position"), t("imports.col_title"), t("imports.col_reason")],
+            *([r.place.text(t), r.title, r.reason.text(t)] for r in rejected)]
+
+
+def write_report(path: Path, rejected: list[Rejected], report: Path | None = None,
+                 t: Translate | None = None) -> Path | None:
+    """Write the rows (rejected, or imported with a warning) and their reasons, translated with ``t``,
+    to ``report`` (default: see :func:`report_destination`). A clean import removes a stale default
+    report. spreadsheets.write_csv neutralises formulas."""
     if not rejected:
         target = report or path.with_name(path.name + ".rejected.csv")
         if report is None and target.exists():
@@ -828,21 +856,22 @@ def write_report(path: Path, rejected: list[Rejected], report: Path | None = Non
         return None
     target = report or report_destination(path)[0]
     body = io.StringIO()
-    spreadsheets.write_csv(body, [["position", "title", "reason"],
-                                  *([r.position, r.title, r.reason] for r in rejected)])
+    spreadsheets.write_csv(body, report_table(rejected, t))
     return files.write_text(target, body.getvalue())
 
 
 async def import_file(db: Database, path: Path | str, *, library_code: str | None = None, copies: int = 0,
                       progress: bool = False, report: Path | None = None, channel: str = "cli",
-                      actor_patron_id: int | None = None) -> ImportSummary:
-    """Import a catalog file in one transaction; see the module docstring."""
+                      actor_patron_id: int | None = None, t: Translate | None = None) -> ImportSummary:
+    """Import a catalog file in one transaction; see the module docstring. ``t`` translates the
+    report's reasons (the operator's language)."""
     path = Path(path)
     if report is not None:
         files.check_writable(report)   # say so before importing, not after
     fmt, records, rejected = parse_file(path, progress=progress)
     summary = ImportSummary(format=fmt, rejected=rejected,
-                            warnings=[Rejected(r.position, r.title, "imported, but " + "; ".join(r.notes), True)
+                            warnings=[Rejected(r.position, r.title, Reason("imports.shortened",
+                                                                           {"changes": list(r.notes)}), True)
                                       for r in records if r.notes])
     async with db.transaction() as s:
         library = None
@@ -858,7 +887,7 @@ async def import_file(db: Database, path: Path | str, *, library_code: str | Non
                      format=fmt, added=summary.added, updated=summary.updated, unchanged=summary.unchanged,
                      rejected=len(summary.rejected), copies_added=summary.copies_added)
     try:
-        summary.report_path = write_report(path, summary.rejected + summary.warnings, report)
+        summary.report_path = write_report(path, summary.rejected + summary.warnings, report, t)
     except DomainError as exc:   # the import itself is committed; say why the report is missing
         summary.report_error = exc
     return summary

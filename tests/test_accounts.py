@@ -32,7 +32,9 @@ async def test_import_patrons_is_idempotent_and_reports_bad_rows(libs: Libraries
     report = await accounts.import_patrons(libs.db, path, "demo")
     assert (report.created, report.updated, report.unchanged) == (3, 0, 0)
     assert [r.line for r in report.rejected] == [5, 6, 7, 8, 9]
-    assert "twice" in report.rejected[1].reason and "role" in report.rejected[2].reason
+    assert report.rejected[1].reason.key == "imports.card_twice"
+    assert report.rejected[2].reason.key == "imports.unknown_role"
+    assert report.rejected[2].reason.params == {"role": "hiệu trưởng"}
     again = await accounts.import_patrons(libs.db, path, "demo")
     assert (again.created, again.updated, again.unchanged) == (0, 0, 3)
     async with libs.db.session() as s:
@@ -204,7 +206,10 @@ async def test_cli_import_rules_calendar_and_codes(libs: Libraries, tmp_path, mo
     path.write_text(CSV_VI, encoding="utf-8")
     assert await cli._main(["import-patrons", str(path), "--library", "demo"]) == 0
     out = capsys.readouterr().out
-    assert "demo: 3 created" in out and "line 6: card number appears twice" in out
+    # The operator's language (DOCSACH_DEFAULT_LANGUAGE, Vietnamese by default) for counts and reasons.
+    assert "demo: tạo mới 3, cập nhật 0, không đổi 0, từ chối 5" in out
+    assert "  dòng 6: số thẻ xuất hiện hai lần trong tệp (HS101)" in out
+    assert "  dòng 7: vai trò không rõ: «hiệu trưởng» (HS103)" in out and "card number" not in out
     assert await cli._main(["rules", "--library", "demo", "set", "loan_days", "21", "--role", "teacher"]) == 0
     out = capsys.readouterr().out
     assert "teacher   loan_days=21" in out and "student   loan_days=14" in out

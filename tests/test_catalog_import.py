@@ -96,12 +96,11 @@ async def test_csv_with_vietnamese_headers_bom_copies_and_rejected_report(db, tm
     path.write_text(CSV_VI, encoding="utf-8")
     summary = await importer.import_file(db, path, library_code="demo")
     assert (summary.added, summary.copies_added) == (2, 3)
-    reasons = sorted(r.reason for r in summary.rejected)
-    assert len(reasons) == 3
-    assert any("invalid ISBN" in r for r in reasons) and "missing title" in reasons
-    assert any("VN-001" in r and "two different titles" in r for r in reasons)
+    reasons = sorted(r.reason.key for r in summary.rejected)
+    assert reasons == ["imports.barcode_twice", "imports.invalid_isbn", "imports.missing_title"]
+    assert any(r.reason.params == {"barcode": "VN-001"} for r in summary.rejected)
     report = path.with_name("kho.csv.rejected.csv")
-    assert summary.report_path == report and "invalid ISBN" in report.read_text(encoding="utf-8")
+    assert summary.report_path == report and "imports.invalid_isbn" in report.read_text(encoding="utf-8")
     async with db.session() as s:
         de_men = (await s.execute(select(Title).where(Title.isbn13 == "9786042088480"))).scalar_one()
         copies = (await s.execute(select(Copy.barcode, Location.name).join(Location)
@@ -114,7 +113,8 @@ async def test_csv_with_vietnamese_headers_bom_copies_and_rejected_report(db, tm
     again = await importer.import_file(db, path, library_code="demo")
     assert (again.added, again.updated, again.unchanged, again.copies_added) == (0, 0, 2, 0)
     assert len(again.rejected) == 3
-    assert any("VN-001" in r.reason and "already belongs" in r.reason for r in again.rejected)
+    assert any(r.reason.key == "imports.barcode_taken" and r.reason.params["barcode"] == "VN-001"
+               for r in again.rejected)
 
 
 async def test_xlsx_written_with_openpyxl(db, tmp_path):

@@ -252,7 +252,7 @@ def test_cli_search_stdin_json_and_import(demo_app, monkeypatch, capsys, tmp_pat
     path = tmp_path / "new.csv"
     path.write_text(CSV_NEW + "No ISBN,X,12345,2000\n", encoding="utf-8")
     code, out, _ = _run_cli(monkeypatch, capsys, url, ["import", str(path), "--quiet"])
-    assert code == 0 and "added 1" in out and "rejected 1" in out and "new.csv.rejected.csv" in out
+    assert code == 0 and "thêm 1," in out and "từ chối 1;" in out and "new.csv.rejected.csv" in out
     bad = tmp_path / "bad.mrc"
     bad.write_bytes(b"00042 this is not marc")
     code, _, err = _run_cli(monkeypatch, capsys, url, ["import", str(bad), "--quiet"])

@@ -661,6 +661,7 @@ async def test_reader_page_history_holds_notices_slips_and_roster(desk, libs):
                                       allow_redirects=False, headers={"X-CSRF-Token": desk.csrf})
     desk.last = await imported.text()
     assert imported.status == 200 and 'id="import-report"' in desk.last and "1 mới" in desk.last
+    assert "thiếu họ tên hoặc họ tên quá dài" in desk.last    # the reason, in the librarian's language
     async with libs.db.session() as s:
         mai = (await s.execute(select(Patron).where(Patron.card_number == "HS900"))).scalar_one()
         audit = (await s.execute(select(AuditEntry).where(AuditEntry.action == "patrons.import"))).scalar_one()
@@ -717,6 +718,10 @@ async def test_catalog_import_upload_with_progress_and_rejected_rows(desk, libs)
     rejected = await desk.client.get(location + "/rejected.csv")
     text = (await rejected.read()).decode("utf-8-sig")
     assert "'=HYPERLINK" in text
+    header, *rows = list(csv.reader(io.StringIO(text)))
+    assert header == ["vị trí", "nhan đề", "lý do"]   # the librarian's language, not the service's keys
+    assert any(row[2] == "ISBN không hợp lệ: 12345" and row[0].startswith("dòng ") for row in rows)
+    assert not any("imports." in row[2] for row in rows)
     async with libs.db.session() as s:
         audit = (await s.execute(select(AuditEntry).where(AuditEntry.action == "catalog.import"))).scalar_one()
     assert audit.channel == "web" and audit.details["added"] > 0

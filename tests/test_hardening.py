@@ -271,8 +271,13 @@ async def test_huge_catalog_text_is_capped_on_import_and_a_card_is_one_message(d
     summary = await importer.import_file(app.db, path, library_code="demo")
     assert summary.added == 2 and not summary.rejected
     [warning] = summary.warnings
-    assert warning.position == "row 2" and "title had 99999 characters" in warning.reason
-    assert "authors had" in warning.reason and "subjects had" in warning.reason and "location had" in warning.reason
+    assert warning.position == "row 2" and warning.reason.key == "imports.shortened"
+    changes = {(c.params["field"].key, c.params["length"]) for c in warning.reason.params["changes"]}
+    assert ("imports.field_title", 99999) in changes
+    assert {f for f, _ in changes} == {"imports.field_title", "imports.field_authors", "imports.field_subjects",
+                                       "imports.field_location"}
+    english = warning.reason.text(app.deps.catalogs.translator("en", audience="staff"))
+    assert english.startswith("imported, but title had 99999 characters; kept the first 500")
     assert "row 2" in summary.report_path.read_text(encoding="utf-8")
     async with app.db.session() as s:
         title = (await s.execute(select(Title).where(Title.title.like("Dế Mẻn%")))).scalar_one()
@@ -367,7 +372,7 @@ async def test_import_report_to_a_bad_path_refuses_before_importing(demo_app, tm
     assert not list(tmp_path.glob("*.rejected.csv")) and not (tmp_path.parent / "kho.csv.rejected.csv").exists()
     report = tmp_path / "report.csv"
     assert await cli._main(["import", str(path), "--report", str(report)]) == 0
-    assert "invalid ISBN" in report.read_text(encoding="utf-8")
+    assert "ISBN không hợp lệ" in report.read_text(encoding="utf-8")
 
 
 # -- 7. XLSX import errors and a size limit ------------------------------------------------------------------
@@ -487,7 +492,7 @@ async def test_patron_files_in_other_encodings_are_detected_or_refused(libs: Lib
     old = tmp_path / "windows.csv"
     old.write_bytes(_cp1258("Mã HS;Họ và tên;Lớp\nVN001;Nguyễn Thị Hường;10A2\nVN002;Đặng Quốc Việt;10A2\n"))
     report = await accounts.import_patrons(libs.db, old, "demo")
-    assert report.created == 2 and report.encoding == "cp1258" and "read as cp1258" in report.summary()
+    assert report.created == 2 and report.encoding == "cp1258" and report.summary().params["encoding"] == "cp1258"
     async with libs.db.session() as s:
         names = set((await s.execute(select(Patron.full_name).where(Patron.card_number.in_(["VN001", "VN002"]))
                                      )).scalars())
@@ -508,14 +513,13 @@ async def test_a_csv_cut_inside_quotes_rejects_its_last_row(libs: Libraries, tmp
     path.write_text('card,name,class\nCQ001,"Lê, Văn A",10A2\nCQ002,"Trần Minh\n', encoding="utf-8")
     report = await accounts.import_patrons(libs.db, path, "demo")
     assert report.created == 1 and [(r.line, r.card) for r in report.rejected] == [(3, "CQ002")]
-    assert "inside quotes" in report.rejected[0].reason
+    assert report.rejected[0].reason.key == "imports.unclosed_quotes"
     async with libs.db.session() as s:
         assert (await s.execute(select(Patron).where(Patron.card_number == "CQ002"))).first() is None
     books = tmp_path / "books.csv"
     books.write_text('title,author\n"Sách, trọn vẹn",Ai đó\n"Sách bị cắt ngang,Ai\n', encoding="utf-8")
     summary = await importer.import_file(libs.db, books)
-    assert summary.added == 1 and [r.reason for r in summary.rejected] == [
-        "the file ends inside quotes, so this row is incomplete"]
+    assert summary.added == 1 and [r.reason.key for r in summary.rejected] == ["imports.unclosed_quotes"]
     async with libs.db.session() as s:
         assert (await s.execute(select(Title).where(Title.title.like("Sách bị cắt%")))).first() is None
 

@@ -107,7 +107,7 @@ def test_log_file_rotates(tmp_path):
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     """`docsach import` into a log (a pipe) writes its summary, not hundreds of bar lines."""
     env = dict(os.environ, DOCSACH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'i.db'}",
-               DOCSACH_LOG_FORMAT="json")
+               DOCSACH_LOG_FORMAT="json", DOCSACH_DEFAULT_LANGUAGE="en")
     done = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(ROOT / "tests/data/catalog_sample.csv")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -168,5 +168,5 @@ async def import_progress(request: web.Request) -> web.StreamResponse:
 @signed_in(STAFF)
 async def import_rejected(request: web.Request) -> web.StreamResponse:
     found = desk_import.job(request[USER].actor, request.match_info["job"][:40])
-    return web.Response(body=desk_import.rejected_csv(found), content_type="text/csv",
+    return web.Response(body=desk_import.rejected_csv(found, translator(request)), content_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="rejected.csv"'})
