@@ -217,7 +217,7 @@ async def test_three_workers_share_the_work_and_a_kill_9_loses_nothing(tmp_path)
                     await asyncio.sleep(0.5)
                 raise AssertionError(f"update {update['update_id']} was never accepted")
 
-            async def reply_to(chat: int, after: int, within: float = 20) -> dict:
+            async def reply_to(chat: int, after: int, within: float = 45) -> dict:
                 """The first message sent or edited in ``chat`` after ``after`` calls."""
                 end = time.monotonic() + within
                 while time.monotonic() < end:
